@@ -1,0 +1,1 @@
+"""The Discord bot process: gateway, slash commands, enqueueing. Never imports torch."""

@@ -1,0 +1,125 @@
+"""`/pony`'s options as a pydantic model, checked against the configured limits.
+
+Discord's own min/max hints cannot come from config at decoration time, and clients can send
+anything, so these checks are the truth; each failure names the option and the allowed range.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
+from bot.errors import UserFacingError
+from core.config import Config, ModelEntry, Sampler, Size
+from core.job import MAX_SEED
+
+
+class PonyOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tags: str
+    negative: str = ""
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    count: int | None = None
+    size: str | None = None
+    model: str | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"`seed` must be between 0 and {MAX_SEED} (you gave {value}).")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limits = _config(info).limits
+        if value is not None and not limits.steps_min <= value <= limits.steps_max:
+            raise ValueError(
+                f"`steps` must be between {limits.steps_min} and {limits.steps_max} "
+                f"(you gave {value})."
+            )
+        return value
+
+    @field_validator("cfg")
+    @classmethod
+    def _cfg(cls, value: float | None, info: ValidationInfo) -> float | None:
+        limits = _config(info).limits
+        if value is not None and not limits.cfg_min <= value <= limits.cfg_max:
+            raise ValueError(
+                f"`cfg` must be between {limits.cfg_min:g} and {limits.cfg_max:g} "
+                f"(you gave {value:g})."
+            )
+        return value
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limits = _config(info).limits
+        if value is not None and not 1 <= value <= limits.count_max:
+            raise ValueError(
+                f"`count` must be between 1 and {limits.count_max} (you gave {value})."
+            )
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        allowed = [s.value for s in Size]
+        if value is not None and value not in allowed:
+            raise ValueError(f"`size` must be one of {', '.join(allowed)} (you gave {value!r}).")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        ids = [m.id for m in _config(info).models]
+        if value is not None and value not in ids:
+            raise ValueError(f"Unknown model {value!r}; choose one of {', '.join(ids)}.")
+        return value
+
+    @classmethod
+    def parse(cls, config: Config, **raw: object) -> PonyOptions:
+        """Validate raw command options; raises UserFacingError naming the first problem."""
+        given = {k: v for k, v in raw.items() if v is not None}
+        try:
+            return cls.model_validate(given, context={"config": config})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            message = str(first.get("ctx", {}).get("error") or first["msg"])
+            raise UserFacingError(message.removeprefix("Value error, ")) from exc
+
+
+class Generation(BaseModel):
+    """The sampling parameters once defaults are applied (option > model > config)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int | None
+    steps: int
+    cfg: float
+    sampler: Sampler
+    count: int
+    width: int
+    height: int
+
+
+def resolve_generation(options: PonyOptions, config: Config, model: ModelEntry) -> Generation:
+    size = Size(options.size) if options.size else config.defaults.size
+    dims = config.sizes[size]
+    return Generation(
+        seed=options.seed,
+        steps=options.steps or model.steps or config.defaults.steps,
+        cfg=options.cfg or model.cfg or config.defaults.cfg,
+        sampler=model.sampler or config.defaults.sampler,
+        count=options.count or config.defaults.count,
+        width=dims.width,
+        height=dims.height,
+    )
+
+
+def _config(info: ValidationInfo) -> Config:
+    assert info.context is not None, "PonyOptions.parse passes the config"
+    return info.context["config"]

@@ -1,0 +1,134 @@
+"""`/pony`: turn derpibooru tags into a queued job and answer with its place in the queue."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from redis.exceptions import RedisError
+
+from bot import tags
+from bot.errors import QueueUnavailable, UserFacingError
+from bot.options import PonyOptions, resolve_generation
+from core.job import MAX_SEED, Job
+from core.logs import JobLog
+from core.messages import queued_text
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+
+def is_age_restricted(interaction: discord.Interaction) -> bool:
+    channel = interaction.channel
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+class PonyCog(commands.Cog):
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="pony", description="Draw ponies from derpibooru tags")
+    @app_commands.describe(
+        tags="derpibooru tags, comma-separated: twilight sparkle, unicorn, solo, -tag to avoid",
+        negative="tags to keep out of the picture",
+        seed="same seed + same options = same picture",
+        steps="sampling steps (more = slower, finer)",
+        cfg="how closely to follow the tags (7.5 is the classic)",
+        count="how many pictures (1-4)",
+        size="square 512×512, portrait 512×768, landscape 768×512",
+        model="which checkpoint (default: this server's)",
+    )
+    async def pony(
+        self,
+        interaction: discord.Interaction,
+        tags: str,
+        negative: str | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        count: int | None = None,
+        size: Literal["square", "portrait", "landscape"] | None = None,
+        model: str | None = None,
+    ) -> None:
+        config = self.bot.config
+        options = PonyOptions.parse(
+            config, tags=tags, negative=negative, seed=seed, steps=steps, cfg=cfg,
+            count=count, size=size, model=model,
+        )  # fmt: skip
+        entry = config.model(options.model or config.default_model)
+        age_restricted = is_age_restricted(interaction)
+        rendered = render_prompt(options, entry, config, age_restricted=age_restricted)
+        generation = resolve_generation(options, config, entry)
+        job = Job(
+            application_id=interaction.application_id,
+            interaction_id=interaction.id,
+            interaction_token=interaction.token,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            model_id=entry.id,
+            tags=options.tags.strip(),
+            prompt=rendered.positive,
+            negative_prompt=rendered.negative,
+            seed=generation.seed if generation.seed is not None else secrets.randbelow(MAX_SEED),
+            steps=generation.steps,
+            cfg=generation.cfg,
+            sampler=generation.sampler,
+            width=generation.width,
+            height=generation.height,
+            count=generation.count,
+        )
+        jlog = JobLog(log, job.id)
+        try:
+            position = await self.bot.queue.enqueue(job)
+        except (RedisError, OSError) as exc:
+            jlog.warning("enqueue failed: %r", exc)
+            raise QueueUnavailable() from exc
+        jlog.info("queued at %d for user=%s guild=%s model=%s", position, job.user_id,
+                  job.guild_id, job.model_id)
+        callback = await interaction.response.send_message(
+            queued_text(job, position=position, model_name=entry.name)
+        )
+        # The worker edits this message; if the bot never records it (a crash right here),
+        # the worker falls back to a channel post, so the job is never stuck on it.
+        message_id = callback.message_id or getattr(callback.resource, "id", None)
+        if message_id:
+            try:
+                await self.bot.queue.set_message(job.id, message_id)
+            except (RedisError, OSError):
+                jlog.warning("could not record message %s; the worker will post anew", message_id)
+
+    @pony.autocomplete("model")
+    async def _model_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        needle = current.casefold()
+        return [
+            app_commands.Choice(name=f"{m.name} ({m.id})"[:100], value=m.id)
+            for m in self.bot.config.models
+            if needle in m.id.casefold() or needle in m.name.casefold()
+        ][:25]
+
+
+def render_prompt(
+    options: PonyOptions, entry, config, *, age_restricted: bool
+) -> tags.RenderedPrompt:
+    """Parse, police and render the user's tags for the model's caption style."""
+    try:
+        prompt = tags.parse_tags(options.tags, options.negative)
+        prompt = tags.apply_channel_policy(prompt, age_restricted=age_restricted)
+        tags.validate(prompt, config.limits)
+        return tags.render(prompt, entry, age_restricted=age_restricted)
+    except tags.TagError as exc:
+        raise UserFacingError(str(exc)) from exc
+
+
+async def setup(bot: PonyBot) -> None:
+    await bot.add_cog(PonyCog(bot))

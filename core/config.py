@@ -1,0 +1,261 @@
+"""Configuration: `config.toml` validated into pydantic models, secrets from the environment.
+
+The bot and the worker load the same file. Secrets (the Discord token, a Redis URL with a
+password) come only from the environment so the file can be committed and shared.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path("config.toml")
+
+
+class ConfigError(Exception):
+    """The config file is missing or invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    # A typo in config.toml must fail loudly at start, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampler(StrEnum):
+    DDIM = "ddim"
+    EULER_A = "euler_a"
+    DPMPP_2M_KARRAS = "dpm++2m_karras"
+
+
+class TagStyle(StrEnum):
+    """How a model's training captions were written (see bot/tags.py)."""
+
+    COMMA = "comma"  # V1, pony-diffusion: `twilight sparkle, unicorn, solo`
+    SPACE = "space"  # V2: `twilight_sparkle unicorn solo by=artist`
+
+
+class ModelFormat(StrEnum):
+    AUTO = "auto"
+    DIFFUSERS = "diffusers"
+    CKPT = "ckpt"
+    SAFETENSORS = "safetensors"
+
+
+class DiscordConfig(_Strict):
+    # Only set these to talk to a Discord proxy (nirn-proxy and friends) or a test double.
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    # Guilds to sync commands to instantly (guild commands); empty = global sync.
+    sync_guilds: list[int] = []
+    owners: list[int] = []
+
+
+class RedisConfig(_Strict):
+    # Unset (and no REDIS_URL in the environment) = start an embedded redis-server.
+    url: str | None = None
+    data_dir: Path = Path("data/redis")
+    key_prefix: str = "ponybot"
+
+
+class Size(StrEnum):
+    SQUARE = "square"
+    PORTRAIT = "portrait"
+    LANDSCAPE = "landscape"
+
+
+class Dimensions(_Strict):
+    width: Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+    height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+
+
+def _default_sizes() -> dict[Size, Dimensions]:
+    return {
+        Size.SQUARE: Dimensions(width=512, height=512),
+        Size.PORTRAIT: Dimensions(width=512, height=768),
+        Size.LANDSCAPE: Dimensions(width=768, height=512),
+    }
+
+
+class Defaults(_Strict):
+    steps: Annotated[int, Field(ge=1)] = 25
+    cfg: Annotated[float, Field(gt=0)] = 7.5
+    sampler: Sampler = Sampler.DDIM
+    size: Size = Size.SQUARE
+    count: Annotated[int, Field(ge=1)] = 1
+
+
+class Limits(_Strict):
+    steps_min: Annotated[int, Field(ge=1)] = 1
+    steps_max: Annotated[int, Field(ge=1)] = 60
+    cfg_min: Annotated[float, Field(ge=0)] = 1.0
+    cfg_max: Annotated[float, Field(ge=0)] = 20.0
+    count_max: Annotated[int, Field(ge=1, le=10)] = 4
+    max_tags: Annotated[int, Field(ge=1)] = 60
+    max_prompt_chars: Annotated[int, Field(ge=16)] = 1500
+
+
+class ModelEntry(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")]
+    name: str
+    description: str = ""
+    path: Path
+    format: ModelFormat = ModelFormat.AUTO
+    base: Literal["sd1"] = "sd1"
+    # Diffusers-format folder of component configs (no weights) for single-file checkpoints;
+    # unset = the SD 1.x folder shipped in inference/sd1_config.
+    single_file_config: Path | None = None
+    tag_style: TagStyle = TagStyle.COMMA
+    # Appended to every prompt: the score-bucket tag the model was trained with (`scr800`...).
+    quality_tags: list[str] = []
+    # Always in the negative prompt.
+    negative_tags: list[str] = []
+    # Added to the negative prompt in channels that are not age-restricted.
+    unsafe_negative_tags: list[str] = []
+    # Derpibooru name -> the short form the captions used (`twilight sparkle` -> `twilight`).
+    aliases: dict[str, str] = {}
+    # Namespace rewriting seen in the captions: `artist:x` -> `by=x`, `oc:x` -> `oc=x`.
+    namespace_rewrites: dict[str, str] = {}
+    namespace_separator: str = ":"
+    sampler: Sampler | None = None
+    steps: Annotated[int, Field(ge=1)] | None = None
+    cfg: Annotated[float, Field(gt=0)] | None = None
+
+    def resolved_format(self) -> ModelFormat:
+        if self.format is not ModelFormat.AUTO:
+            return self.format
+        suffix = self.path.suffix.lower()
+        if suffix in (".ckpt", ".pt", ".pth"):
+            return ModelFormat.CKPT
+        if suffix == ".safetensors":
+            return ModelFormat.SAFETENSORS
+        return ModelFormat.DIFFUSERS
+
+
+class QueueConfig(_Strict):
+    # A job is tried this many times (worker crashes included) before it is dead-lettered.
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    # A job whose worker has not renewed its lease for this long is reclaimed by another worker.
+    lease_s: Annotated[float, Field(gt=0)] = 60.0
+    # How long a finished job's parameters stay in Redis (result buttons, re-rolls).
+    result_ttl_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+
+
+class WorkerConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Models loaded at start so the first job does not pay the cold load.
+    preload: list[str] = []
+    # Jobs read per XREADGROUP; compatible ones are sampled together.
+    max_batch: Annotated[int, Field(ge=1, le=16)] = 1
+    block_ms: Annotated[int, Field(ge=10)] = 2000
+
+
+class Config(_Strict):
+    discord: DiscordConfig = DiscordConfig()
+    redis: RedisConfig = RedisConfig()
+    defaults: Defaults = Defaults()
+    limits: Limits = Limits()
+    queue: QueueConfig = QueueConfig()
+    sizes: dict[Size, Dimensions] = Field(default_factory=_default_sizes)
+    default_model: str
+    models: list[ModelEntry]
+    worker: WorkerConfig = WorkerConfig()
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Config:
+        ids = [m.id for m in self.models]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"models: duplicate id(s) {', '.join(duplicates)}")
+        if self.default_model not in ids:
+            raise ValueError(
+                f"default_model: {self.default_model!r} is not one of the models ({', '.join(ids)})"
+            )
+        for name in self.worker.preload:
+            if name not in ids:
+                raise ValueError(f"worker.preload: {name!r} is not a configured model")
+        if self.limits.steps_min > self.limits.steps_max:
+            raise ValueError("limits: steps_min is greater than steps_max")
+        if self.limits.cfg_min > self.limits.cfg_max:
+            raise ValueError("limits: cfg_min is greater than cfg_max")
+        if not self.limits.steps_min <= self.defaults.steps <= self.limits.steps_max:
+            raise ValueError("defaults.steps: outside limits.steps_min..steps_max")
+        missing = [s.value for s in Size if s not in self.sizes]
+        if missing:
+            raise ValueError(f"sizes: missing {', '.join(missing)}")
+        return self
+
+    def model(self, model_id: str) -> ModelEntry:
+        for entry in self.models:
+            if entry.id == model_id:
+                return entry
+        raise KeyError(model_id)
+
+
+class Secrets(BaseSettings):
+    """What only the environment may hold."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+
+
+class Settings(BaseModel):
+    """Everything a process needs: the validated file plus the environment's secrets."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config: Config
+    secrets: Secrets
+    path: Path
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.secrets.redis_url or self.config.redis.url
+
+    def resolve(self, path: Path) -> Path:
+        """Relative paths in the config are relative to the config file's folder."""
+        return path if path.is_absolute() else (self.path.parent / path)
+
+
+def config_path(cli_value: str | None = None) -> Path:
+    if cli_value:
+        return Path(cli_value)
+    env = os.environ.get("PONYBOT_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path}: config file not found (set --config or PONYBOT_CONFIG)"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    if "token" in raw.get("discord", {}):
+        raise ConfigError(f"{path}: discord.token: the token is read from DISCORD_TOKEN only")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid config:\n{_describe(exc)}") from exc
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    path = path or config_path()
+    return Settings(config=load_config(path), secrets=Secrets(), path=path.resolve())

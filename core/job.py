@@ -1,0 +1,69 @@
+"""The job contract between the bot and the workers.
+
+A `Job` is written once by the bot and never changed; what happens to it afterwards (the message
+that shows it, attempts, posted or not) lives in its state hash (see `core.jobqueue`). The schema
+version lets a worker refuse, rather than misread, a job from a newer bot.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.config import Sampler
+
+SCHEMA_VERSION = 1
+# Discord lets an interaction token edit its messages for 15 minutes.
+INTERACTION_TOKEN_TTL_S = 15 * 60
+MAX_SEED = 2**32 - 1
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str = Field(default_factory=new_job_id)
+    created_at: float = Field(default_factory=time.time)
+
+    # Where the request came from and where the result goes.
+    application_id: int
+    interaction_id: int
+    # Lets the worker edit the interaction's message without the bot; never logged.
+    interaction_token: str = Field(repr=False)
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+
+    # What to draw: the prompts are already rendered for the model's caption style.
+    model_id: str
+    tags: str  # what the user typed, for display
+    prompt: str
+    negative_prompt: str
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    steps: Annotated[int, Field(ge=1)]
+    cfg: Annotated[float, Field(gt=0)]
+    sampler: Sampler
+    width: Annotated[int, Field(ge=64, multiple_of=8)]
+    height: Annotated[int, Field(ge=64, multiple_of=8)]
+    count: Annotated[int, Field(ge=1)] = 1
+
+    def image_seeds(self) -> list[int]:
+        """One seed per image, so image i of a job is reproducible on its own."""
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    def token_expires_at(self) -> float:
+        return self.created_at + INTERACTION_TOKEN_TTL_S
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Job:
+        return cls.model_validate_json(data)

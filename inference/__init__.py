@@ -1,0 +1,1 @@
+"""The GPU worker: loads checkpoints, samples, upscales, posts results to Discord."""

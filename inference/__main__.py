@@ -1,0 +1,71 @@
+"""`python -m inference [--config PATH] [run]` runs a worker;
+`python -m inference convert <model-id> [--to diffusers] [--trust-pickle]` converts a .ckpt once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from redis.asyncio import Redis
+
+from core.config import ConfigError, Settings, config_path, load_settings
+from core.discord_endpoints import use_endpoints
+from core.logs import setup_logging
+
+log = logging.getLogger("inference")
+
+
+async def run_worker(settings: Settings) -> int:
+    from inference.worker import Worker, logged_in_client
+
+    token = settings.secrets.discord_token
+    if token is None:
+        log.error("DISCORD_TOKEN is not set (the worker posts results with it)")
+        return 2
+    if not settings.redis_url:
+        log.error("no Redis: set REDIS_URL or redis.url (or start everything with `ponybot up`)")
+        return 2
+    use_endpoints(settings.config.discord)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
+    client = await logged_in_client(token.get_secret_value())
+    worker = Worker(settings, redis, client)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Finish the job in hand, then stop; a second signal kills (the job is reclaimed).
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await client.close()
+        await redis.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $PONYBOT_CONFIG or ./config.toml)")
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "convert"])
+    args, rest = parser.parse_known_args(argv)
+    setup_logging("worker")
+    try:
+        settings = load_settings(config_path(args.config))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "convert":
+        from inference import convert
+
+        return convert.main(rest, settings.config, settings.path.parent)
+    if rest:
+        parser.error(f"unexpected arguments: {' '.join(rest)}")
+    try:
+        return asyncio.run(run_worker(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""PNG files that carry their generation parameters."""
+
+from __future__ import annotations
+
+import io
+
+from PIL.Image import Image
+from PIL.PngImagePlugin import PngInfo
+
+from core.job import Job
+
+
+def a1111_parameters(job: Job, seed: int, *, model_name: str) -> str:
+    """The `parameters` text AUTOMATIC1111-style tools read back from a PNG."""
+    sampler = {"ddim": "DDIM", "euler_a": "Euler a", "dpm++2m_karras": "DPM++ 2M Karras"}
+    lines = [job.prompt]
+    if job.negative_prompt:
+        lines.append(f"Negative prompt: {job.negative_prompt}")
+    lines.append(
+        f"Steps: {job.steps}, Sampler: {sampler.get(job.sampler.value, job.sampler.value)}, "
+        f"CFG scale: {job.cfg:g}, Seed: {seed}, Size: {job.width}x{job.height}, "
+        f"Model: {model_name}"
+    )
+    return "\n".join(lines)
+
+
+def encode_png(image: Image, parameters: str) -> bytes:
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    out = io.BytesIO()
+    # compress_level 4: a third of the time of the default 6 for a few percent larger files.
+    image.save(out, format="PNG", pnginfo=info, compress_level=4)
+    return out.getvalue()

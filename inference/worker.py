@@ -1,0 +1,254 @@
+"""The inference worker: take jobs from the queue, sample, post the images, acknowledge.
+
+One worker per GPU. Any number of workers, on any machines that reach Redis, share the queue
+through the consumer group; a worker that dies leaves its jobs pending and another one reclaims
+them when their lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import discord
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.config import Settings
+from core.jobqueue import Delivery, JobQueue
+from core.keys import Keys
+from core.logs import JobLog
+from core.messages import failure_text, result_embed, result_text
+from inference.device import Placement, choose_placement
+from inference.encode import a1111_parameters, encode_png
+from inference.loading import ModelLoadError
+from inference.models import ModelCache
+from inference.poster import Attachment, Post, Poster, PostFailed
+from inference.sampling import sample
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+# How long to wait for the bot to record the queued message before posting a new one instead.
+MESSAGE_WAIT_S = 5.0
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        client: discord.Client,
+        *,
+        name: str | None = None,
+        placement: Placement | None = None,
+        models: ModelCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = settings.config
+        self.redis = redis
+        self.keys = Keys(self.config.redis.key_prefix)
+        self.queue = JobQueue(redis, self.keys, max_attempts=self.config.queue.max_attempts)
+        self.poster = Poster(client)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.placement = placement or choose_placement(self.config.worker.device)
+        self.models = models or ModelCache(
+            self.config, base_dir=settings.path.parent, placement=self.placement
+        )
+        self.jobs_done = 0
+        self.current: Delivery | None = None
+        self._stopping = asyncio.Event()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.queue.ensure_group()
+        for model_id in self.config.worker.preload:
+            await self._preload(model_id)
+        log.info("worker %s ready on %s", self.name, self.placement.describe())
+        async with self._heartbeat():
+            while not self._stopping.is_set():
+                try:
+                    deliveries = await self.next_jobs()
+                except (RedisError, OSError) as exc:
+                    # Redis restarting or unreachable: wait and carry on; pending jobs stay
+                    # pending in Redis and are picked up again when it is back.
+                    log.warning("queue unavailable (%s); retrying in 1 s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                for delivery in deliveries:
+                    await self.process(delivery)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def next_jobs(self) -> list[Delivery]:
+        """Jobs whose worker died come first: they have waited longest."""
+        reclaimed = await self.queue.reclaim(
+            self.name, min_idle_s=self.config.queue.lease_s, count=self.config.worker.max_batch
+        )
+        if reclaimed:
+            return reclaimed
+        return await self.queue.take(
+            self.name, count=self.config.worker.max_batch, block_ms=self.config.worker.block_ms
+        )
+
+    async def process(self, delivery: Delivery) -> None:
+        job = delivery.job
+        jlog = JobLog(log, job.id)
+        result_ttl = self.config.queue.result_ttl_s
+        # 1. A job reclaimed after its post only needs its ack.
+        if delivery.already_posted:
+            jlog.info("already posted; acknowledging")
+            await self.queue.ack(delivery, result_ttl_s=result_ttl)
+            return
+        # 2. A job that keeps failing (or killing its workers) stops here.
+        if delivery.attempts > self.config.queue.max_attempts:
+            await self.give_up(delivery, f"it failed {delivery.attempts - 1} times")
+            return
+        jlog.info("start attempt=%d model=%s steps=%d count=%d size=%dx%d", delivery.attempts,
+                  job.model_id, job.steps, job.count, job.width, job.height)
+        self.current = delivery
+        started = time.perf_counter()
+        try:
+            async with self._lease(delivery):
+                # 3. Load the model (cached after the first job).
+                pipe = await self.models.get(job.model_id)
+                # 4. Sample, off the event loop so heartbeats and leases keep flowing.
+                images = await asyncio.to_thread(sample, pipe, job)
+                sampled = time.perf_counter()
+                # 5. Encode.
+                post = await asyncio.to_thread(
+                    self._render_post, delivery, images, sampled - started
+                )
+                # 6. Post, then record it before the ack: a reclaim never posts twice.
+                message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
+                await self.queue.mark_posted(job.id, message_id)
+            await self.queue.ack(delivery, result_ttl_s=result_ttl)
+            self.jobs_done += 1
+            jlog.info("posted message=%s sample=%.2fs total=%.2fs", message_id,
+                      sampled - started, time.perf_counter() - started)
+        except ModelLoadError as exc:
+            jlog.error("model failed to load: %s", exc)
+            await self.give_up(delivery, f"the model {job.model_id!r} could not be loaded")
+        except PostFailed as exc:
+            if exc.permanent:
+                jlog.error("post refused for good: %s", exc)
+                await self.give_up(delivery, "Discord refused the result")
+            else:
+                jlog.warning("post failed, will retry: %s", exc)
+                await self.queue.release(self.name, delivery)
+        except Exception:
+            jlog.exception("failed on attempt %d", delivery.attempts)
+            await self.queue.release(self.name, delivery)
+        finally:
+            self.current = None
+
+    async def give_up(self, delivery: Delivery, reason: str) -> None:
+        job = delivery.job
+        JobLog(log, job.id).error("dead-lettered: %s", reason)
+        await self.poster.tell(job, await self._message_id(delivery), failure_text(job, reason))
+        await self.queue.dead_letter(delivery, reason, result_ttl_s=self.config.queue.result_ttl_s)
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _render_post(self, delivery: Delivery, images: list, elapsed_s: float) -> Post:
+        job = delivery.job
+        model_name = self.config.model(job.model_id).name
+        attachments = [
+            Attachment(
+                filename=f"pony_{job.id}_{seed}.png",
+                data=encode_png(image, a1111_parameters(job, seed, model_name=model_name)),
+            )
+            for image, seed in zip(images, job.image_seeds(), strict=True)
+        ]
+        return Post(
+            content=result_text(job, elapsed_s=elapsed_s),
+            embed=result_embed(job, model_name=model_name),
+            attachments=attachments,
+        )
+
+    async def _message_id(self, delivery: Delivery) -> int | None:
+        """The queued message's id; the bot records it right after answering, which can be
+        a moment after a fast worker picked the job up."""
+        if delivery.message_id is not None:
+            return delivery.message_id
+        deadline = delivery.job.created_at + MESSAGE_WAIT_S
+        while True:
+            recorded = (await self.queue.status(delivery.job.id)).get("message_id")
+            if recorded:
+                return int(recorded)
+            if time.time() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+
+    async def _preload(self, model_id: str) -> None:
+        try:
+            await self.models.get(model_id)
+        except ModelLoadError as exc:
+            # A broken model must not take the others down with it.
+            log.error("model %s failed to load: %s", model_id, exc)
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, delivery: Delivery) -> AsyncIterator[None]:
+        """Renew the job's lease while it runs, so long jobs are not reclaimed."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.config.queue.lease_s / 3)
+                await self.queue.renew(self.name, [delivery.entry_id])
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self) -> AsyncIterator[None]:
+        async def beat() -> None:
+            while True:
+                await self.publish_heartbeat()
+                await asyncio.sleep(HEARTBEAT_S)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):
+                await self.redis.delete(self.keys.worker(self.name))
+
+    async def publish_heartbeat(self) -> None:
+        state = {
+            "name": self.name,
+            "host": socket.gethostname(),
+            "device": self.placement.describe(),
+            "loaded": self.models.loaded,
+            "current_job": self.current.job.id if self.current else None,
+            "jobs_done": self.jobs_done,
+            "at": time.time(),
+        }
+        try:
+            await self.redis.set(self.keys.worker(self.name), json.dumps(state),
+                                 ex=int(HEARTBEAT_S * 3))
+        except Exception as exc:  # Redis blips must not kill the worker.
+            log.warning("heartbeat failed: %s", exc)
+
+
+async def logged_in_client(token: str) -> discord.Client:
+    """A REST-only discord.py client (no gateway): rate limits and retries come with it."""
+    client = discord.Client(intents=discord.Intents.none())
+    await client.login(token)
+    return client
+

@@ -1,0 +1,196 @@
+"""Real parts for every test: a redis-server, a fake Discord that real discord.py talks to,
+and tiny randomly initialised diffusers pipelines built offline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.asyncio import Redis
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from core.config import Config, ModelEntry, Secrets, Settings  # noqa: E402
+from core.discord_endpoints import use_endpoints  # noqa: E402
+from core.redis_server import RedisServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.fake_discord import FakeDiscord
+
+BOT_TOKEN = "test-bot-token"
+APPLICATION_ID = 1_000_000_000_000_001
+BOT_USER_ID = 1_000_000_000_000_001
+OWNER_ID = 2_000_000_000_000_001
+GUILD_ID = 3_000_000_000_000_001
+OTHER_GUILD_ID = 3_000_000_000_000_002
+CHANNEL_ID = 4_000_000_000_000_001
+NSFW_CHANNEL_ID = 4_000_000_000_000_002
+OTHER_CHANNEL_ID = 4_000_000_000_000_003
+USER_ID = 5_000_000_000_000_001
+OTHER_USER_ID = 5_000_000_000_000_002
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    # Restart-surviving tests may have restarted the server: always talk to its current port.
+    client = Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+# --- Models ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "tiny-pony")
+
+
+def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides: object) -> Config:
+    """The project's config shape with the tiny model and tiny sizes, talking to the fake."""
+    raw: dict[str, object] = {
+        "default_model": "tiny",
+        "models": [
+            ModelEntry(id="tiny", name="Tiny Pony", path=pipeline_dir,
+                       description="random weights for tests", quality_tags=["scr100"],
+                       unsafe_negative_tags=["explicit"]).model_dump(),
+            ModelEntry(id="tiny-v2", name="Tiny Pony V2", path=pipeline_dir, tag_style="space",
+                       namespace_separator="=", namespace_rewrites={"artist": "by"},
+                       aliases={"twilight sparkle": "twilight"}).model_dump(),
+        ],
+        "defaults": {"steps": 2, "cfg": 7.5, "sampler": "ddim", "size": "square", "count": 1},
+        "sizes": {
+            "square": {"width": 64, "height": 64},
+            "portrait": {"width": 64, "height": 96},
+            "landscape": {"width": 96, "height": 64},
+        },
+        "worker": {"device": "cpu", "max_batch": 1, "block_ms": 100},
+        "queue": {"max_attempts": 3, "lease_s": 2.0, "result_ttl_s": 3600},
+        "discord": {"owners": [OWNER_ID]},
+    }
+    if fake is not None:
+        raw["discord"] = {"api_base": fake.api_base, "gateway_url": fake.gateway_url,
+                          "owners": [OWNER_ID]}
+    raw.update(overrides)
+    return Config.model_validate(raw)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_pipeline_dir: Path, fake: FakeDiscord,
+             redis_server: RedisServer) -> Settings:
+    return Settings(
+        config=tiny_config(tiny_pipeline_dir, fake),
+        secrets=Secrets(DISCORD_TOKEN=BOT_TOKEN, REDIS_URL=redis_server.url),
+        path=tmp_path / "config.toml",
+    )
+
+
+# --- Discord -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    from tests.fake_discord import FakeDiscord
+
+    fake = FakeDiscord(bot_token=BOT_TOKEN, application_id=APPLICATION_ID,
+                       bot_user_id=BOT_USER_ID, owner_id=OWNER_ID)
+    fake.add_guild(GUILD_ID, name="Ponyville", owner_id=OWNER_ID)
+    fake.add_channel(GUILD_ID, CHANNEL_ID, name="general", nsfw=False)
+    fake.add_channel(GUILD_ID, NSFW_CHANNEL_ID, name="after-dark", nsfw=True)
+    fake.add_guild(OTHER_GUILD_ID, name="Canterlot", owner_id=OTHER_USER_ID)
+    fake.add_channel(OTHER_GUILD_ID, OTHER_CHANNEL_ID, name="art", nsfw=False)
+    fake.add_user(USER_ID, name="applebloom")
+    fake.add_user(OTHER_USER_ID, name="scootaloo")
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def bot(settings: Settings, fake: FakeDiscord, redis: Redis) -> AsyncIterator[object]:
+    async with running_bot(settings, fake) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_bot(settings: Settings, fake: FakeDiscord) -> AsyncIterator[object]:
+    from bot.__main__ import redis_client
+    from bot.app import PonyBot
+
+    assert settings.redis_url
+    use_endpoints(settings.config.discord)
+    bot = PonyBot(settings, redis_client(settings.redis_url))
+    await bot.login(BOT_TOKEN)
+    task = asyncio.create_task(bot.connect(reconnect=False))
+    try:
+        await fake.wait_for_bot(timeout=10)
+        await fake.wait_for_commands(timeout=10)
+        yield bot
+    finally:
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, 5)
+
+
+# --- Worker ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_cache(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """One loaded tiny model for the whole session: loading is not what these tests test."""
+    from inference.device import choose_placement
+    from inference.models import ModelCache
+
+    return ModelCache(tiny_config(tiny_pipeline_dir), base_dir=tiny_pipeline_dir.parent,
+                      placement=choose_placement("cpu"))
+
+
+WorkerStarter = Callable[..., Awaitable[object]]
+
+
+@pytest.fixture
+async def start_worker(settings: Settings, model_cache: object,
+                       redis: Redis) -> AsyncIterator[WorkerStarter]:
+    """Starts in-process workers on demand; all are stopped after the test."""
+    from inference.worker import Worker, logged_in_client
+
+    running: list[tuple[object, asyncio.Task[None], object, Redis]] = []
+
+    async def start(name: str = "test-worker", settings_: Settings | None = None) -> Worker:
+        use_settings = settings_ or settings
+        assert use_settings.redis_url
+        client = await logged_in_client(BOT_TOKEN)
+        worker_redis = Redis.from_url(use_settings.redis_url)
+        worker = Worker(use_settings, worker_redis, client, name=name,
+                        models=model_cache)  # type: ignore[arg-type]
+        task = asyncio.create_task(worker.run())
+        running.append((worker, task, client, worker_redis))
+        return worker
+
+    yield start
+    for worker, task, client, worker_redis in running:
+        worker.stop()  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        await client.close()  # type: ignore[attr-defined]
+        await worker_redis.aclose()
