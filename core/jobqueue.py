@@ -51,7 +51,9 @@ class Delivery:
 # (or the other way round), and the position is read in the same atomic step.
 _ENQUEUE = """
 local entry = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[1])
-redis.call('HSET', KEYS[2], 'job', ARGV[2], 'entry', entry, 'status', 'queued', 'attempts', 0)
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[2], 'job', ARGV[2], 'entry', entry, 'status', 'queued', 'attempts', 0,
+           'enqueued_at', t[1] .. '.' .. string.format('%06d', t[2]))
 return {entry, redis.call('XLEN', KEYS[1])}
 """
 
@@ -60,7 +62,9 @@ _START = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if redis.call('HGET', KEYS[1], 'status') ~= 'posted' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1])
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1],
+             'started_at', t[1] .. '.' .. string.format('%06d', t[2]))
 end
 return {attempts, redis.call('HGET', KEYS[1], 'job'), redis.call('HGET', KEYS[1], 'status'),
         redis.call('HGET', KEYS[1], 'message_id') or ''}
@@ -128,9 +132,13 @@ class JobQueue:
                 self.keys.stream, WORKER_GROUP, consumer, 0, list(entry_ids), justid=True
             )
 
-    async def mark_posted(self, job_id: str, message_id: int | None) -> None:
-        """Called after a successful post and before `ack`: a reclaim will not post again."""
-        fields = {"status": JobStatus.POSTED.value, "posted_at": f"{time.time():.3f}"}
+    async def mark_posted(
+        self, job_id: str, message_id: int | None, timings: dict[str, float] | None = None
+    ) -> None:
+        """Called after a successful post and before `ack`: a reclaim will not post again.
+        `timings` (seconds spent per step) feed ETAs and the benchmarks."""
+        fields = {"status": JobStatus.POSTED.value, "posted_at": f"{time.time():.6f}"}
+        fields.update({f"{name}_s": f"{value:.6f}" for name, value in (timings or {}).items()})
         if message_id is not None:
             fields["result_message_id"] = str(message_id)
         await self.redis.hset(self.keys.job(job_id), mapping=fields)

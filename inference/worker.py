@@ -120,20 +120,28 @@ class Worker:
             async with self._lease(delivery):
                 # 3. Load the model (cached after the first job).
                 pipe = await self.models.get(job.model_id)
+                loaded = time.perf_counter()
                 # 4. Sample, off the event loop so heartbeats and leases keep flowing.
                 images = await asyncio.to_thread(sample, pipe, job)
                 sampled = time.perf_counter()
                 # 5. Encode.
                 post = await asyncio.to_thread(
-                    self._render_post, delivery, images, sampled - started
+                    self._render_post, delivery, images, sampled - loaded
                 )
+                encoded = time.perf_counter()
                 # 6. Post, then record it before the ack: a reclaim never posts twice.
                 message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
-                await self.queue.mark_posted(job.id, message_id)
+                posted = time.perf_counter()
+                await self.queue.mark_posted(job.id, message_id, {
+                    "load": loaded - started,
+                    "sample": sampled - loaded,
+                    "encode": encoded - sampled,
+                    "post": posted - encoded,
+                })
             await self.queue.ack(delivery, result_ttl_s=result_ttl)
             self.jobs_done += 1
             jlog.info("posted message=%s sample=%.2fs total=%.2fs", message_id,
-                      sampled - started, time.perf_counter() - started)
+                      sampled - loaded, time.perf_counter() - started)
         except ModelLoadError as exc:
             jlog.error("model failed to load: %s", exc)
             await self.give_up(delivery, f"the model {job.model_id!r} could not be loaded")
