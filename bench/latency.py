@@ -24,14 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from redis.asyncio import Redis  # noqa: E402
+from redis.asyncio import Redis
 
-from core.config import Secrets, Settings  # noqa: E402
-from core.keys import Keys  # noqa: E402
-from core.redis_server import RedisServer  # noqa: E402
-from tests import conftest as t  # noqa: E402
-from tests.fake_discord import FakeDiscord  # noqa: E402
-from tests.tiny_models import build_tiny_pipeline  # noqa: E402
+from core.config import Secrets, Settings
+from core.keys import Keys
+from core.redis_server import RedisServer
+from tests import conftest as t
+from tests.fake_discord import FakeDiscord
+from tests.tiny_models import build_tiny_pipeline
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -107,7 +107,8 @@ async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
     sample = [float(s["sample_s"]) for s in states]
     busy = [float(s["posted_at"]) - float(s["started_at"]) for s in states]
     overhead = [(b - smp) / smp for b, smp in zip(busy, sample, strict=True)]
-    print(f"bench/latency.py  jobs={jobs}+{sequential} steps={steps} size=64x64 device={placement.describe()}")
+    print(f"bench/latency.py  jobs={jobs}+{sequential} steps={steps} size=64x64 "
+          f"device={placement.describe()}")
     print(line(f"interaction -> ack ({jobs} concurrent)", acks))
     print(line("enqueue -> pickup (idle worker)", pickups))
     print(line("sampling per job", sample))

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from bot import tags
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.options import PonyOptions, resolve_generation
+from core.config import Config, ModelEntry
 from core.job import MAX_SEED, Job
 from core.logs import JobLog
 from core.messages import queued_text
@@ -64,7 +65,7 @@ class PonyCog(commands.Cog):
         )  # fmt: skip
         entry = config.model(options.model or config.default_model)
         age_restricted = is_age_restricted(interaction)
-        rendered = render_prompt(options, entry, config, age_restricted=age_restricted)
+        rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted)
         generation = resolve_generation(options, config, entry)
         job = Job(
             application_id=interaction.application_id,
@@ -94,7 +95,7 @@ class PonyCog(commands.Cog):
         jlog.info("queued at %d for user=%s guild=%s model=%s", position, job.user_id,
                   job.guild_id, job.model_id)
         callback = await interaction.response.send_message(
-            queued_text(job, position=position, model_name=entry.name)
+            queued_text(job, position=position, model_name=entry.name, notes=notes)
         )
         # The worker edits this message; if the bot never records it (a crash right here),
         # the worker falls back to a channel post, so the job is never stuck on it.
@@ -118,14 +119,15 @@ class PonyCog(commands.Cog):
 
 
 def render_prompt(
-    options: PonyOptions, entry, config, *, age_restricted: bool
-) -> tags.RenderedPrompt:
-    """Parse, police and render the user's tags for the model's caption style."""
+    options: PonyOptions, entry: ModelEntry, config: Config, *, age_restricted: bool
+) -> tuple[tags.RenderedPrompt, tuple[str, ...]]:
+    """Parse, police and render the user's tags for the model's caption style; also returns
+    the remarks the user should see (dropped junk, conflicts)."""
     try:
         prompt = tags.parse_tags(options.tags, options.negative)
         prompt = tags.apply_channel_policy(prompt, age_restricted=age_restricted)
         tags.validate(prompt, config.limits)
-        return tags.render(prompt, entry, age_restricted=age_restricted)
+        return tags.render(prompt, entry, age_restricted=age_restricted), prompt.notes
     except tags.TagError as exc:
         raise UserFacingError(str(exc)) from exc
 

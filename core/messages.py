@@ -3,6 +3,8 @@ the worker edits it into, so both processes word things the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import discord
 
 from core.job import Job
@@ -13,11 +15,12 @@ _FIELD_LIMIT = 1024
 
 
 def code_block(text: str, limit: int = 900) -> str:
-    """`text` shown verbatim: backticks cannot close the block, markdown cannot mangle it."""
-    safe = text.replace("`", "ˋ")
-    if len(safe) > limit:
-        safe = safe[: limit - 1] + "…"
-    return f"```\n{safe or ' '}\n```"
+    """`text` in a Discord code block, shown exactly: markdown and mentions are inert inside
+    one, and a zero-width space after every backtick keeps the text from closing it."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    body = text.replace("`", "`\u200b") or "\u200b"
+    return f"```\n{body}\n```"
 
 
 def seeds_text(job: Job) -> str:
@@ -25,7 +28,9 @@ def seeds_text(job: Job) -> str:
     return str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
 
 
-def queued_text(job: Job, *, position: int, model_name: str) -> str:
+def queued_text(
+    job: Job, *, position: int, model_name: str, notes: Sequence[str] = ()
+) -> str:
     ahead = "next up" if position <= 1 else f"position **{position}** in the queue"
     lines = [
         f"🎨 Queued — {ahead} · model **{model_name}** · seed `{seeds_text(job)}`",
@@ -34,6 +39,7 @@ def queued_text(job: Job, *, position: int, model_name: str) -> str:
     ]
     if job.negative_prompt:
         lines += ["Negative prompt:", code_block(job.negative_prompt, limit=400)]
+    lines += [f"-# {note}" for note in notes[:5]]
     return "\n".join(lines)[:_CONTENT_LIMIT]
 
 
