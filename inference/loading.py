@@ -1,0 +1,362 @@
+"""Model loading: a `ModelEntry` from config.toml -> a `StableDiffusionPipeline` on the CPU.
+
+Three on-disk formats (`ModelEntry.resolved_format()`):
+
+* a diffusers folder (`model_index.json` + component subfolders);
+* a single `.safetensors` file in the CompVis/LDM key layout, as models are usually shared;
+* a single `.ckpt` (`.pt`, `.pth`): a `torch.save` pickle. It is only ever read with
+  `weights_only=True`. Training checkpoints often pickle Python objects besides the weights
+  (hyper-parameter namespaces, Lightning callbacks); those are refused with a message that says
+  to convert the file once (`python -m inference convert <id> --trust-pickle`).
+
+Single files are assembled with the SD 1.x component configs shipped in `inference/sd1_config`
+(or the entry's `single_file_config`), so nothing is fetched from the Hugging Face hub: every
+call passes `local_files_only=True` and local paths only.
+
+A converted copy beside a single file is preferred when it is at least as new as the file:
+`<stem>.diffusers/` (fastest to load), then, for a `.ckpt`, `<stem>.safetensors`. A copy older
+than its source is ignored (and said so in the log): it was made from a previous version.
+
+The pipeline comes back on the CPU in float32 with the progress bar off and a DDIM scheduler
+with the pony-diffusion settings; moving it to the GPU / half precision is the caller's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import time
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from core.config import ModelEntry, ModelFormat, Sampler
+from inference.samplers import SEED_DDIM_CONFIG, make_scheduler
+
+log = logging.getLogger(__name__)
+
+SD1_CONFIG_DIR = Path(__file__).resolve().parent / "sd1_config"
+CONVERTED_SAFETENSORS_SUFFIX = ".safetensors"
+CONVERTED_DIFFUSERS_SUFFIX = ".diffusers"
+_COMPONENTS = ("unet", "vae", "text_encoder")
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_CAUSE_CHARS = 1500
+
+
+class ModelLoadError(Exception):
+    """A model cannot be loaded. The message is shown to admins as is: it says what is wrong
+    and what to do about it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths.
+
+
+def resolve_path(path: Path, base_dir: Path) -> Path:
+    """Relative paths in the config are relative to the config file's folder."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def converted_safetensors_path(path: Path) -> Path:
+    """Where `convert` writes the safetensors copy of a `.ckpt`: `<stem>.safetensors`."""
+    return path.with_suffix(CONVERTED_SAFETENSORS_SUFFIX)
+
+
+def converted_diffusers_path(path: Path) -> Path:
+    """Where `convert --to diffusers` writes the folder for a single file: `<stem>.diffusers/`."""
+    return path.with_suffix(CONVERTED_DIFFUSERS_SUFFIX)
+
+
+def is_up_to_date(copy: Path, source: Path) -> bool:
+    """`copy` (a file, or a folder's model_index.json) exists and was written after `source`
+    was last modified, or `source` is gone."""
+    marker = copy / "model_index.json" if copy.is_dir() else copy
+    if not marker.is_file():
+        return False
+    if not source.exists():
+        return True
+    return marker.stat().st_mtime >= source.stat().st_mtime
+
+
+def converted_copy(path: Path, fmt: ModelFormat) -> Path | None:
+    """The up-to-date converted copy next to single file `path` that loading should use, if any."""
+    candidates = [converted_diffusers_path(path)]
+    if fmt is ModelFormat.CKPT:
+        candidates.append(converted_safetensors_path(path))
+    for copy in candidates:
+        if copy == path or not copy.exists():
+            continue
+        if is_up_to_date(copy, path):
+            return copy
+        log.warning(
+            "%s is older than %s, so it is not used; run the conversion again to refresh it",
+            copy,
+            path,
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pickle safety.
+
+
+def is_zip_checkpoint(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == _ZIP_MAGIC
+
+
+def unsafe_pickle_globals(path: Path) -> list[str]:
+    """Python objects (as `module.name`) pickled in a `torch.save` file that `weights_only`
+    loading would refuse; `[]` for a weights-only checkpoint. Nothing is unpickled.
+
+    Raises ModelLoadError if the file is not a readable PyTorch checkpoint.
+    """
+    path = Path(path)
+    if is_zip_checkpoint(path):
+        try:
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelLoadError(
+                f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): "
+                f"{_short(exc)}"
+            ) from exc
+    # Pre-1.6 (non-zip) format: no static scan; a weights_only load names the first offender.
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            return sorted(set(found))
+        raise ModelLoadError(
+            f"{path} is not a PyTorch checkpoint (truncated or corrupt download, or another "
+            f"format under a .ckpt name?): {_short(exc)}"
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint: {_short(exc)}") from exc
+    return []
+
+
+def _refuse_unsafe_pickle(entry: ModelEntry, path: Path) -> None:
+    names = unsafe_pickle_globals(path)
+    if names:
+        raise ModelLoadError(
+            f"model {entry.id!r}: {path} contains pickled Python objects besides the weights "
+            f"({', '.join(names)}). Unpickling them could run arbitrary code, so the file is not "
+            f"loaded. If you trust where it came from, convert it once: "
+            f"`python -m inference convert {entry.id} --trust-pickle` writes "
+            f"{converted_safetensors_path(path).name} (weights only) next to it, and that copy is "
+            f"loaded from then on."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_pipeline(entry: ModelEntry, *, base_dir: Path) -> StableDiffusionPipeline:
+    """Load `entry` (paths relative to `base_dir`, the config file's folder) on the CPU, float32."""
+    path = resolve_path(entry.path, base_dir)
+    fmt = entry.resolved_format()
+    source, source_fmt = path, fmt
+    if fmt is not ModelFormat.DIFFUSERS:
+        copy = converted_copy(path, fmt)
+        if copy is not None:
+            source = copy
+            source_fmt = (
+                ModelFormat.DIFFUSERS
+                if copy.suffix == CONVERTED_DIFFUSERS_SUFFIX
+                else ModelFormat.SAFETENSORS
+            )
+            log.info("model %r: using the converted copy %s", entry.id, copy)
+    return load_from(entry, source, source_fmt, base_dir=base_dir)
+
+
+def load_from(
+    entry: ModelEntry, source: Path, fmt: ModelFormat, *, base_dir: Path
+) -> StableDiffusionPipeline:
+    """Load exactly `source` as `fmt` (no converted-copy lookup); see `load_pipeline`."""
+    started = time.perf_counter()
+    if fmt is ModelFormat.DIFFUSERS:
+        _check_diffusers_folder(entry, source)
+        pipe = _call_diffusers(
+            entry,
+            source,
+            lambda: StableDiffusionPipeline.from_pretrained(
+                str(source), variant=_weights_variant(source), **_common_kwargs()
+            ),
+        )
+    else:
+        config_dir = _single_file_config(entry, base_dir)
+        _check_single_file(entry, source, fmt)
+        pipe = _call_diffusers(
+            entry,
+            source,
+            lambda: StableDiffusionPipeline.from_single_file(
+                str(source), config=str(config_dir), **_common_kwargs()
+            ),
+        )
+    _finish(entry, source, pipe)
+    log.info("model %r: loaded %s in %.1f s", entry.id, source, time.perf_counter() - started)
+    return pipe
+
+
+def _common_kwargs() -> dict:
+    return {
+        "local_files_only": True,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+        "dtype": torch.float32,
+    }
+
+
+def _call_diffusers(entry: ModelEntry, source: Path, load) -> StableDiffusionPipeline:
+    try:
+        return load()
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {entry.id!r}: could not load {source}: {type(exc).__name__}: {_short(exc)}"
+        ) from exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if len(text) <= _MAX_CAUSE_CHARS else text[:_MAX_CAUSE_CHARS] + " [...]"
+
+
+def _missing(entry: ModelEntry, path: Path, what: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"model {entry.id!r}: {what} {path} does not exist (relative paths in the config are "
+        f"relative to the config file's folder). Fix `path` for this model or put the file there."
+    )
+
+
+def _check_diffusers_folder(entry: ModelEntry, folder: Path) -> None:
+    if not folder.exists():
+        raise _missing(entry, folder, "diffusers folder")
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"model {entry.id!r}: {folder} is a file, but the model's format is 'diffusers' (a "
+            f"folder). Single files must end in .ckpt/.pt/.pth or .safetensors, or set `format`."
+        )
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"model {entry.id!r}: {folder} has no model_index.json, so it is not a diffusers "
+            f"pipeline folder. Point `path` at the folder that contains model_index.json."
+        )
+
+
+def _weights_variant(folder: Path) -> str | None:
+    """`"fp16"` for folders that only hold `*.fp16.*` weights (saved with `variant="fp16"`)."""
+    unet = folder / "unet"
+    if not unet.is_dir():
+        return None
+    names = [p.name for p in unet.iterdir() if p.suffix in (".safetensors", ".bin")]
+    plain = [n for n in names if n.count(".") == 1]
+    if not plain and any(".fp16." in n for n in names):
+        return "fp16"
+    return None
+
+
+def _single_file_config(entry: ModelEntry, base_dir: Path) -> Path:
+    if entry.single_file_config is None:
+        config_dir = SD1_CONFIG_DIR
+    else:
+        config_dir = resolve_path(entry.single_file_config, base_dir)
+    if not (config_dir / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"model {entry.id!r}: single_file_config {config_dir} is not a diffusers config "
+            f"folder (no model_index.json). Remove `single_file_config` to use the shipped SD 1.x "
+            f"configs, or point it at a folder laid out like inference/sd1_config."
+        )
+    return config_dir
+
+
+def _check_single_file(entry: ModelEntry, path: Path, fmt: ModelFormat) -> None:
+    if not path.exists():
+        raise _missing(entry, path, "checkpoint")
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model {entry.id!r}: {path} is a folder, but the model's format is {fmt.value!r} (a "
+            f"single file). For a diffusers folder set `format = \"diffusers\"`."
+        )
+    if fmt is ModelFormat.CKPT:
+        _refuse_unsafe_pickle(entry, path)
+    elif fmt is ModelFormat.SAFETENSORS:
+        _check_safetensors_keys(entry, path)
+
+
+def _check_safetensors_keys(entry: ModelEntry, path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {entry.id!r}: {path} is not a readable safetensors file (truncated or corrupt "
+            f"download?): {_short(exc)}"
+        ) from exc
+    what = sd1_layout_problem(keys)
+    if what:
+        raise ModelLoadError(f"model {entry.id!r}: {path} {what}")
+
+
+def sd1_layout_problem(keys: list[str]) -> str | None:
+    """Why a single file's keys are not a full SD 1.x checkpoint (None if they look right)."""
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return "is an SDXL checkpoint; only SD 1.x models are supported."
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "is an SD 2.x checkpoint (OpenCLIP text encoder); only SD 1.x models are supported."
+    if any(k.startswith("lora_") for k in keys):
+        return "is a LoRA, not a full model; it cannot be loaded as a model."
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        return (
+            "has no UNet weights (model.diffusion_model.*): it is not a full SD 1.x checkpoint "
+            "(a VAE, an embedding or a diffusers-layout file?)."
+        )
+    return None
+
+
+def _finish(entry: ModelEntry, source: Path, pipe: StableDiffusionPipeline) -> None:
+    for name in _COMPONENTS:
+        module = getattr(pipe, name, None)
+        if module is None:
+            raise ModelLoadError(f"model {entry.id!r}: {source} has no {name}.")
+        empty = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+        if empty:
+            raise ModelLoadError(
+                f"model {entry.id!r}: {source} has no weights for {len(empty)} {name} tensors "
+                f"(e.g. {', '.join(empty[:3])}). Is it a full SD 1.x checkpoint?"
+            )
+        if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in module.parameters()):
+            module.to(device="cpu", dtype=torch.float32)  # diffusers warns even when a no-op
+        module.eval()
+    _ensure_seed_scheduler(entry, pipe)
+    pipe.set_progress_bar_config(disable=True)
+
+
+def has_seed_scheduler(scheduler) -> bool:
+    """`scheduler` is DDIM with the pony-diffusion settings (and nothing else changed)."""
+    if type(scheduler) is not DDIMScheduler:
+        return False
+    wanted = make_scheduler(SEED_DDIM_CONFIG, Sampler.DDIM).config
+    have = scheduler.config
+    return all(have.get(k) == v for k, v in wanted.items() if not k.startswith("_"))
+
+
+def _ensure_seed_scheduler(entry: ModelEntry, pipe: StableDiffusionPipeline) -> None:
+    if has_seed_scheduler(pipe.scheduler):
+        return
+    log.info(
+        "model %r: replacing its %s (%s) with DDIM on the SD 1.x schedule",
+        entry.id,
+        type(pipe.scheduler).__name__,
+        {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
+    )
+    pipe.scheduler = make_scheduler(SEED_DDIM_CONFIG, Sampler.DDIM)
