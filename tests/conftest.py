@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from core.config import Config, ModelEntry, Secrets, Settings  # noqa: E402
-from core.discord_endpoints import use_endpoints  # noqa: E402
-from core.redis_server import RedisServer  # noqa: E402
+from core.config import Config, ModelEntry, Secrets, Settings
+from core.discord_endpoints import use_endpoints
+from core.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from tests.fake_discord import FakeDiscord

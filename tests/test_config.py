@@ -39,7 +39,8 @@ def test_the_shipped_config_lists_the_three_seed_models():
 
 def test_a_minimal_config_gets_the_documented_defaults(tmp_path):
     config = load_config(write(tmp_path, MINIMAL))
-    assert (config.defaults.steps, config.defaults.cfg, config.defaults.sampler) == (25, 7.5, "ddim")
+    defaults = config.defaults
+    assert (defaults.steps, defaults.cfg, defaults.sampler) == (25, 7.5, "ddim")
     assert config.sizes["portrait"].height == 768
 
 
