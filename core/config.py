@@ -150,9 +150,33 @@ class WorkerConfig(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # Models loaded at start so the first job does not pay the cold load.
     preload: list[str] = []
-    # Jobs read per XREADGROUP; compatible ones are sampled together.
+    # Jobs taken at once; compatible ones are sampled together.
     max_batch: Annotated[int, Field(ge=1, le=16)] = 1
     block_ms: Annotated[int, Field(ge=10)] = 2000
+    # Device memory the loaded pipelines may use; unset = 80 % of the GPU (no limit on CPU).
+    memory_budget_gb: Annotated[float, Field(gt=0)] | None = None
+    # Pipelines evicted from the device are kept in CPU RAM (a fast swap back) up to this many.
+    ram_cache_models: Annotated[int, Field(ge=0)] = 2
+    # Workers prefer jobs for a model they have loaded, but no job waits longer than this
+    # because of it.
+    max_preference_wait_s: Annotated[float, Field(ge=0)] = 30.0
+    # Live progress: edit the queued message with "sampling n/N" and a preview this often.
+    progress: bool = True
+    progress_interval_s: Annotated[float, Field(ge=1.0)] = 3.0
+    # Discord's attachment limit for servers without boosts.
+    attachment_limit_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+
+
+class UpscalerEntry(_Strict):
+    """A Real-ESRGAN (or other spandrel-supported) network, `.pth` or `.safetensors`."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")]
+    name: str
+    description: str = ""
+    path: Path
+    # Inputs are upscaled in tiles of this many pixels so memory stays bounded (0 = whole).
+    tile: Annotated[int, Field(ge=0)] = 256
+    tile_overlap: Annotated[int, Field(ge=0)] = 16
 
 
 class Config(_Strict):
@@ -165,9 +189,17 @@ class Config(_Strict):
     default_model: str
     models: list[ModelEntry]
     worker: WorkerConfig = WorkerConfig()
+    upscalers: list[UpscalerEntry] = []
+    default_upscaler: str | None = None
+    # img2img strength of the V (variation) buttons: 0 = same picture, 1 = a new one.
+    variation_strength: Annotated[float, Field(gt=0, le=1)] = 0.6
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:
+        upscaler_ids = [u.id for u in self.upscalers]
+        if self.default_upscaler is not None and self.default_upscaler not in upscaler_ids:
+            raise ValueError(f"default_upscaler: {self.default_upscaler!r} is not one of the "
+                             f"upscalers ({', '.join(upscaler_ids) or 'none configured'})")
         ids = [m.id for m in self.models]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -189,6 +221,14 @@ class Config(_Strict):
         if missing:
             raise ValueError(f"sizes: missing {', '.join(missing)}")
         return self
+
+    def upscaler(self, upscaler_id: str | None = None) -> UpscalerEntry:
+        wanted = upscaler_id or self.default_upscaler or (
+            self.upscalers[0].id if self.upscalers else None)
+        for entry in self.upscalers:
+            if entry.id == wanted:
+                return entry
+        raise KeyError(upscaler_id or "no upscaler configured")
 
     def model(self, model_id: str) -> ModelEntry:
         for entry in self.models:

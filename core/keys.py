@@ -29,6 +29,10 @@ class Keys:
         """Hash of a job's state: job JSON, entry id, message id, attempts, status."""
         return f"{self.prefix}:job:{job_id}"
 
+    def guild(self, guild_id: int | None) -> str:
+        """Hash of a server's settings: default model, blocked tags, per-user limit."""
+        return f"{self.prefix}:guild:{guild_id or 0}"
+
     def worker(self, name: str) -> str:
         """A worker's heartbeat (JSON, with a TTL)."""
         return f"{self.prefix}:worker:{name}"
