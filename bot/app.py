@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pkgutil
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 from redis.asyncio import Redis
 
+import cogs
 from bot.errors import UserFacingError
 from core.config import Settings
 from core.jobqueue import JobQueue
@@ -18,7 +20,11 @@ from core.keys import Keys
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.pony",)
+
+
+def extensions() -> list[str]:
+    """Every module in cogs/ is a discord.py extension: adding a cog is adding a file."""
+    return [f"cogs.{m.name}" for m in pkgutil.iter_modules(cogs.__path__) if not m.ispkg]
 
 
 class PonyBot(commands.Bot):
@@ -41,7 +47,7 @@ class PonyBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.tree.on_error = self.on_app_command_error
-        for extension in EXTENSIONS:
+        for extension in extensions():
             await self.load_extension(extension)
         try:
             await self.queue.ensure_group()

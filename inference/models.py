@@ -21,11 +21,18 @@ class ModelCache:
         self.base_dir = base_dir
         self.placement = placement
         self._loaded: dict[str, StableDiffusionPipeline] = {}
+        self._failures: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._loaded)
+        """Model ids on the device, most recently used first."""
+        return list(reversed(self._loaded))
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Model id -> why it failed to load, for admins (`/model info`)."""
+        return dict(self._failures)
 
     async def get(self, model_id: str) -> StableDiffusionPipeline:
         async with self._lock:
@@ -38,7 +45,12 @@ class ModelCache:
                         f"model {model_id!r} is not configured on this worker"
                     ) from None
                 log.info("loading model %s from %s", model_id, entry.path)
-                pipe = await asyncio.to_thread(self._load, entry)
+                try:
+                    pipe = await asyncio.to_thread(self._load, entry)
+                except ModelLoadError as exc:
+                    self._failures[model_id] = str(exc)
+                    raise
+                self._failures.pop(model_id, None)
                 self._loaded[model_id] = pipe
             return pipe
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -21,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.config import Settings
+from core.heartbeat import WorkerHeartbeat
 from core.jobqueue import Delivery, JobQueue
 from core.keys import Keys
 from core.logs import JobLog
@@ -238,17 +238,18 @@ class Worker:
                 await self.redis.delete(self.keys.worker(self.name))
 
     async def publish_heartbeat(self) -> None:
-        state = {
-            "name": self.name,
-            "host": socket.gethostname(),
-            "device": self.placement.describe(),
-            "loaded": self.models.loaded,
-            "current_job": self.current.job.id if self.current else None,
-            "jobs_done": self.jobs_done,
-            "at": time.time(),
-        }
+        beat = WorkerHeartbeat(
+            name=self.name,
+            host=socket.gethostname(),
+            device=self.placement.describe(),
+            loaded=self.models.loaded,
+            failed=self.models.failures,
+            current_job=self.current.job.id if self.current else None,
+            jobs_done=self.jobs_done,
+            at=time.time(),
+        )
         try:
-            await self.redis.set(self.keys.worker(self.name), json.dumps(state),
+            await self.redis.set(self.keys.worker(self.name), beat.model_dump_json(),
                                  ex=int(HEARTBEAT_S * 3))
         except Exception as exc:  # Redis blips must not kill the worker.
             log.warning("heartbeat failed: %s", exc)
@@ -259,4 +260,3 @@ async def logged_in_client(token: str) -> discord.Client:
     client = discord.Client(intents=discord.Intents.none())
     await client.login(token)
     return client
-
