@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from redis.asyncio import Redis
 
 from core.config import Secrets, Settings
+from core.discord_endpoints import use_endpoints
 from core.keys import Keys
 from core.redis_server import RedisServer
 from tests import conftest as t
@@ -68,6 +69,7 @@ async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
     placement = choose_placement(device)
     models = ModelCache(config, base_dir=work, placement=placement)
     await models.get("tiny")  # warm: cold loads are bench/model_load.py's business
+    use_endpoints(config.discord)
     client = await logged_in_client(t.BOT_TOKEN)
     worker = Worker(settings, Redis.from_url(server.url), client, name="bench", models=models)
     try:

@@ -43,7 +43,8 @@ class PonyBot(commands.Bot):
         self.config = settings.config
         self.redis = redis
         self.keys = Keys(settings.config.redis.key_prefix)
-        self.queue = JobQueue(redis, self.keys, max_attempts=settings.config.queue.max_attempts)
+        self.queue = JobQueue(redis, self.keys, max_attempts=settings.config.queue.max_attempts,
+                              result_ttl_s=settings.config.queue.result_ttl_s)
 
     async def setup_hook(self) -> None:
         self.tree.on_error = self.on_app_command_error

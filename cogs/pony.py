@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -11,11 +12,13 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import tags
+from bot import guild_settings, tags
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.options import PonyOptions, resolve_generation
+from bot.views import queued_view
 from core.config import Config, ModelEntry
 from core.job import MAX_SEED, Job
+from core.jobqueue import UserLimitReached
 from core.logs import JobLog
 from core.messages import queued_text
 
@@ -63,9 +66,14 @@ class PonyCog(commands.Cog):
             config, tags=tags, negative=negative, seed=seed, steps=steps, cfg=cfg,
             count=count, size=size, model=model,
         )  # fmt: skip
-        entry = config.model(options.model or config.default_model)
+        try:  # the server's default model and blocked tags: one HGETALL
+            guild = await guild_settings.load(self.bot.redis, self.bot.keys, interaction.guild_id)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable() from exc
+        entry = guild_settings.model_for(config, guild, options.model)
         age_restricted = is_age_restricted(interaction)
-        rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted)
+        rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted,
+                                        blocked_tags=guild.blocked_tags)
         generation = resolve_generation(options, config, entry)
         job = Job(
             application_id=interaction.application_id,
@@ -87,15 +95,24 @@ class PonyCog(commands.Cog):
             count=generation.count,
         )
         jlog = JobLog(log, job.id)
+        limit = guild.user_limit or config.queue.user_limit
         try:
-            position = await self.bot.queue.enqueue(job)
+            enqueued = await self.bot.queue.enqueue(job, user_limit=limit)
+        except UserLimitReached as exc:
+            raise UserFacingError(
+                f"You already have {len(exc.job_ids)} job(s) queued or running here (the limit "
+                f"is {exc.limit}): {', '.join(f'`{i}`' for i in exc.job_ids)}. "
+                "Wait for one to finish or cancel one."
+            ) from exc
         except (RedisError, OSError) as exc:
             jlog.warning("enqueue failed: %r", exc)
             raise QueueUnavailable() from exc
-        jlog.info("queued at %d for user=%s guild=%s model=%s", position, job.user_id,
-                  job.guild_id, job.model_id)
+        jlog.info("queued at %d for user=%s guild=%s model=%s paused=%s", enqueued.position,
+                  job.user_id, job.guild_id, job.model_id, enqueued.paused)
         callback = await interaction.response.send_message(
-            queued_text(job, position=position, model_name=entry.name, notes=notes)
+            queued_text(job, position=enqueued.position, paused=enqueued.paused,
+                        model_name=entry.name, notes=notes),
+            view=queued_view(job.id),
         )
         # The worker edits this message; if the bot never records it (a crash right here),
         # the worker falls back to a channel post, so the job is never stuck on it.
@@ -119,13 +136,15 @@ class PonyCog(commands.Cog):
 
 
 def render_prompt(
-    options: PonyOptions, entry: ModelEntry, config: Config, *, age_restricted: bool
+    options: PonyOptions, entry: ModelEntry, config: Config, *, age_restricted: bool,
+    blocked_tags: Iterable[str] = (),
 ) -> tuple[tags.RenderedPrompt, tuple[str, ...]]:
-    """Parse, police and render the user's tags for the model's caption style; also returns
-    the remarks the user should see (dropped junk, conflicts)."""
+    """Parse, police (channel rating, the server's blocked tags) and render the user's tags
+    for the model's caption style; also returns the remarks the user should see."""
     try:
         prompt = tags.parse_tags(options.tags, options.negative)
-        prompt = tags.apply_channel_policy(prompt, age_restricted=age_restricted)
+        prompt = tags.apply_channel_policy(prompt, age_restricted=age_restricted,
+                                           blocked_tags=blocked_tags)
         tags.validate(prompt, config.limits)
         return tags.render(prompt, entry, age_restricted=age_restricted), prompt.notes
     except tags.TagError as exc:

@@ -138,6 +138,8 @@ class ModelEntry(_Strict):
 
 
 class QueueConfig(_Strict):
+    # Queued + running jobs one user may have in one server (`/queue limit` overrides it).
+    user_limit: Annotated[int, Field(ge=1)] = 3
     # A job is tried this many times (worker crashes included) before it is dead-lettered.
     max_attempts: Annotated[int, Field(ge=1)] = 3
     # A job whose worker has not renewed its lease for this long is reclaimed by another worker.

@@ -54,6 +54,16 @@ class Job(BaseModel):
     height: Annotated[int, Field(ge=64, multiple_of=8)]
     count: Annotated[int, Field(ge=1)] = 1
 
+    @property
+    def guild_key(self) -> int:
+        """The queue's tenant: the server, or 0 for DMs."""
+        return self.guild_id or 0
+
+    def batch_key(self) -> str:
+        """Jobs with equal keys can be sampled in one pipeline call."""
+        return (f"{self.model_id}|{self.width}x{self.height}|{self.steps}|{self.sampler.value}"
+                f"|{self.cfg:g}")
+
     def image_seeds(self) -> list[int]:
         """One seed per image, so image i of a job is reproducible on its own."""
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]

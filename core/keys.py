@@ -17,8 +17,37 @@ class Keys:
 
     @property
     def stream(self) -> str:
-        """The job stream: entries are `{"job": <Job JSON>}`, consumed by the worker group."""
+        """Running jobs: the take script adds a job here and reads it into the group in the
+        same step, so the group's pending list is exactly what workers hold (with leases)."""
         return f"{self.prefix}:jobs"
+
+    def waiting(self, guild_id: int | str) -> str:
+        """A server's queued job ids, oldest first (DMs are server 0)."""
+        return f"{self.prefix}:waiting:{guild_id}"
+
+    @property
+    def ring(self) -> str:
+        """Servers with queued jobs, in round-robin order: the head is served next."""
+        return f"{self.prefix}:ring"
+
+    @property
+    def paused(self) -> str:
+        """Paused server ids; the member `*` pauses everything."""
+        return f"{self.prefix}:paused"
+
+    def user_jobs(self, guild_id: int | None, user_id: int) -> str:
+        """A user's queued and running job ids in one server (for the per-user cap)."""
+        return f"{self.prefix}:user:{guild_id or 0}:{user_id}"
+
+    @property
+    def wake(self) -> str:
+        """Tokens pushed on enqueue and resume so idle workers wake up at once."""
+        return f"{self.prefix}:wake"
+
+    @property
+    def durations(self) -> str:
+        """Recent jobs' worker seconds, newest first, for ETAs."""
+        return f"{self.prefix}:durations"
 
     @property
     def dead(self) -> str:

@@ -29,9 +29,12 @@ def seeds_text(job: Job) -> str:
 
 
 def queued_text(
-    job: Job, *, position: int, model_name: str, notes: Sequence[str] = ()
+    job: Job, *, position: int, model_name: str, notes: Sequence[str] = (), paused: bool = False
 ) -> str:
-    ahead = "next up" if position <= 1 else f"position **{position}** in the queue"
+    if paused:
+        ahead = "⏸️ the queue is paused here by an admin; your job waits for a resume"
+    else:
+        ahead = "next up" if position <= 1 else f"position **{position}** in the queue"
     lines = [
         f"🎨 Queued — {ahead} · model **{model_name}** · seed `{seeds_text(job)}`",
         "Prompt the model will see:",
@@ -71,3 +74,8 @@ def result_embed(job: Job, *, model_name: str) -> discord.Embed:
 def failure_text(job: Job, reason: str) -> str:
     return (f"<@{job.user_id}> ❌ your pony could not be drawn: {reason}\n"
             f"-# job {job.id}")[:_CONTENT_LIMIT]
+
+
+def cancelled_text(job: Job, *, by_admin: bool = False) -> str:
+    who = "by a server admin" if by_admin else ""
+    return f"🚫 Cancelled {who}".rstrip() + f" — `{job.tags[:200]}`\n-# job {job.id}"

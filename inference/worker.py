@@ -12,8 +12,10 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import discord
 from redis.asyncio import Redis
@@ -21,20 +23,21 @@ from redis.exceptions import RedisError
 
 from core.config import Settings
 from core.heartbeat import WorkerHeartbeat
-from core.jobqueue import Delivery, JobQueue
+from core.jobqueue import Delivery, JobQueue, JobStatus
 from core.keys import Keys
 from core.logs import JobLog
-from core.messages import failure_text, result_embed, result_text
+from core.messages import cancelled_text, failure_text, result_embed, result_text
 from inference.device import Placement, choose_placement
 from inference.encode import a1111_parameters, encode_png
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
-from inference.poster import Attachment, Post, Poster, PostFailed
+from core.poster import Attachment, Post, Poster, PostFailed
 from inference.sampling import sample
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
+CANCEL_POLL_S = 0.5
 # How long to wait for the bot to record the queued message before posting a new one instead.
 MESSAGE_WAIT_S = 5.0
 
@@ -54,7 +57,8 @@ class Worker:
         self.config = settings.config
         self.redis = redis
         self.keys = Keys(self.config.redis.key_prefix)
-        self.queue = JobQueue(redis, self.keys, max_attempts=self.config.queue.max_attempts)
+        self.queue = JobQueue(redis, self.keys, max_attempts=self.config.queue.max_attempts,
+                              result_ttl_s=self.config.queue.result_ttl_s)
         self.poster = Poster(client)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.placement = placement or choose_placement(self.config.worker.device)
@@ -62,6 +66,7 @@ class Worker:
             self.config, base_dir=settings.path.parent, placement=self.placement
         )
         self.jobs_done = 0
+        self.images_done = 0
         self.current: Delivery | None = None
         self._stopping = asyncio.Event()
 
@@ -82,31 +87,39 @@ class Worker:
                     log.warning("queue unavailable (%s); retrying in 1 s", exc)
                     await asyncio.sleep(1.0)
                     continue
-                for delivery in deliveries:
-                    await self.process(delivery)
+                if deliveries:
+                    await self.process_batch(deliveries)
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def next_jobs(self) -> list[Delivery]:
         """Jobs whose worker died come first: they have waited longest."""
+        worker = self.config.worker
         reclaimed = await self.queue.reclaim(
-            self.name, min_idle_s=self.config.queue.lease_s, count=self.config.worker.max_batch
+            self.name, min_idle_s=self.config.queue.lease_s, count=worker.max_batch
         )
         if reclaimed:
             return reclaimed
         return await self.queue.take(
-            self.name, count=self.config.worker.max_batch, block_ms=self.config.worker.block_ms
-        )
+            self.name, count=worker.max_batch, block_s=worker.block_ms / 1000,
+            preferred_models=self.models.loaded,
+            max_preference_wait_s=worker.max_preference_wait_s,
+        )  # fmt: skip
+
+    async def process_batch(self, deliveries: list[Delivery]) -> None:
+        """Every job taken together holds its lease until it is done."""
+        async with self._lease(deliveries):
+            for delivery in deliveries:
+                await self.process(delivery)
 
     async def process(self, delivery: Delivery) -> None:
         job = delivery.job
         jlog = JobLog(log, job.id)
-        result_ttl = self.config.queue.result_ttl_s
         # 1. A job reclaimed after its post only needs its ack.
         if delivery.already_posted:
             jlog.info("already posted; acknowledging")
-            await self.queue.ack(delivery, result_ttl_s=result_ttl)
+            await self.queue.ack(delivery)
             return
         # 2. A job that keeps failing (or killing its workers) stops here.
         if delivery.attempts > self.config.queue.max_attempts:
@@ -117,31 +130,36 @@ class Worker:
         self.current = delivery
         started = time.perf_counter()
         try:
-            async with self._lease(delivery):
+            async with self._cancellation(delivery) as cancel:
                 # 3. Load the model (cached after the first job).
                 pipe = await self.models.get(job.model_id)
                 loaded = time.perf_counter()
                 # 4. Sample, off the event loop so heartbeats and leases keep flowing.
                 images = await asyncio.to_thread(sample, pipe, job)
                 sampled = time.perf_counter()
-                # 5. Encode.
-                post = await asyncio.to_thread(
-                    self._render_post, delivery, images, sampled - loaded
-                )
-                encoded = time.perf_counter()
-                # 6. Post, then record it before the ack: a reclaim never posts twice.
-                message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
-                posted = time.perf_counter()
-                await self.queue.mark_posted(job.id, message_id, {
-                    "load": loaded - started,
-                    "sample": sampled - loaded,
-                    "encode": encoded - sampled,
-                    "post": posted - encoded,
-                })
-            await self.queue.ack(delivery, result_ttl_s=result_ttl)
+                if cancel.is_set():
+                    raise SamplingCancelled()
+            # 5. Encode.
+            post = await asyncio.to_thread(self._render_post, delivery, images, sampled - loaded)
+            encoded = time.perf_counter()
+            # 6. Post, then record it before the ack: a reclaim never posts twice.
+            message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
+            posted = time.perf_counter()
+            await self.queue.mark_posted(job.id, message_id, {
+                "load": loaded - started,
+                "sample": sampled - loaded,
+                "encode": encoded - sampled,
+                "post": posted - encoded,
+            })  # fmt: skip
+            await self.queue.ack(delivery, worker_seconds=posted - started)
             self.jobs_done += 1
+            self.images_done += job.count
             jlog.info("posted message=%s sample=%.2fs total=%.2fs", message_id,
                       sampled - loaded, time.perf_counter() - started)
+        except SamplingCancelled:
+            jlog.info("cancelled while running")
+            await self.poster.tell(job, await self._message_id(delivery), cancelled_text(job))
+            await self.queue.ack(delivery, status=JobStatus.CANCELLED)
         except ModelLoadError as exc:
             jlog.error("model failed to load: %s", exc)
             await self.give_up(delivery, f"the model {job.model_id!r} could not be loaded")
@@ -162,7 +180,7 @@ class Worker:
         job = delivery.job
         JobLog(log, job.id).error("dead-lettered: %s", reason)
         await self.poster.tell(job, await self._message_id(delivery), failure_text(job, reason))
-        await self.queue.dead_letter(delivery, reason, result_ttl_s=self.config.queue.result_ttl_s)
+        await self.queue.dead_letter(delivery, reason)
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -204,21 +222,34 @@ class Worker:
             log.error("model %s failed to load: %s", model_id, exc)
 
     @contextlib.asynccontextmanager
-    async def _lease(self, delivery: Delivery) -> AsyncIterator[None]:
-        """Renew the job's lease while it runs, so long jobs are not reclaimed."""
+    async def _lease(self, deliveries: list[Delivery]) -> AsyncIterator[None]:
+        """Renew the jobs' lease while they are held, so long jobs are not reclaimed."""
+        entry_ids = [d.entry_id for d in deliveries]
 
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self.config.queue.lease_s / 3)
-                await self.queue.renew(self.name, [delivery.entry_id])
+                with contextlib.suppress(RedisError, OSError):
+                    await self.queue.renew(self.name, entry_ids)
 
-        task = asyncio.create_task(renew())
-        try:
+        async with _background(renew()):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+    @contextlib.asynccontextmanager
+    async def _cancellation(self, delivery: Delivery) -> AsyncIterator[threading.Event]:
+        """An event set when someone cancels the running job (`/queue cancel`, the button);
+        sampling checks it at every step."""
+        event = threading.Event()
+
+        async def watch() -> None:
+            while not event.is_set():
+                await asyncio.sleep(CANCEL_POLL_S)
+                with contextlib.suppress(RedisError, OSError):
+                    if await self.queue.cancel_requested(delivery.job.id):
+                        event.set()
+
+        async with _background(watch()):
+            yield event
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self) -> AsyncIterator[None]:
@@ -227,13 +258,10 @@ class Worker:
                 await self.publish_heartbeat()
                 await asyncio.sleep(HEARTBEAT_S)
 
-        task = asyncio.create_task(beat())
         try:
-            yield
+            async with _background(beat()):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             with contextlib.suppress(Exception):
                 await self.redis.delete(self.keys.worker(self.name))
 
@@ -246,6 +274,7 @@ class Worker:
             failed=self.models.failures,
             current_job=self.current.job.id if self.current else None,
             jobs_done=self.jobs_done,
+            images_done=self.images_done,
             at=time.time(),
         )
         try:
@@ -260,3 +289,19 @@ async def logged_in_client(token: str) -> discord.Client:
     client = discord.Client(intents=discord.Intents.none())
     await client.login(token)
     return client
+
+
+class SamplingCancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+@contextlib.asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `coro` while the block runs; cancel it after."""
+    task = asyncio.create_task(coro)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

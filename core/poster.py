@@ -1,4 +1,4 @@
-"""Posting results to Discord through discord.py (it owns HTTP, retries and rate limits).
+"""Posting job results and notices to Discord through discord.py (it owns HTTP and limits).
 
 A result goes into the interaction's own message (the queued message the bot sent), edited with
 the interaction token. When that token has expired (15 min) or the message is gone, the result
@@ -42,6 +42,8 @@ class Post:
     content: str
     embed: discord.Embed | None
     attachments: list[Attachment]
+    # None clears the queued message's buttons (Cancel) when the result replaces it.
+    view: discord.ui.View | None = None
 
 
 class PostFailed(Exception):
@@ -80,6 +82,7 @@ class Poster:
             content=post.content,
             embed=post.embed,
             attachments=[a.to_file() for a in post.attachments],
+            view=post.view,
             allowed_mentions=discord.AllowedMentions.none(),
         )
         return message.id
@@ -97,6 +100,7 @@ class Poster:
             content=post.content,
             embed=post.embed,
             files=[a.to_file() for a in post.attachments],
+            view=post.view,  # type: ignore[arg-type]
             reference=reference,  # type: ignore[arg-type]
             allowed_mentions=discord.AllowedMentions(
                 everyone=False, roles=False, users=[discord.Object(job.user_id)]
