@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 
 import cogs
 from bot.errors import UserFacingError
+from bot.position_updates import PositionUpdater
 from core.config import Settings
 from core.jobqueue import JobQueue
 from core.keys import Keys
@@ -55,6 +57,8 @@ class PonyBot(commands.Bot):
         except Exception:  # Redis may come up later; /pony reports it per request.
             log.warning("Redis unreachable at start; /pony will say so until it is back")
         await self.sync_commands()
+        self.position_updater = PositionUpdater(self)
+        self._background = [asyncio.create_task(self.position_updater.run())]
 
     async def sync_commands(self) -> None:
         """Sync only when the command definitions changed: Discord rate-limits command
@@ -96,6 +100,8 @@ class PonyBot(commands.Bot):
         await send_ephemeral(interaction, message)
 
     async def close(self) -> None:
+        for task in getattr(self, "_background", []):
+            task.cancel()
         await super().close()
         await self.redis.aclose()
 

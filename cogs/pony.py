@@ -119,7 +119,7 @@ class PonyCog(commands.Cog):
         message_id = callback.message_id or getattr(callback.resource, "id", None)
         if message_id:
             try:
-                await self.bot.queue.set_message(job.id, message_id)
+                await self.bot.queue.set_message(job.id, message_id, position=enqueued.position)
             except (RedisError, OSError):
                 jlog.warning("could not record message %s; the worker will post anew", message_id)
 

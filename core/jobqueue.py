@@ -281,9 +281,16 @@ class JobQueue:
             raise UserLimitReached(sorted(_text(i) for i in reply[1]), user_limit or 0)
         return Enqueued(position=int(reply[0]), paused=bool(int(reply[1])))
 
-    async def set_message(self, job_id: str, message_id: int) -> None:
-        """Record the Discord message that shows the job, for the worker to edit."""
-        await self.redis.hset(self.keys.job(job_id), "message_id", str(message_id))
+    async def set_message(self, job_id: str, message_id: int, *, position: int = 0) -> None:
+        """Record the Discord message that shows the job (for the worker to edit) and the
+        position it shows."""
+        await self.redis.hset(self.keys.job(job_id), mapping={
+            "message_id": str(message_id), "shown_position": str(position),
+            "shown_at": f"{time.time():.3f}"})  # fmt: skip
+
+    async def set_shown_position(self, job_id: str, position: int) -> None:
+        await self.redis.hset(self.keys.job(job_id), mapping={
+            "shown_position": str(position), "shown_at": f"{time.time():.3f}"})  # fmt: skip
 
     async def status(self, job_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.job(job_id))

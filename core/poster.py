@@ -108,6 +108,21 @@ class Poster:
         )
         return message.id
 
+    async def edit_queued(self, job: Job, message_id: int, content: str) -> bool:
+        """Update the queued message's text in place (position changes): never posts anew,
+        keeps its buttons; False when the token has expired or the edit failed."""
+        if time.time() >= job.token_expires_at() - _TOKEN_MARGIN_S:
+            return False
+        webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
+                                          client=self.client)
+        try:
+            await webhook.edit_message(message_id, content=content,
+                                       allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            JobLog(log, job.id).info("position edit failed: %s", exc)
+            return False
+        return True
+
     async def tell(self, job: Job, message_id: int | None, content: str) -> None:
         """Best effort notice (failures, cancellations): never raises."""
         try:

@@ -27,11 +27,11 @@ from core.jobqueue import Delivery, JobQueue, JobStatus
 from core.keys import Keys
 from core.logs import JobLog
 from core.messages import cancelled_text, failure_text, result_embed, result_text
+from core.poster import Attachment, Post, Poster, PostFailed
 from inference.device import Placement, choose_placement
 from inference.encode import a1111_parameters, encode_png
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
-from core.poster import Attachment, Post, Poster, PostFailed
 from inference.sampling import sample
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class Worker:
         self.queue = JobQueue(redis, self.keys, max_attempts=self.config.queue.max_attempts,
                               result_ttl_s=self.config.queue.result_ttl_s)
         self.poster = Poster(client)
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.name = name or os.environ.get("PONYBOT_WORKER_NAME") or \
+            f"{socket.gethostname()}-{os.getpid()}"
         self.placement = placement or choose_placement(self.config.worker.device)
         self.models = models or ModelCache(
             self.config, base_dir=settings.path.parent, placement=self.placement

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,7 +87,7 @@ def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides
             "landscape": {"width": 96, "height": 64},
         },
         "worker": {"device": "cpu", "max_batch": 1, "block_ms": 100},
-        "queue": {"max_attempts": 3, "lease_s": 2.0, "result_ttl_s": 3600},
+        "queue": {"max_attempts": 3, "lease_s": 2.0, "result_ttl_s": 3600, "user_limit": 50},
         "discord": {"owners": [OWNER_ID]},
     }
     if fake is not None:
@@ -194,3 +196,51 @@ async def start_worker(settings: Settings, model_cache: object,
             await asyncio.wait_for(task, 10)
         await client.close()  # type: ignore[attr-defined]
         await worker_redis.aclose()
+
+
+# --- Worker processes --------------------------------------------------------------------------
+
+
+def write_config_toml(path: Path, pipeline_dir: Path, fake: FakeDiscord, *,
+                      max_attempts: int = 3, lease_s: float = 2.0, steps: int = 2) -> Path:
+    """The tiny test config as a file, for workers run as real processes."""
+    path.write_text(f"""
+default_model = "tiny"
+
+[discord]
+api_base = "{fake.api_base}"
+gateway_url = "{fake.gateway_url}"
+owners = [{OWNER_ID}]
+
+[defaults]
+steps = {steps}
+
+[queue]
+max_attempts = {max_attempts}
+lease_s = {lease_s}
+user_limit = 100
+
+[sizes]
+square = {{ width = 64, height = 64 }}
+portrait = {{ width = 64, height = 96 }}
+landscape = {{ width = 96, height = 64 }}
+
+[worker]
+device = "cpu"
+preload = ["tiny"]
+block_ms = 200
+
+[[models]]
+id = "tiny"
+name = "Tiny Pony"
+path = "{pipeline_dir}"
+quality_tags = ["scr100"]
+""")
+    return path
+
+
+def spawn_worker(config_path: Path, redis_url: str, name: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DISCORD_TOKEN=BOT_TOKEN, REDIS_URL=redis_url,
+               PONYBOT_WORKER_NAME=name, HF_HUB_OFFLINE="1", PONYBOT_LOG_LEVEL="WARNING")
+    return subprocess.Popen([sys.executable, "-m", "inference", "--config", str(config_path)],
+                            env=env, stdin=subprocess.DEVNULL)

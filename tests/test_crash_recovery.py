@@ -1,0 +1,125 @@
+"""Nothing is lost or doubled whatever crashes: workers killed mid-sampling, Redis restarted,
+Discord failing for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+
+import pytest
+
+from core.keys import Keys
+from tests.conftest import CHANNEL_ID, USER_ID, spawn_worker, write_config_toml
+
+pytestmark = pytest.mark.usefixtures("bot")
+
+
+async def pony(fake, **options):
+    options.setdefault("tags", "derpy hooves, muffin")
+    itx = await fake.invoke("pony", options, channel_id=CHANNEL_ID, user_id=USER_ID)
+    await itx.wait_response(timeout=5)
+    return itx
+
+
+def posts_of(fake, itx) -> int:
+    """How many times the job's result reached Discord: edits that carried images into the
+    queued message, plus channel posts replying to it."""
+    edits = sum(1 for edit in itx.original.edits if edit.get("attachments"))
+    replies = [m for m in fake.channel_messages(CHANNEL_ID)
+               if (m.message_reference or {}).get("message_id") == str(itx.original.id)]
+    return edits + len(replies)
+
+
+async def test_workers_killed_mid_sampling_20_times_still_post_every_job_exactly_once(
+        fake, redis, redis_server, tiny_pipeline_dir, tmp_path):
+    config = write_config_toml(tmp_path / "config.toml", tiny_pipeline_dir, fake,
+                               max_attempts=100, lease_s=1.0, steps=30)
+    jobs = [await pony(fake, seed=i) for i in range(8)]
+    keys = Keys()
+    rng = random.Random(20)
+    workers = {}
+    spawned = 0
+    kills = 0
+
+    def spawn() -> None:
+        nonlocal spawned
+        name = f"chaos-{spawned}"
+        spawned += 1
+        workers[name] = spawn_worker(config, redis_server.url, name)
+
+    for _ in range(3):
+        spawn()
+    try:
+        while kills < 20:
+            # Kill a worker as soon as it is sampling, a random moment into the job.
+            for job_key in await redis.keys(keys.job("*")):
+                state = await redis.hgetall(job_key)
+                name = state.get(b"worker", b"").decode()
+                if state.get(b"status") == b"running" and name in workers:
+                    await asyncio.sleep(rng.uniform(0.05, 0.4))
+                    if await redis.hget(job_key, "status") != b"running":
+                        continue
+                    workers.pop(name).send_signal(signal.SIGKILL)
+                    kills += 1
+                    spawn()
+                    break
+            await asyncio.sleep(0.02)
+        await fake.wait_for(lambda: all(j.original.attachments for j in jobs), timeout=240)
+    finally:
+        for process in workers.values():
+            process.terminate()
+        for process in workers.values():
+            process.wait(timeout=30)
+
+    assert kills == 20
+    assert [posts_of(fake, j) for j in jobs] == [1] * len(jobs)
+    assert await redis.xlen(keys.dead) == 0
+    assert await redis.xlen(keys.stream) == 0
+
+
+async def test_a_redis_restart_loses_no_queued_job(fake, redis, redis_server, start_worker):
+    jobs = [await pony(fake, seed=i) for i in range(3)]
+    redis_server.restart()
+    await start_worker()
+    await fake.wait_for(lambda: all(j.original.attachments for j in jobs), timeout=60)
+    assert [posts_of(fake, j) for j in jobs] == [1, 1, 1]
+
+
+async def test_while_redis_is_down_pony_says_so_and_recovers_by_itself(fake, redis,
+                                                                     redis_server):
+    redis_server.stop()
+    try:
+        down = await pony(fake)
+        assert down.ephemeral and "queue is unavailable" in down.original.content
+    finally:
+        redis_server.start()
+    up = await pony(fake)
+    assert not up.ephemeral and "Queued" in up.original.content
+
+
+async def test_discord_failing_for_a_while_still_gets_every_result_once(fake, redis,
+                                                                      start_worker):
+    jobs = [await pony(fake, seed=i) for i in range(3)]
+    fake.inject("PATCH", r"^/webhooks/", 500, count=2)
+    fake.inject("PATCH", r"^/webhooks/", 429, count=2, retry_after=0.2)
+    await start_worker()
+    await fake.wait_for(lambda: all(j.original.attachments for j in jobs), timeout=90)
+    statuses = [status for method, path, status in fake.requests
+                if method == "PATCH" and path.startswith("/webhooks/")]
+    assert statuses.count(500) == 2 and statuses.count(429) == 2
+    assert [posts_of(fake, j) for j in jobs] == [1, 1, 1]
+
+
+async def test_a_job_that_keeps_failing_is_dead_lettered_and_its_user_told(fake, redis,
+                                                                          start_worker):
+    itx = await pony(fake)
+    # Discord refuses the result on each of the 3 attempts (503 is not retried by discord.py).
+    fake.inject("PATCH", r"^/webhooks/", 503, count=3)
+    await start_worker()
+
+    await fake.wait_for(lambda: "could not be drawn" in itx.original.content, timeout=60)
+    [(_, fields)] = await redis.xrange(Keys().dead)
+    assert fields[b"reason"] == b"it failed 3 times"
+    assert not itx.original.attachments
+    assert await redis.xlen(Keys().stream) == 0
