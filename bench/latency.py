@@ -58,7 +58,8 @@ async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
                        bot_user_id=t.BOT_USER_ID, owner_id=t.OWNER_ID)
     fake.add_guild(t.GUILD_ID, name="bench", owner_id=t.OWNER_ID)
     fake.add_channel(t.GUILD_ID, t.CHANNEL_ID, name="general")
-    fake.add_user(t.USER_ID, name="bench")
+    for i in range(max(jobs, sequential)):  # one user per command: per-user caps stay out
+        fake.add_user(t.USER_ID + i, name=f"bench{i}")
     await fake.start()
     config = t.tiny_config(pipeline, fake)
     config = config.model_copy(update={"worker": config.worker.model_copy(
@@ -80,7 +81,7 @@ async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
                 start = time.perf_counter()
                 itx = await fake.invoke("pony", {"tags": f"pony, solo, seed {i}", "steps": steps},
                                         guild_id=t.GUILD_ID, channel_id=t.CHANNEL_ID,
-                                        user_id=t.USER_ID)
+                                        user_id=t.USER_ID + i)
                 await itx.wait_response(timeout=10)
                 return time.perf_counter() - start
 

@@ -6,6 +6,7 @@ anything, so these checks are the truth; each failure names the option and the a
 
 from __future__ import annotations
 
+from discord import app_commands
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from bot.errors import UserFacingError
@@ -123,3 +124,13 @@ def resolve_generation(options: PonyOptions, config: Config, model: ModelEntry) 
 def _config(info: ValidationInfo) -> Config:
     assert info.context is not None, "PonyOptions.parse passes the config"
     return info.context["config"]
+
+
+def model_choices(config: Config, current: str) -> list[app_commands.Choice[str]]:
+    """Registry entries whose id or name contains what the user typed (Discord shows 25)."""
+    needle = current.casefold().strip()
+    return [
+        app_commands.Choice(name=f"{m.name} ({m.id})"[:100], value=m.id)
+        for m in config.models
+        if needle in m.id.casefold() or needle in m.name.casefold()
+    ][:25]

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from bot import guild_settings
 from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings, SettingsUnavailable
+from bot.options import model_choices
 from core.config import Config, ModelEntry, TagStyle
 from core.heartbeat import WorkerHeartbeat, read_heartbeats
 
@@ -174,16 +175,6 @@ class ModelsCog(
                 ("Redis is unreachable: live workers and this server's settings are not shown."),
             )
         return guild, beats, None
-
-
-def model_choices(config: Config, current: str) -> list[app_commands.Choice[str]]:
-    """Registry entries whose id or name contains what the user typed (Discord shows 25)."""
-    needle = current.casefold().strip()
-    return [
-        app_commands.Choice(name=f"{m.name} ({m.id})"[:100], value=m.id)
-        for m in config.models
-        if needle in m.id.casefold() or needle in m.name.casefold()
-    ][:25]
 
 
 def _describe(

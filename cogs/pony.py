@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from bot import guild_settings, tags
 from bot.errors import QueueUnavailable, UserFacingError
-from bot.options import PonyOptions, resolve_generation
+from bot.options import PonyOptions, model_choices, resolve_generation
 from bot.views import queued_view
 from core.config import Config, ModelEntry
 from core.job import MAX_SEED, Job
@@ -127,12 +127,7 @@ class PonyCog(commands.Cog):
     async def _model_choices(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        needle = current.casefold()
-        return [
-            app_commands.Choice(name=f"{m.name} ({m.id})"[:100], value=m.id)
-            for m in self.bot.config.models
-            if needle in m.id.casefold() or needle in m.name.casefold()
-        ][:25]
+        return model_choices(self.bot.config, current)
 
 
 def render_prompt(
