@@ -33,7 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repo root replaces the script's own folder (sys.path[0], bench/), whose file names
+# (queue.py...) would shadow stdlib modules.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch

@@ -1,0 +1,172 @@
+"""The queue policy's cost over Redis itself, on a real redis-server.
+
+Sleep-only workers (no model) take jobs and acknowledge them, once through our queue (Lua
+round-robin take over per-server lists into a consumer group, state hash, per-user sets) and
+once through a raw XADD / XREADGROUP / XACK loop. Prints enqueue->pickup p50/p99 with jobs
+arriving one at a time, and drain throughput (jobs/s) for 1 and 4 workers, plus the ratios.
+
+    python bench/queue.py [--jobs 400] [--work-ms 0] [--servers 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+# This file's folder must not be on the path: `bench/queue.py` would shadow the stdlib `queue`.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from redis.asyncio import Redis
+
+from core.config import Sampler
+from core.job import Job
+from core.jobqueue import JobQueue
+from core.keys import WORKER_GROUP, Keys
+from core.redis_server import RedisServer
+
+
+def job(i: int, servers: int) -> Job:
+    return Job(application_id=1, interaction_id=i, interaction_token="t", guild_id=1 + i % servers,
+               channel_id=1, user_id=i, model_id="m", tags="pony", prompt="pony",
+               negative_prompt="", seed=i, steps=20, cfg=7.5, sampler=Sampler.DDIM,
+               width=512, height=512)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
+
+
+class Ours:
+    name = "ponybot queue (Lua round-robin)"
+
+    def __init__(self, redis: Redis) -> None:
+        self.queue = JobQueue(redis, Keys("bench"), result_ttl_s=60)
+
+    async def setup(self) -> None:
+        await self.queue.redis.flushdb()
+        await self.queue.ensure_group()
+
+    async def put(self, i: int, servers: int) -> str:
+        j = job(i, servers)
+        await self.queue.enqueue(j)
+        return j.id
+
+    async def worker(self, name: str, done: Callable[[str], Awaitable[bool]],
+                     work_s: float) -> None:
+        queue = JobQueue(Redis.from_url(_url), Keys("bench"), result_ttl_s=60)
+        while True:
+            for delivery in await queue.take(name, count=1, block_s=0.05):
+                if work_s:
+                    await asyncio.sleep(work_s)
+                await queue.ack(delivery)
+                if await done(delivery.job.id):
+                    await queue.redis.aclose()
+                    return
+
+
+class Raw:
+    name = "raw XADD/XREADGROUP/XACK"
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def setup(self) -> None:
+        await self.redis.flushdb()
+        await self.redis.xgroup_create("raw", WORKER_GROUP, id="0", mkstream=True)
+
+    async def put(self, i: int, servers: int) -> str:
+        j = job(i, servers)
+        await self.redis.xadd("raw", {"job": j.to_json(), "id": j.id})
+        return j.id
+
+    async def worker(self, name: str, done: Callable[[str], Awaitable[bool]],
+                     work_s: float) -> None:
+        redis = Redis.from_url(_url)
+        while True:
+            reply = await redis.xreadgroup(WORKER_GROUP, name, {"raw": ">"}, count=1, block=50)
+            for entry_id, fields in reply[0][1] if reply else []:
+                Job.from_json(fields[b"job"])  # the same parsing work as ours
+                if work_s:
+                    await asyncio.sleep(work_s)
+                await redis.xack("raw", WORKER_GROUP, entry_id)
+                await redis.xdel("raw", entry_id)
+                if await done(fields[b"id"].decode()):
+                    await redis.aclose()
+                    return
+
+
+_url = ""
+
+
+async def run(system: Ours | Raw, *, jobs: int, workers: int, servers: int, work_s: float,
+              paced: bool) -> tuple[list[float], float]:
+    await system.setup()
+    put_at: dict[str, float] = {}
+    pickup: list[float] = []
+    remaining = jobs
+    finished = asyncio.Event()
+
+    async def done(job_id: str) -> bool:
+        nonlocal remaining
+        pickup.append(time.perf_counter() - put_at[job_id])
+        remaining -= 1
+        if remaining <= 0:
+            finished.set()
+        return finished.is_set()
+
+    tasks = [asyncio.create_task(system.worker(f"w{i}", done, work_s)) for i in range(workers)]
+    await asyncio.sleep(0.2)
+    start = time.perf_counter()
+    for i in range(jobs):
+        t = time.perf_counter()
+        job_id = await system.put(i, servers)
+        put_at[job_id] = t
+        if paced:
+            await asyncio.sleep(0.005)
+    await finished.wait()
+    elapsed = time.perf_counter() - start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return pickup, jobs / elapsed
+
+
+async def main(jobs: int, work_ms: float, servers: int) -> None:
+    global _url
+    with RedisServer(Path(tempfile.mkdtemp(prefix="ponyq-"))) as server:
+        _url = server.url
+        redis = Redis.from_url(server.url)
+        rows = {}
+        for system in (Raw(redis), Ours(redis)):
+            latency, _ = await run(system, jobs=min(jobs, 200), workers=1, servers=servers,
+                                   work_s=0, paced=True)
+            _, one = await run(system, jobs=jobs, workers=1, servers=servers,
+                               work_s=work_ms / 1000, paced=False)
+            _, four = await run(system, jobs=jobs, workers=4, servers=servers,
+                                work_s=work_ms / 1000, paced=False)
+            rows[system.name] = (pct(latency, 50), pct(latency, 99), one, four)
+        await redis.aclose()
+    print(f"bench/queue.py  jobs={jobs} servers={servers} work={work_ms:g} ms/job "
+          f"(sleep-only workers, one process, redis-server {server.port})")
+    print(f"{'':34} {'pickup p50':>11} {'pickup p99':>11} {'jobs/s 1w':>10} {'jobs/s 4w':>10}")
+    for name, (p50, p99, one, four) in rows.items():
+        print(f"{name:34} {p50:8.2f} ms {p99:8.2f} ms {one:10.0f} {four:10.0f}")
+    raw, ours = rows[Raw.name], rows[Ours.name]
+    print(f"{'ours / raw':34} {ours[0] / raw[0]:10.2f}x {ours[1] / raw[1]:10.2f}x "
+          f"{ours[2] / raw[2]:9.2f}x {ours[3] / raw[3]:9.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--work-ms", type=float, default=0.0)
+    parser.add_argument("--servers", type=int, default=20)
+    args = parser.parse_args()
+    asyncio.run(main(args.jobs, args.work_ms, args.servers))
