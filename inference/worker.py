@@ -32,7 +32,8 @@ from inference.device import Placement, choose_placement
 from inference.encode import a1111_parameters, encode_png
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
-from inference.sampling import sample
+from inference.sampling import sample_with_info
+from inference.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Worker:
             self.config, base_dir=settings.path.parent, placement=self.placement
         )
         self.jobs_done = 0
+        self.throughput = Throughput()
         self.images_done = 0
         self.current: Delivery | None = None
         self._stopping = asyncio.Event()
@@ -136,12 +138,15 @@ class Worker:
                 pipe = await self.models.get(job.model_id)
                 loaded = time.perf_counter()
                 # 4. Sample, off the event loop so heartbeats and leases keep flowing.
-                images = await asyncio.to_thread(sample, pipe, job)
+                result = await asyncio.to_thread(sample_with_info, pipe, job)
                 sampled = time.perf_counter()
                 if cancel.is_set():
                     raise SamplingCancelled()
+            self.throughput.record(sampled - loaded, job.count)
             # 5. Encode.
-            post = await asyncio.to_thread(self._render_post, delivery, images, sampled - loaded)
+            notes = [result.note] if result.note else []
+            post = await asyncio.to_thread(self._render_post, delivery, result.images,
+                                           sampled - loaded, notes)
             encoded = time.perf_counter()
             # 6. Post, then record it before the ack: a reclaim never posts twice.
             message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
@@ -185,7 +190,8 @@ class Worker:
 
     # --- steps ------------------------------------------------------------------------------
 
-    def _render_post(self, delivery: Delivery, images: list, elapsed_s: float) -> Post:
+    def _render_post(self, delivery: Delivery, images: list, elapsed_s: float,
+                     notes: list[str]) -> Post:
         job = delivery.job
         model_name = self.config.model(job.model_id).name
         attachments = [
@@ -196,7 +202,7 @@ class Worker:
             for image, seed in zip(images, job.image_seeds(), strict=True)
         ]
         return Post(
-            content=result_text(job, elapsed_s=elapsed_s),
+            content=result_text(job, elapsed_s=elapsed_s, notes=notes),
             embed=result_embed(job, model_name=model_name),
             attachments=attachments,
         )
@@ -276,6 +282,8 @@ class Worker:
             current_job=self.current.job.id if self.current else None,
             jobs_done=self.jobs_done,
             images_done=self.images_done,
+            images_per_s=self.throughput.images_per_s(),
+            busy_fraction=self.throughput.busy_fraction(),
             at=time.time(),
         )
         try:
