@@ -24,7 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repo root on the path; bench/ itself off it, or bench/queue.py shadows the standard
+# library's queue module (which torch imports).
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+sys.path.insert(0, str(_BENCH.parent))
 
 import numpy as np
 import torch

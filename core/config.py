@@ -178,7 +178,7 @@ class UpscalerEntry(_Strict):
     path: Path
     # Inputs are upscaled in tiles of this many pixels so memory stays bounded (0 = whole).
     tile: Annotated[int, Field(ge=0)] = 256
-    tile_overlap: Annotated[int, Field(ge=0)] = 16
+    tile_overlap: Annotated[int, Field(ge=0)] = 32
 
 
 class Config(_Strict):
