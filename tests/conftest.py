@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from core.discord_endpoints import use_endpoints
 from core.redis_server import RedisServer
 
 if TYPE_CHECKING:
+    from inference.worker import Worker
     from tests.fake_discord import FakeDiscord
 
 BOT_TOKEN = "test-bot-token"
@@ -167,7 +169,19 @@ def model_cache(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactor
                       placement=choose_placement("cpu"))
 
 
-WorkerStarter = Callable[..., Awaitable[object]]
+WorkerStarter = Callable[..., Awaitable["RunningWorker"]]
+
+
+@dataclass
+class RunningWorker:
+    """An in-process worker; `crash()` stops it dead mid-job, as a killed process would
+    (nothing released, nothing acked: its jobs wait for their lease to run out)."""
+
+    worker: Worker
+    task: asyncio.Task[None]
+
+    def crash(self) -> None:
+        self.task.cancel()
 
 
 @pytest.fixture
@@ -176,24 +190,24 @@ async def start_worker(settings: Settings, model_cache: object,
     """Starts in-process workers on demand; all are stopped after the test."""
     from inference.worker import Worker, logged_in_client
 
-    running: list[tuple[object, asyncio.Task[None], object, Redis]] = []
+    running: list[tuple[RunningWorker, object, Redis]] = []
 
-    async def start(name: str = "test-worker", settings_: Settings | None = None) -> Worker:
+    async def start(name: str = "test-worker", settings_: Settings | None = None) -> RunningWorker:
         use_settings = settings_ or settings
         assert use_settings.redis_url
         client = await logged_in_client(BOT_TOKEN)
         worker_redis = Redis.from_url(use_settings.redis_url)
         worker = Worker(use_settings, worker_redis, client, name=name,
                         models=model_cache)  # type: ignore[arg-type]
-        task = asyncio.create_task(worker.run())
-        running.append((worker, task, client, worker_redis))
-        return worker
+        handle = RunningWorker(worker, asyncio.create_task(worker.run()))
+        running.append((handle, client, worker_redis))
+        return handle
 
     yield start
-    for worker, task, client, worker_redis in running:
-        worker.stop()  # type: ignore[attr-defined]
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
+    for handle, client, worker_redis in running:
+        handle.worker.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(handle.task, 10)
         await client.close()  # type: ignore[attr-defined]
         await worker_redis.aclose()
 
