@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,12 @@ MAX_SEED = 2**32 - 1
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+class JobKind(StrEnum):
+    GENERATE = "generate"  # /pony and 🔁 Re-roll: text to image
+    UPSCALE = "upscale"  # U buttons: one image of an earlier job through Real-ESRGAN
+    VARIATION = "variation"  # V buttons: img2img from one image of an earlier job
 
 
 class Job(BaseModel):
@@ -54,15 +61,27 @@ class Job(BaseModel):
     height: Annotated[int, Field(ge=64, multiple_of=8)]
     count: Annotated[int, Field(ge=1)] = 1
 
+    kind: JobKind = JobKind.GENERATE
+    # Upscale the generated images too (`/pony upscale:true`).
+    upscale: bool = False
+    # UPSCALE / VARIATION: which earlier job's image (0-based) to start from.
+    source_job_id: str | None = None
+    source_index: Annotated[int, Field(ge=0)] | None = None
+    # VARIATION: img2img strength (0 = the same picture, 1 = a new one).
+    strength: Annotated[float, Field(gt=0, le=1)] | None = None
+
     @property
     def guild_key(self) -> int:
         """The queue's tenant: the server, or 0 for DMs."""
         return self.guild_id or 0
 
     def batch_key(self) -> str:
-        """Jobs with equal keys can be sampled in one pipeline call."""
+        """Jobs with equal keys can be sampled in one pipeline call (the model id comes first:
+        the queue's take script reads it from there)."""
+        if self.kind is not JobKind.GENERATE:
+            return f"{self.model_id}|{self.kind.value}|{self.id}"  # never batched
         return (f"{self.model_id}|{self.width}x{self.height}|{self.steps}|{self.sampler.value}"
-                f"|{self.cfg:g}")
+                f"|{self.cfg:g}|{int(self.upscale)}")
 
     def image_seeds(self) -> list[int]:
         """One seed per image, so image i of a job is reproducible on its own."""
