@@ -87,6 +87,7 @@ class PonyCog(commands.Cog):
             prompt=rendered.positive,
             negative_prompt=rendered.negative,
             seed=generation.seed if generation.seed is not None else secrets.randbelow(MAX_SEED),
+            seeded=generation.seed is not None,
             steps=generation.steps,
             cfg=generation.cfg,
             sampler=generation.sampler,

@@ -62,6 +62,9 @@ class Job(BaseModel):
     count: Annotated[int, Field(ge=1)] = 1
 
     kind: JobKind = JobKind.GENERATE
+    # The user chose the seed: run the job on its own so the same seed gives exactly the same
+    # pixels (in a batch an image can differ by ±1/255 in a few pixels).
+    seeded: bool = False
     # Upscale the generated images too (`/pony upscale:true`).
     upscale: bool = False
     # UPSCALE / VARIATION: which earlier job's image (0-based) to start from.
@@ -78,7 +81,7 @@ class Job(BaseModel):
     def batch_key(self) -> str:
         """Jobs with equal keys can be sampled in one pipeline call (the model id comes first:
         the queue's take script reads it from there)."""
-        if self.kind is not JobKind.GENERATE:
+        if self.kind is not JobKind.GENERATE or self.seeded:
             return f"{self.model_id}|{self.kind.value}|{self.id}"  # never batched
         return (f"{self.model_id}|{self.width}x{self.height}|{self.steps}|{self.sampler.value}"
                 f"|{self.cfg:g}|{int(self.upscale)}")
