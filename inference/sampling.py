@@ -7,6 +7,7 @@ how long the prompt was so the worker can tell the user.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,38 +38,56 @@ def generators(job: Job) -> list[torch.Generator]:
 
 
 @torch.inference_mode()
+def sample_batch(
+    pipe: StableDiffusionPipeline, jobs: Sequence[Job], **pipeline_kwargs: Any
+) -> list[Sampled]:
+    """Draw every job's images in as few pipeline calls as possible, one per group of jobs
+    whose prompts encoded to the same length (all of them, unless a prompt is long).
+
+    The jobs must share model, size, steps, sampler and cfg (`Job.batch_key`). Each image has
+    its own generator, so each job gets the images its seeds give; batched, an image can
+    differ from the same job run alone by ±1/255 in a few pixels (floating-point reduction
+    order), which is why jobs with a user-chosen seed are never batched.
+    `pipeline_kwargs` go to the diffusers call as they are (the progress/cancel callback).
+    """
+    first = jobs[0]
+    assert len({j.batch_key() for j in jobs}) == 1, "sample_batch needs compatible jobs"
+    # 1. A fresh scheduler for the jobs' sampler, on the model's noise schedule.
+    apply_sampler(pipe, first.sampler)
+    # 2. Encode each job's prompts, already repeated once per image.
+    encoded = [encode(pipe, j.prompt, j.negative_prompt, j.count) for j in jobs]
+    # 3. One call per prompt length: embeddings of different lengths cannot share a batch.
+    images: dict[int, list[Image]] = {}
+    for length in sorted({e.prompt_embeds.shape[1] for e in encoded}):
+        group = [i for i, e in enumerate(encoded) if e.prompt_embeds.shape[1] == length]
+        result = pipe(
+            prompt_embeds=torch.cat([encoded[i].prompt_embeds for i in group]),
+            negative_prompt_embeds=torch.cat([encoded[i].negative_prompt_embeds for i in group]),
+            num_images_per_prompt=1,
+            generator=[g for i in group for g in generators(jobs[i])],
+            num_inference_steps=first.steps,
+            guidance_scale=first.cfg,
+            width=first.width,
+            height=first.height,
+            output_type="pil",
+            **pipeline_kwargs,
+        )
+        # 4. Hand each job its own images, in order.
+        produced = iter(result.images)
+        for i in group:
+            images[i] = [next(produced) for _ in range(jobs[i].count)]
+    return [
+        Sampled(images=images[i], tokens=e.tokens, negative_tokens=e.negative_tokens,
+                chunks=e.chunks, note=e.note())
+        for i, e in enumerate(encoded)
+    ]
+
+
 def sample_with_info(
     pipe: StableDiffusionPipeline, job: Job, **pipeline_kwargs: Any
 ) -> Sampled:
-    """Draw `job.count` images of `job` and say how its prompt was encoded.
-
-    `pipeline_kwargs` go to the diffusers call as they are: the progress reporter's
-    `callback_on_step_end` (`ProgressReporter.pipeline_kwargs()`), for instance.
-    """
-    # 1. A fresh scheduler for the job's sampler, on the model's noise schedule.
-    apply_sampler(pipe, job.sampler)
-    # 2. Encode the prompts, already repeated once per image.
-    encoded = encode(pipe, job.prompt, job.negative_prompt, job.count)
-    # 3. Denoise and decode: one image per embedding row, one generator per image.
-    result = pipe(
-        prompt_embeds=encoded.prompt_embeds,
-        negative_prompt_embeds=encoded.negative_prompt_embeds,
-        num_images_per_prompt=1,
-        generator=generators(job),
-        num_inference_steps=job.steps,
-        guidance_scale=job.cfg,
-        width=job.width,
-        height=job.height,
-        output_type="pil",
-        **pipeline_kwargs,
-    )
-    return Sampled(
-        images=list(result.images),
-        tokens=encoded.tokens,
-        negative_tokens=encoded.negative_tokens,
-        chunks=encoded.chunks,
-        note=encoded.note(),
-    )
+    """Draw `job.count` images of `job` and say how its prompt was encoded."""
+    return sample_batch(pipe, [job], **pipeline_kwargs)[0]
 
 
 def sample(pipe: StableDiffusionPipeline, job: Job, **pipeline_kwargs: Any) -> list[Image]:
