@@ -10,16 +10,17 @@ from redis.exceptions import RedisError
 
 from bot.cancelling import cancel_job
 from bot.errors import QueueUnavailable, UserFacingError
+from core.custom_ids import Action, custom_id, template
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
 
 
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-                   template=r"pony:cancel:(?P<job_id>[0-9a-f]{1,32})"):
+                   template=template(Action.CANCEL)):
     def __init__(self, job_id: str) -> None:
         super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.secondary,
-                                           emoji="✖️", custom_id=f"pony:cancel:{job_id}"))
+                                           emoji="✖️", custom_id=custom_id(Action.CANCEL, job_id)))
         self.job_id = job_id
 
     @classmethod

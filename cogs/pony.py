@@ -15,12 +15,9 @@ from redis.exceptions import RedisError
 from bot import guild_settings, tags
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.options import PonyOptions, model_choices, resolve_generation
-from bot.views import queued_view
+from bot.submit import request_fields, submit
 from core.config import Config, ModelEntry
 from core.job import MAX_SEED, Job
-from core.jobqueue import UserLimitReached
-from core.logs import JobLog
-from core.messages import queued_text
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -48,6 +45,7 @@ class PonyCog(commands.Cog):
         count="how many pictures (1-4)",
         size="square 512×512, portrait 512×768, landscape 768×512",
         model="which checkpoint (default: this server's)",
+        upscale="upscale the pictures with Real-ESRGAN before posting (slower, larger files)",
     )
     async def pony(
         self,
@@ -60,6 +58,7 @@ class PonyCog(commands.Cog):
         count: int | None = None,
         size: Literal["square", "portrait", "landscape"] | None = None,
         model: str | None = None,
+        upscale: bool | None = None,
     ) -> None:
         config = self.bot.config
         options = PonyOptions.parse(
@@ -75,13 +74,11 @@ class PonyCog(commands.Cog):
         rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted,
                                         blocked_tags=guild.blocked_tags)
         generation = resolve_generation(options, config, entry)
+        if upscale and not config.upscalers:
+            raise UserFacingError("Upscaling is not available: no upscaler is configured on "
+                                  "this bot. Ask again without `upscale`.")
         job = Job(
-            application_id=interaction.application_id,
-            interaction_id=interaction.id,
-            interaction_token=interaction.token,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id or 0,
-            user_id=interaction.user.id,
+            **request_fields(interaction),
             model_id=entry.id,
             tags=options.tags.strip(),
             prompt=rendered.positive,
@@ -94,35 +91,9 @@ class PonyCog(commands.Cog):
             width=generation.width,
             height=generation.height,
             count=generation.count,
+            upscale=bool(upscale),
         )
-        jlog = JobLog(log, job.id)
-        limit = guild.user_limit or config.queue.user_limit
-        try:
-            enqueued = await self.bot.queue.enqueue(job, user_limit=limit)
-        except UserLimitReached as exc:
-            raise UserFacingError(
-                f"You already have {len(exc.job_ids)} job(s) queued or running here (the limit "
-                f"is {exc.limit}): {', '.join(f'`{i}`' for i in exc.job_ids)}. "
-                "Wait for one to finish or cancel one."
-            ) from exc
-        except (RedisError, OSError) as exc:
-            jlog.warning("enqueue failed: %r", exc)
-            raise QueueUnavailable() from exc
-        jlog.info("queued at %d for user=%s guild=%s model=%s paused=%s", enqueued.position,
-                  job.user_id, job.guild_id, job.model_id, enqueued.paused)
-        callback = await interaction.response.send_message(
-            queued_text(job, position=enqueued.position, paused=enqueued.paused,
-                        model_name=entry.name, notes=notes),
-            view=queued_view(job.id),
-        )
-        # The worker edits this message; if the bot never records it (a crash right here),
-        # the worker falls back to a channel post, so the job is never stuck on it.
-        message_id = callback.message_id or getattr(callback.resource, "id", None)
-        if message_id:
-            try:
-                await self.bot.queue.set_message(job.id, message_id, position=enqueued.position)
-            except (RedisError, OSError):
-                jlog.warning("could not record message %s; the worker will post anew", message_id)
+        await submit(self.bot, interaction, job, notes=notes, guild=guild)
 
     @pony.autocomplete("model")
     async def _model_choices(

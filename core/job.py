@@ -72,6 +72,10 @@ class Job(BaseModel):
     source_index: Annotated[int, Field(ge=0)] | None = None
     # VARIATION: img2img strength (0 = the same picture, 1 = a new one).
     strength: Annotated[float, Field(gt=0, le=1)] | None = None
+    # The most bytes one file may have here, as Discord told the bot with the interaction
+    # (`attachment_size_limit`: more in boosted servers). The worker fits every file under the
+    # smaller of this and its `worker.attachment_limit_bytes`.
+    attachment_limit: Annotated[int, Field(ge=1)] | None = None
 
     @property
     def guild_key(self) -> int:

@@ -1,5 +1,5 @@
 """What users read about a job, in one place: the queued message the bot sends and the result
-the worker edits it into, so both processes word things the same way."""
+the worker edits it into (with its buttons), so both processes word things the same way."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import discord
 
-from core.job import Job
+from core.custom_ids import result_buttons
+from core.job import Job, JobKind
 
 # Discord caps message content at 2000 characters and an embed description at 4096.
 _CONTENT_LIMIT = 2000
@@ -28,6 +29,20 @@ def seeds_text(job: Job) -> str:
     return str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
 
 
+def source_text(job: Job) -> str:
+    """Which earlier image an upscale or a variation starts from."""
+    index = (job.source_index or 0) + 1
+    return f"image {index} of job `{job.source_job_id}`"
+
+
+def _queued_headline(job: Job) -> str:
+    if job.kind is JobKind.UPSCALE:
+        return f"🔍 Upscale of {source_text(job)} queued"
+    if job.kind is JobKind.VARIATION:
+        return f"🎲 Variation of {source_text(job)} queued"
+    return "🎨 Queued"
+
+
 def queued_text(
     job: Job, *, position: int, model_name: str, notes: Sequence[str] = (), paused: bool = False
 ) -> str:
@@ -36,7 +51,7 @@ def queued_text(
     else:
         ahead = "next up" if position <= 1 else f"position **{position}** in the queue"
     lines = [
-        f"🎨 Queued — {ahead} · model **{model_name}** · seed `{seeds_text(job)}`",
+        f"{_queued_headline(job)} — {ahead} · model **{model_name}** · seed `{seeds_text(job)}`",
         "Prompt the model will see:",
         code_block(job.prompt),
     ]
@@ -46,14 +61,23 @@ def queued_text(
     return "\n".join(lines)[:_CONTENT_LIMIT]
 
 
-def result_text(job: Job, *, elapsed_s: float, notes: list[str] | None = None) -> str:
-    lines = [f"<@{job.user_id}> here {'is your pony' if job.count == 1 else 'are your ponies'}"
-             f" ({elapsed_s:.1f} s)"]
-    lines += [f"-# {note}" for note in notes or []]
+def result_text(job: Job, *, elapsed_s: float, notes: Sequence[str] = ()) -> str:
+    """The result's first lines; `notes` say what the user should know (a long prompt encoded
+    in chunks, a file re-encoded to fit Discord's limit, ...)."""
+    if job.kind is JobKind.UPSCALE:
+        what = f"is your upscale of {source_text(job)}"
+    elif job.kind is JobKind.VARIATION:
+        what = f"is your variation of {source_text(job)}"
+    else:
+        what = "is your pony" if job.count == 1 else "are your ponies"
+    lines = [f"<@{job.user_id}> here {what} ({elapsed_s:.1f} s)"]
+    lines += [f"-# {note}" for note in notes]
     return "\n".join(lines)[:_CONTENT_LIMIT]
 
 
-def result_embed(job: Job, *, model_name: str) -> discord.Embed:
+def result_embed(job: Job, *, model_name: str, upscaled_by: str | None = None) -> discord.Embed:
+    """The parameters, for reading and for re-using; `upscaled_by` names the upscaler the
+    images went through (`Tiny ESRGAN ×4`)."""
     embed = discord.Embed(title=job.tags[:250] or "pony", colour=discord.Colour.purple())
     embed.add_field(name="Prompt", value=code_block(job.prompt, limit=_FIELD_LIMIT - 10),
                     inline=False)
@@ -67,13 +91,41 @@ def result_embed(job: Job, *, model_name: str) -> discord.Embed:
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="CFG", value=f"{job.cfg:g}")
     embed.add_field(name="Sampler", value=job.sampler.value)
+    if job.kind is JobKind.VARIATION:
+        embed.add_field(name="Variation of", value=source_text(job))
+        embed.add_field(name="Strength", value=f"{job.strength:g}")
+    if job.kind is JobKind.UPSCALE:
+        embed.add_field(name="Upscale of", value=source_text(job))
+    if upscaled_by:
+        embed.add_field(name="Upscaled", value=upscaled_by)
     embed.set_footer(text=f"job {job.id}")
     return embed
 
 
+class _SentView(discord.ui.View):
+    """Buttons a worker sends but never answers: the bot's DynamicItems match their custom_ids
+    (core.custom_ids), so discord.py in the worker must not keep the view waiting for clicks."""
+
+    def is_dispatchable(self) -> bool:
+        return False
+
+
+def result_view(job: Job, *, can_upscale: bool) -> discord.ui.View:
+    """The result's buttons: U1–Un, V1–Vn, 🔁 Re-roll, 🗑 Delete (see core.custom_ids)."""
+    view = _SentView(timeout=None)
+    for button in result_buttons(job, can_upscale=can_upscale):
+        view.add_item(discord.ui.Button(
+            custom_id=button.custom_id, label=button.label, emoji=button.emoji, row=button.row,
+            style=discord.ButtonStyle.danger if button.danger else discord.ButtonStyle.secondary,
+        ))  # fmt: skip
+    return view
+
+
 def failure_text(job: Job, reason: str) -> str:
-    return (f"<@{job.user_id}> ❌ your pony could not be drawn: {reason}\n"
-            f"-# job {job.id}")[:_CONTENT_LIMIT]
+    what = {JobKind.UPSCALE: "your upscale could not be made",
+            JobKind.VARIATION: "your variation could not be drawn"}.get(
+        job.kind, "your pony could not be drawn")
+    return f"<@{job.user_id}> ❌ {what}: {reason}\n-# job {job.id}"[:_CONTENT_LIMIT]
 
 
 def cancelled_text(job: Job, *, by_admin: bool = False) -> str:

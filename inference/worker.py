@@ -1,4 +1,9 @@
-"""The inference worker: take jobs from the queue, sample, post the images, acknowledge.
+"""The inference worker: take jobs from the queue, draw, upscale, post the images, acknowledge.
+
+A job is one of three kinds (`core.job.JobKind`): text to image (`/pony`, 🔁 Re-roll), an
+upscale of an earlier image (U buttons) or an img2img variation of one (V buttons). Earlier
+images are fetched back from their Discord message (`inference.sources`). Every file is fitted
+under Discord's attachment limit (`inference.fit`) and every result carries the buttons.
 
 One worker per GPU. Any number of workers, on any machines that reach Redis, share the queue
 through the consumer group; a worker that dies leaves its jobs pending and another one reclaims
@@ -18,22 +23,28 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import discord
+from PIL.Image import Image
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.config import Settings
 from core.heartbeat import WorkerHeartbeat
+from core.job import Job, JobKind
 from core.jobqueue import Delivery, JobQueue, JobStatus
 from core.keys import Keys
 from core.logs import JobLog
-from core.messages import cancelled_text, failure_text, result_embed, result_text
+from core.messages import cancelled_text, failure_text, result_embed, result_text, result_view
 from core.poster import Attachment, Post, Poster, PostFailed
 from inference.device import Placement, choose_placement
-from inference.encode import a1111_parameters, encode_png
+from inference.encode import a1111_parameters
+from inference.fit import fit_image
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
-from inference.sampling import sample_with_info
+from inference.sampling import Sampled, sample_with_info
+from inference.sources import SourceUnavailable, fetch_source_image
 from inference.throughput import Throughput
+from inference.upscale import UpscaleError, UpscalerCache
+from inference.variation import vary
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,7 @@ class Worker:
         self.keys = Keys(self.config.redis.key_prefix)
         self.queue = JobQueue(redis, self.keys, max_attempts=self.config.queue.max_attempts,
                               result_ttl_s=self.config.queue.result_ttl_s)
+        self.client = client
         self.poster = Poster(client)
         self.name = name or os.environ.get("PONYBOT_WORKER_NAME") or \
             f"{socket.gethostname()}-{os.getpid()}"
@@ -67,6 +79,8 @@ class Worker:
         self.models = models or ModelCache(
             self.config, base_dir=settings.path.parent, placement=self.placement
         )
+        self.upscalers = UpscalerCache(base_dir=settings.path.parent,
+                                       device=self.placement.device, dtype=self.placement.dtype)
         self.jobs_done = 0
         self.throughput = Throughput()
         self.images_done = 0
@@ -128,40 +142,51 @@ class Worker:
         if delivery.attempts > self.config.queue.max_attempts:
             await self.give_up(delivery, f"it failed {delivery.attempts - 1} times")
             return
-        jlog.info("start attempt=%d model=%s steps=%d count=%d size=%dx%d", delivery.attempts,
-                  job.model_id, job.steps, job.count, job.width, job.height)
+        jlog.info("start %s attempt=%d model=%s steps=%d count=%d size=%dx%d", job.kind.value,
+                  delivery.attempts, job.model_id, job.steps, job.count, job.width, job.height)
         self.current = delivery
         started = time.perf_counter()
         try:
             async with self._cancellation(delivery) as cancel:
-                # 3. Load the model (cached after the first job).
-                pipe = await self.models.get(job.model_id)
+                # 3. The earlier image a U or V button starts from, fetched back from Discord.
+                source = await self._source_image(job)
+                fetched = time.perf_counter()
+                # 4. Load the model (cached after the first job); an upscale needs none.
+                pipe = None if job.kind is JobKind.UPSCALE else await self.models.get(job.model_id)
                 loaded = time.perf_counter()
-                # 4. Sample, off the event loop so heartbeats and leases keep flowing.
-                result = await asyncio.to_thread(sample_with_info, pipe, job)
+                # 5. Draw, off the event loop so heartbeats and leases keep flowing.
+                drawn = await asyncio.to_thread(self._draw, pipe, job, source)
                 sampled = time.perf_counter()
                 if cancel.is_set():
                     raise SamplingCancelled()
-            self.throughput.record(sampled - loaded, job.count)
-            # 5. Encode.
-            notes = [result.note] if result.note else []
-            post = await asyncio.to_thread(self._render_post, delivery, result.images,
-                                           sampled - loaded, notes)
+                notes = [drawn.note] if drawn.note else []
+                # 6. Upscale: the U buttons, and `/pony upscale:true`.
+                images, upscaled_by = await self._upscale(job, drawn.images, notes)
+                upscaled = time.perf_counter()
+                if cancel.is_set():
+                    raise SamplingCancelled()
+            if pipe is not None:
+                self.throughput.record(sampled - loaded, job.count)
+            # 7. Encode, every file fitted under Discord's attachment limit.
+            post = await asyncio.to_thread(self._render_post, job, images, upscaled - loaded,
+                                           notes, upscaled_by)
             encoded = time.perf_counter()
-            # 6. Post, then record it before the ack: a reclaim never posts twice.
+            # 8. Post, then record it before the ack: a reclaim never posts twice.
             message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
             posted = time.perf_counter()
             await self.queue.mark_posted(job.id, message_id, {
-                "load": loaded - started,
+                "fetch": fetched - started,
+                "load": loaded - fetched,
                 "sample": sampled - loaded,
-                "encode": encoded - sampled,
+                "upscale": upscaled - sampled,
+                "encode": encoded - upscaled,
                 "post": posted - encoded,
             })  # fmt: skip
             await self.queue.ack(delivery, worker_seconds=posted - started)
             self.jobs_done += 1
-            self.images_done += job.count
-            jlog.info("posted message=%s sample=%.2fs total=%.2fs", message_id,
-                      sampled - loaded, time.perf_counter() - started)
+            self.images_done += len(images)
+            jlog.info("posted message=%s sample=%.2fs upscale=%.2fs total=%.2fs", message_id,
+                      sampled - loaded, upscaled - sampled, time.perf_counter() - started)
         except SamplingCancelled:
             jlog.info("cancelled while running")
             await self.poster.tell(job, await self._message_id(delivery), cancelled_text(job))
@@ -169,6 +194,8 @@ class Worker:
         except ModelLoadError as exc:
             jlog.error("model failed to load: %s", exc)
             await self.give_up(delivery, f"the model {job.model_id!r} could not be loaded")
+        except (SourceUnavailable, UpscalerUnavailable) as exc:
+            await self.give_up(delivery, str(exc))
         except PostFailed as exc:
             if exc.permanent:
                 jlog.error("post refused for good: %s", exc)
@@ -190,21 +217,76 @@ class Worker:
 
     # --- steps ------------------------------------------------------------------------------
 
-    def _render_post(self, delivery: Delivery, images: list, elapsed_s: float,
-                     notes: list[str]) -> Post:
-        job = delivery.job
+    async def _source_image(self, job: Job) -> Image | None:
+        """The image an upscale or a variation starts from; None for text to image."""
+        if job.kind is JobKind.GENERATE:
+            return None
+        return await fetch_source_image(self.client, self.queue, job)
+
+    @staticmethod
+    def _draw(pipe: Any, job: Job, source: Image | None) -> Sampled:
+        """The job's images before upscaling (runs in a thread)."""
+        if job.kind is JobKind.GENERATE:
+            return sample_with_info(pipe, job)
+        if job.kind is JobKind.VARIATION:
+            assert source is not None
+            return vary(pipe, job, source)
+        assert source is not None  # an upscale starts from the source as it is
+        return Sampled(images=[source], tokens=0, negative_tokens=0, chunks=1, note=None)
+
+    async def _upscale(self, job: Job, images: list[Image],
+                       notes: list[str]) -> tuple[list[Image], str | None]:
+        """The images through the configured upscaler when the job asks for it, and the
+        upscaler's description. An upscale job without an upscaler is given up; a picture
+        asked with `upscale:true` is posted as drawn, with a note."""
+        if job.kind is not JobKind.UPSCALE and not job.upscale:
+            return images, None
+        try:
+            return await asyncio.to_thread(self._upscale_all, images)
+        except UpscalerUnavailable as exc:
+            if job.kind is JobKind.UPSCALE:
+                raise
+            notes.append(f"not upscaled: {exc}")
+            return images, None
+
+    def _upscale_all(self, images: list[Image]) -> tuple[list[Image], str]:
+        try:
+            entry = self.config.upscaler()
+        except KeyError:
+            raise UpscalerUnavailable("no upscaler is configured") from None
+        try:
+            upscaler = self.upscalers.get(entry)
+        except UpscaleError as exc:
+            log.error("upscaler %s failed to load: %s", entry.id, exc)
+            raise UpscalerUnavailable(f"the upscaler {entry.id!r} could not be loaded") from exc
+        return [upscaler.upscale(image) for image in images], f"{entry.name} ×{upscaler.scale}"
+
+    def _attachment_limit(self, job: Job) -> int:
+        """Bytes one file may have: the smaller of the configured limit and what Discord said
+        with the interaction."""
+        limit = self.config.worker.attachment_limit_bytes
+        return min(limit, job.attachment_limit) if job.attachment_limit else limit
+
+    def _render_post(self, job: Job, images: list[Image], elapsed_s: float, notes: list[str],
+                     upscaled_by: str | None) -> Post:
+        """The result message; each image a PNG with its parameters, or smaller (WebP, then
+        downscaled) where the PNG would not fit Discord's limit, which the notes then say."""
         model_name = self.config.model(job.model_id).name
-        attachments = [
-            Attachment(
-                filename=f"pony_{job.id}_{seed}.png",
-                data=encode_png(image, a1111_parameters(job, seed, model_name=model_name)),
-            )
-            for image, seed in zip(images, job.image_seeds(), strict=True)
-        ]
+        limit = self._attachment_limit(job)
+        attachments = []
+        for number, (image, seed) in enumerate(zip(images, job.image_seeds(), strict=True), 1):
+            fitted = fit_image(image, _parameters(job, seed, model_name, upscaled_by),
+                               limit_bytes=limit)
+            stem = f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "")
+            attachments.append(Attachment(filename=fitted.filename(stem), data=fitted.data))
+            if fitted.note:
+                notes.append(fitted.note if len(images) == 1 else f"image {number}: {fitted.note}")
         return Post(
             content=result_text(job, elapsed_s=elapsed_s, notes=notes),
-            embed=result_embed(job, model_name=model_name),
+            embed=result_embed(job, model_name=model_name, upscaled_by=upscaled_by),
             attachments=attachments,
+            # 🔁 U V 🗑: the bot answers the clicks (cogs/results.py).
+            view=result_view(job, can_upscale=bool(self.config.upscalers)),
         )
 
     async def _message_id(self, delivery: Delivery) -> int | None:
@@ -302,6 +384,20 @@ async def logged_in_client(token: str) -> discord.Client:
 
 class SamplingCancelled(Exception):
     """The job was cancelled while it ran."""
+
+
+class UpscalerUnavailable(Exception):
+    """No upscaler is configured, or it cannot be loaded; `str(error)` tells the user."""
+
+
+def _parameters(job: Job, seed: int, model_name: str, upscaled_by: str | None) -> str:
+    """The AUTOMATIC1111-style parameters of one image, with what was done after sampling."""
+    text = a1111_parameters(job, seed, model_name=model_name)
+    if job.kind is JobKind.VARIATION:
+        text += f", Denoising strength: {job.strength:g}"
+    if upscaled_by:
+        text += f", Postprocess upscaler: {upscaled_by}"
+    return text
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,132 @@
+"""One way into the queue for everything a user asks for: `/pony` and the result buttons.
+
+`submit` checks the job against today's config, enqueues it under the user's cap, answers the
+interaction with the queued message (position or "paused", the exact prompt, a Cancel button)
+and records that message for the worker to edit. Every failure is a `UserFacingError`, answered
+privately by the caller, and nothing is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import discord
+from redis.exceptions import RedisError
+
+from bot import guild_settings
+from bot.errors import QueueUnavailable, UserFacingError
+from bot.guild_settings import GuildSettings
+from bot.views import queued_view
+from core.config import Config
+from core.job import Job
+from core.jobqueue import UserLimitReached
+from core.logs import JobLog
+from core.messages import queued_text
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+
+def request_fields(interaction: discord.Interaction) -> dict[str, Any]:
+    """The Job fields that say where a request came from and where its result goes."""
+    return {
+        "application_id": interaction.application_id,
+        "interaction_id": interaction.id,
+        "interaction_token": interaction.token,
+        "guild_id": interaction.guild_id,
+        "channel_id": interaction.channel_id or 0,
+        "user_id": interaction.user.id,
+        # Discord says with each interaction how big a file may be here (boosts raise it).
+        "attachment_limit": interaction.filesize_limit or None,
+    }
+
+
+def check_against_config(config: Config, job: Job) -> str:
+    """The model's display name, if the job is still possible with today's config (a button
+    re-uses parameters chosen before a config change); raises UserFacingError if not."""
+    try:
+        entry = config.model(job.model_id)
+    except KeyError:
+        raise UserFacingError(
+            f"The model `{job.model_id}` is no longer available on this bot; "
+            "use /pony to pick another."
+        ) from None
+    limits = config.limits
+    if not limits.steps_min <= job.steps <= limits.steps_max:
+        raise UserFacingError(
+            f"`steps` must now be between {limits.steps_min} and "
+            f"{limits.steps_max} (this job has {job.steps})."
+        )
+    if not limits.cfg_min <= job.cfg <= limits.cfg_max:
+        raise UserFacingError(
+            f"`cfg` must now be between {limits.cfg_min:g} and "
+            f"{limits.cfg_max:g} (this job has {job.cfg:g})."
+        )
+    if not 1 <= job.count <= limits.count_max:
+        raise UserFacingError(
+            f"`count` must now be between 1 and {limits.count_max} (this job has {job.count})."
+        )
+    return entry.name
+
+
+async def submit(
+    bot: PonyBot,
+    interaction: discord.Interaction,
+    job: Job,
+    *,
+    notes: Sequence[str] = (),
+    guild: GuildSettings | None = None,
+) -> None:
+    """Queue `job` and answer `interaction` with its queued message (a new public message;
+    its interaction token travels in the job so the worker can edit it into the result).
+    `guild` is the server's settings when the caller has read them already."""
+    jlog = JobLog(log, job.id)
+    # 1. Still possible with today's config.
+    model_name = check_against_config(bot.config, job)
+    # 2. Enqueue under the user's cap (the server's `/queue limit`, else the config's).
+    try:
+        if guild is None:
+            guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
+        limit = guild.user_limit or bot.config.queue.user_limit
+        enqueued = await bot.queue.enqueue(job, user_limit=limit)
+    except UserLimitReached as exc:
+        raise UserFacingError(
+            f"You already have {len(exc.job_ids)} job(s) queued or running here (the limit "
+            f"is {exc.limit}): {', '.join(f'`{i}`' for i in exc.job_ids)}. "
+            "Wait for one to finish or cancel one."
+        ) from exc
+    except (RedisError, OSError) as exc:
+        jlog.warning("enqueue failed: %r", exc)
+        raise QueueUnavailable() from exc
+    jlog.info(
+        "queued %s at %d for user=%s guild=%s model=%s paused=%s",
+        job.kind.value,
+        enqueued.position,
+        job.user_id,
+        job.guild_id,
+        job.model_id,
+        enqueued.paused,
+    )
+    # 3. Answer with the position (or "paused"), the exact prompt and a Cancel button.
+    callback = await interaction.response.send_message(
+        queued_text(
+            job,
+            position=enqueued.position,
+            paused=enqueued.paused,
+            model_name=model_name,
+            notes=notes,
+        ),
+        view=queued_view(job.id),
+    )
+    # 4. Record the message for the worker. If the bot never records it (a crash right here),
+    #    the worker falls back to a channel post, so the job is never stuck on it.
+    message_id = callback.message_id or getattr(callback.resource, "id", None)
+    if message_id:
+        try:
+            await bot.queue.set_message(job.id, message_id, position=enqueued.position)
+        except (RedisError, OSError):
+            jlog.warning("could not record message %s; the worker will post anew", message_id)

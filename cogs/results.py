@@ -1,0 +1,292 @@
+"""The buttons under every result: 🔁 Re-roll, U1–Un (upscale), V1–Vn (variation), 🗑 Delete.
+
+Workers post the buttons (`core.messages.result_view`); the bot answers them here. Each is a
+`discord.ui.DynamicItem` whose template comes from `core.custom_ids`, so a click on a result
+posted days ago, across any number of restarts, still finds its job: the parameters are read
+back from the job's state hash, which is kept `queue.result_ttl_s` after the job finished.
+
+A click becomes an ordinary queued job through `bot.submit`, exactly like `/pony` (position,
+per-user cap, fairness, pause): the click's interaction is answered with a new queued message,
+and the worker edits that message into the new result with the click's token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import discord
+from redis.exceptions import RedisError
+
+from bot.app import send_ephemeral
+from bot.errors import QueueUnavailable, UserFacingError
+from bot.permissions import is_owner, is_server_admin
+from bot.submit import request_fields, submit
+from core.custom_ids import Action, custom_id, template
+from core.job import MAX_SEED, Job, JobKind, new_job_id
+from core.jobqueue import JobStatus
+from core.logs import JobLog
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+Button = discord.ui.Button[discord.ui.View]
+
+
+# --- what each button does -------------------------------------------------------------------
+
+
+async def reroll(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
+    """🔁: the same parameters (and, for a variation, the same source image), a new seed."""
+    source, _ = await _source(bot, job_id)
+    if source.kind is JobKind.UPSCALE:
+        raise UserFacingError(
+            "An upscale has nothing to re-roll: the same image gives the same "
+            "upscale. Re-roll the original picture instead."
+        )
+    job = _derive(source, interaction, seed=secrets.randbelow(MAX_SEED), seeded=False)
+    JobLog(log, job.id).info("re-roll of %s by user=%s", source.id, job.user_id)
+    await submit(bot, interaction, job, notes=[f"re-roll of job {source.id}"])
+
+
+async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
+    """U<i>: image i of the job through the configured upscaler, as its own job."""
+    if not bot.config.upscalers:
+        raise UserFacingError("Upscaling is not available: no upscaler is configured on this bot.")
+    source = await _posted_image(bot, job_id, index)
+    if source.kind is JobKind.UPSCALE or source.upscale:
+        raise UserFacingError("This picture is upscaled already.")
+    job = _derive(
+        source,
+        interaction,
+        kind=JobKind.UPSCALE,
+        count=1,
+        upscale=False,
+        seed=source.image_seeds()[index],
+        source_job_id=source.id,
+        source_index=index,
+        strength=None,
+    )
+    JobLog(log, job.id).info("upscale of %s image %d by user=%s", source.id, index, job.user_id)
+    await submit(bot, interaction, job)
+
+
+async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
+    """V<i>: img2img from image i with the same prompt, a new seed and the configured strength;
+    upscaled like its source was (`/pony upscale:true`)."""
+    source = await _posted_image(bot, job_id, index)
+    job = _derive(
+        source,
+        interaction,
+        kind=JobKind.VARIATION,
+        count=1,
+        seed=secrets.randbelow(MAX_SEED),
+        seeded=False,
+        upscale=source.upscale and bool(bot.config.upscalers),
+        source_job_id=source.id,
+        source_index=index,
+        strength=bot.config.variation_strength,
+    )
+    JobLog(log, job.id).info("variation of %s image %d by user=%s", source.id, index, job.user_id)
+    await submit(bot, interaction, job)
+
+
+async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
+    """🗑: the result's requester, the server's admins and the bot's owners may delete it."""
+    job = await bot.queue.job(job_id)
+    own = job is not None and job.user_id == interaction.user.id
+    admin = is_server_admin(interaction) and (job is None or job.guild_id == interaction.guild_id)
+    if not (own or admin or is_owner(bot.config, interaction.user.id)):
+        if job is None:
+            raise UserFacingError(_expired(bot))
+        raise UserFacingError(
+            "Only the person who asked for this picture or a server admin can delete it."
+        )
+    message = interaction.message
+    if message is None:  # Discord always sends the clicked message; be safe anyway
+        raise UserFacingError("Discord did not say which message to delete.")
+    # Deleting is one REST call but may wait out a rate limit: answer first ("thinking…").
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    await _delete_message(bot, message, job)
+    log.info("job=%s result message %s deleted by user=%s", job_id, message.id, interaction.user.id)
+    await interaction.followup.send("🗑️ Deleted.", ephemeral=True)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _expired(bot: PonyBot) -> str:
+    hours = bot.config.queue.result_ttl_s / 3600
+    kept = f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} hours"
+    return (
+        f"⌛ This result has expired: its parameters are kept for {kept} after it is "
+        "posted. Use /pony to draw it again."
+    )
+
+
+async def _source(bot: PonyBot, job_id: str) -> tuple[Job, dict[str, str]]:
+    """The earlier job and its state, or the "expired" answer."""
+    state = await bot.queue.status(job_id)
+    if "job" not in state:
+        raise UserFacingError(_expired(bot))
+    return Job.from_json(state["job"]), state
+
+
+async def _posted_image(bot: PonyBot, job_id: str, index: int) -> Job:
+    """The earlier job, checked to have a posted image `index` for the worker to fetch."""
+    source, state = await _source(bot, job_id)
+    if not 0 <= index < source.count:
+        raise UserFacingError(f"Job `{job_id}` has no image {index + 1}.")
+    if state.get("status") != JobStatus.POSTED or not state.get("result_message_id"):
+        raise UserFacingError(f"Job `{job_id}` has no posted picture to start from.")
+    return source
+
+
+def _derive(source: Job, interaction: discord.Interaction, **changes: Any) -> Job:
+    """A new job from an earlier one: its parameters, this click's requester and message."""
+    return Job.model_validate({
+        **source.model_dump(), **request_fields(interaction),
+        "id": new_job_id(), "created_at": time.time(), **changes,
+    })  # fmt: skip
+
+
+async def _delete_message(bot: PonyBot, message: discord.Message, job: Job | None) -> None:
+    """With the bot token; where that is refused, with the job's interaction token (it can
+    delete the interaction's own message for 15 minutes)."""
+    try:
+        await message.delete()
+        return
+    except discord.NotFound:
+        return  # gone already: what was asked
+    except discord.HTTPException as exc:
+        if job is None or time.time() >= job.token_expires_at() - 30:
+            raise UserFacingError(
+                "Discord did not let me delete that message (the bot may "
+                "lack access to this channel)."
+            ) from exc
+    webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=bot)
+    try:
+        await webhook.delete_message(message.id)
+    except discord.NotFound:
+        return
+    except discord.HTTPException as exc:
+        raise UserFacingError("Discord did not let me delete that message.") from exc
+
+
+async def _answer(interaction: discord.Interaction, action: Awaitable[None]) -> None:
+    """Run a button's action; component errors never reach the app-command error handler,
+    so every failure is answered here, privately."""
+    try:
+        await action
+    except UserFacingError as exc:
+        await send_ephemeral(interaction, str(exc))
+    except (RedisError, OSError):
+        await send_ephemeral(interaction, str(QueueUnavailable()))
+    except Exception:
+        log.exception("button %s failed", (interaction.data or {}).get("custom_id"))
+        await send_ephemeral(
+            interaction, "Something went wrong on our side; nothing was queued. Please try again."
+        )
+
+
+# --- the persistent buttons ------------------------------------------------------------------
+
+
+class RerollButton(discord.ui.DynamicItem[Button], template=template(Action.REROLL)):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Re-roll", emoji="🔁", custom_id=custom_id(Action.REROLL, job_id)
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
+    ) -> RerollButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
+        await _answer(interaction, reroll(interaction.client, interaction, self.job_id))
+
+
+class UpscaleButton(discord.ui.DynamicItem[Button], template=template(Action.UPSCALE)):
+    def __init__(self, job_id: str, index: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"U{index + 1}", custom_id=custom_id(Action.UPSCALE, job_id, index)
+            )
+        )
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
+    ) -> UpscaleButton:
+        return cls(match["job_id"], int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
+        await _answer(
+            interaction, upscale(interaction.client, interaction, self.job_id, self.index)
+        )
+
+
+class VaryButton(discord.ui.DynamicItem[Button], template=template(Action.VARY)):
+    def __init__(self, job_id: str, index: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"V{index + 1}", custom_id=custom_id(Action.VARY, job_id, index)
+            )
+        )
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
+    ) -> VaryButton:
+        return cls(match["job_id"], int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
+        await _answer(interaction, vary(interaction.client, interaction, self.job_id, self.index))
+
+
+class DeleteButton(discord.ui.DynamicItem[Button], template=template(Action.DELETE)):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete",
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=custom_id(Action.DELETE, job_id),
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
+    ) -> DeleteButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
+        await _answer(interaction, delete(interaction.client, interaction, self.job_id))
+
+
+RESULT_BUTTONS = (RerollButton, UpscaleButton, VaryButton, DeleteButton)
+
+
+async def setup(bot: PonyBot) -> None:
+    bot.add_dynamic_items(*RESULT_BUTTONS)
+
+
+async def teardown(bot: PonyBot) -> None:
+    bot.remove_dynamic_items(*RESULT_BUTTONS)
