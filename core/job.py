@@ -33,7 +33,8 @@ class JobKind(StrEnum):
 
 
 class Job(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # New optional fields must not break older workers; breaking changes bump the version.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     schema_version: Literal[1] = SCHEMA_VERSION
     id: str = Field(default_factory=new_job_id)

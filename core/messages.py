@@ -131,3 +131,10 @@ def failure_text(job: Job, reason: str) -> str:
 def cancelled_text(job: Job, *, by_admin: bool = False) -> str:
     who = "by a server admin" if by_admin else ""
     return f"🚫 Cancelled {who}".rstrip() + f" — `{job.tags[:200]}`\n-# job {job.id}"
+
+
+def progress_text(job: Job, step: int, total: int) -> str:
+    filled = round(10 * step / max(total, 1))
+    bar = "▰" * filled + "▱" * (10 - filled)
+    return (f"🎨 Drawing — sampling {step}/{total} {bar}\n"
+            f"{code_block(job.prompt)}")[:_CONTENT_LIMIT]

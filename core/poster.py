@@ -16,6 +16,7 @@ import discord
 
 from core.job import Job
 from core.logs import JobLog
+from core.messages import progress_text
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,17 @@ class Poster:
             JobLog(log, job.id).info("position edit failed: %s", exc)
             return False
         return True
+
+    async def show_progress(self, job: Job, message_id: int, step: int, total: int,
+                            preview: bytes | None) -> None:
+        """"sampling n/N" and a small preview on the queued message; keeps its Cancel button.
+        Raises on failure: the progress reporter counts failures and gives up on the job."""
+        webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
+                                          client=self.client)
+        files = [Attachment("progress.jpg", preview).to_file()] if preview else []
+        await webhook.edit_message(message_id, content=progress_text(job, step, total),
+                                   attachments=files,
+                                   allowed_mentions=discord.AllowedMentions.none())
 
     async def tell(self, job: Job, message_id: int | None, content: str) -> None:
         """Best effort notice (failures, cancellations): never raises."""

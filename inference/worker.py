@@ -19,7 +19,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -40,7 +41,8 @@ from inference.encode import a1111_parameters
 from inference.fit import fit_image
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
-from inference.sampling import Sampled, sample_with_info
+from inference.progress import ProgressReporter, SamplingCancelled
+from inference.sampling import Sampled, sample_batch
 from inference.sources import SourceUnavailable, fetch_source_image
 from inference.throughput import Throughput
 from inference.upscale import UpscaleError, UpscalerCache
@@ -85,6 +87,7 @@ class Worker:
         self.throughput = Throughput()
         self.images_done = 0
         self.current: Delivery | None = None
+        self._finishing: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -106,6 +109,7 @@ class Worker:
                     continue
                 if deliveries:
                     await self.process_batch(deliveries)
+            await self.drain()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -125,89 +129,156 @@ class Worker:
         )  # fmt: skip
 
     async def process_batch(self, deliveries: list[Delivery]) -> None:
-        """Every job taken together holds its lease until it is done."""
-        async with self._lease(deliveries):
-            for delivery in deliveries:
-                await self.process(delivery)
+        """Draw the jobs taken together (one pipeline call for compatible text-to-image jobs),
+        then finish them — upscale, encode, post, ack — while the next batch samples."""
+        live = [d for d in deliveries if await self._still_to_do(d)]
+        groups: dict[str, list[Delivery]] = {}
+        for delivery in live:  # reclaimed jobs need not be compatible with each other
+            groups.setdefault(delivery.job.batch_key(), []).append(delivery)
+        for group in groups.values():
+            lease = asyncio.create_task(self._renew_leases(group))
+            try:
+                drawn = await self._draw_group(group)
+            except BaseException:
+                lease.cancel()
+                raise
+            if drawn is None:
+                lease.cancel()
+                continue
+            # Overlap: one group finishes while the next one samples; never more than one
+            # waits, so a slow Discord holds the sampler back instead of piling up results.
+            await self.drain()
+            self._finishing = asyncio.create_task(self._finish_group(group, drawn, lease))
 
-    async def process(self, delivery: Delivery) -> None:
-        job = delivery.job
-        jlog = JobLog(log, job.id)
+    async def drain(self) -> None:
+        """Wait for the group being finished, if any."""
+        if self._finishing is not None:
+            await self._finishing
+            self._finishing = None
+
+    async def _still_to_do(self, delivery: Delivery) -> bool:
         # 1. A job reclaimed after its post only needs its ack.
         if delivery.already_posted:
-            jlog.info("already posted; acknowledging")
+            JobLog(log, delivery.job.id).info("already posted; acknowledging")
             await self.queue.ack(delivery)
-            return
+            return False
         # 2. A job that keeps failing (or killing its workers) stops here.
         if delivery.attempts > self.config.queue.max_attempts:
             await self.give_up(delivery, f"it failed {delivery.attempts - 1} times")
-            return
-        jlog.info("start %s attempt=%d model=%s steps=%d count=%d size=%dx%d", job.kind.value,
-                  delivery.attempts, job.model_id, job.steps, job.count, job.width, job.height)
-        self.current = delivery
+            return False
+        return True
+
+    async def _draw_group(self, group: list[Delivery]) -> Drawn | None:
+        """Steps 3-5 for jobs that share one pipeline call; None when they all ended here
+        (cancelled or failed, each already handled)."""
+        first = group[0].job
+        for d in group:
+            JobLog(log, d.job.id).info(
+                "start %s attempt=%d model=%s steps=%d count=%d size=%dx%d batch=%d",
+                d.job.kind.value, d.attempts, d.job.model_id, d.job.steps, d.job.count,
+                d.job.width, d.job.height, len(group))
+        self.current = group[0]
         started = time.perf_counter()
         try:
-            async with self._cancellation(delivery) as cancel:
+            async with self._cancellation(group) as cancels:
                 # 3. The earlier image a U or V button starts from, fetched back from Discord.
-                source = await self._source_image(job)
+                source = await self._source_image(first)
                 fetched = time.perf_counter()
                 # 4. Load the model (cached after the first job); an upscale needs none.
-                pipe = None if job.kind is JobKind.UPSCALE else await self.models.get(job.model_id)
+                pipe = None if first.kind is JobKind.UPSCALE else \
+                    await self.models.get(first.model_id)
                 loaded = time.perf_counter()
-                # 5. Draw, off the event loop so heartbeats and leases keep flowing.
-                drawn = await asyncio.to_thread(self._draw, pipe, job, source)
+                # 5. Draw, off the event loop so heartbeats, leases and progress edits flow;
+                #    the sampler stops early only when every job of the call is cancelled.
+                reporter = ProgressReporter(
+                    self._progress_editor(group), interval_s=self.config.worker.progress_interval_s,
+                    enabled=self.config.worker.progress and pipe is not None,
+                    cancel=cancels.all, logger=JobLog(log, first.id))
+                async with reporter:
+                    results = await asyncio.to_thread(self._draw, pipe, [d.job for d in group],
+                                                      source, reporter.pipeline_kwargs())
                 sampled = time.perf_counter()
-                if cancel.is_set():
-                    raise SamplingCancelled()
-                notes = [drawn.note] if drawn.note else []
-                # 6. Upscale: the U buttons, and `/pony upscale:true`.
-                images, upscaled_by = await self._upscale(job, drawn.images, notes)
-                upscaled = time.perf_counter()
-                if cancel.is_set():
-                    raise SamplingCancelled()
-            if pipe is not None:
-                self.throughput.record(sampled - loaded, job.count)
-            # 7. Encode, every file fitted under Discord's attachment limit.
-            post = await asyncio.to_thread(self._render_post, job, images, upscaled - loaded,
-                                           notes, upscaled_by)
-            encoded = time.perf_counter()
-            # 8. Post, then record it before the ack: a reclaim never posts twice.
-            message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
-            posted = time.perf_counter()
-            await self.queue.mark_posted(job.id, message_id, {
-                "fetch": fetched - started,
-                "load": loaded - fetched,
-                "sample": sampled - loaded,
-                "upscale": upscaled - sampled,
-                "encode": encoded - upscaled,
-                "post": posted - encoded,
-            })  # fmt: skip
-            await self.queue.ack(delivery, worker_seconds=posted - started)
-            self.jobs_done += 1
-            self.images_done += len(images)
-            jlog.info("posted message=%s sample=%.2fs upscale=%.2fs total=%.2fs", message_id,
-                      sampled - loaded, upscaled - sampled, time.perf_counter() - started)
         except SamplingCancelled:
-            jlog.info("cancelled while running")
-            await self.poster.tell(job, await self._message_id(delivery), cancelled_text(job))
-            await self.queue.ack(delivery, status=JobStatus.CANCELLED)
-        except ModelLoadError as exc:
-            jlog.error("model failed to load: %s", exc)
-            await self.give_up(delivery, f"the model {job.model_id!r} could not be loaded")
-        except (SourceUnavailable, UpscalerUnavailable) as exc:
-            await self.give_up(delivery, str(exc))
-        except PostFailed as exc:
-            if exc.permanent:
-                jlog.error("post refused for good: %s", exc)
-                await self.give_up(delivery, "Discord refused the result")
-            else:
-                jlog.warning("post failed, will retry: %s", exc)
-                await self.queue.release(self.name, delivery)
-        except Exception:
-            jlog.exception("failed on attempt %d", delivery.attempts)
-            await self.queue.release(self.name, delivery)
+            for delivery in group:
+                await self._cancelled(delivery)
+            return None
+        except Exception as exc:
+            for delivery in group:
+                await self._failed(delivery, exc)
+            return None
         finally:
             self.current = None
+        if pipe is not None:
+            self.throughput.record(sampled - loaded, sum(d.job.count for d in group))
+        return Drawn(results=results, cancelled=[cancels.one[d.job.id].is_set() for d in group],
+                     timings={"fetch": fetched - started, "load": loaded - fetched,
+                              "sample": sampled - loaded}, started=started)
+
+    async def _finish_group(self, group: list[Delivery], drawn: Drawn,
+                            lease: asyncio.Task[None]) -> None:
+        try:
+            for delivery, result, cancelled in zip(group, drawn.results, drawn.cancelled,
+                                                   strict=True):
+                if cancelled or await self.queue.cancel_requested(delivery.job.id):
+                    await self._cancelled(delivery)
+                    continue
+                try:
+                    await self._finish(delivery, result, drawn)
+                except Exception as exc:
+                    await self._failed(delivery, exc)
+        finally:
+            lease.cancel()
+
+    async def _finish(self, delivery: Delivery, drawn: Sampled, batch: Drawn) -> None:
+        job = delivery.job
+        finishing = time.perf_counter()
+        notes = [drawn.note] if drawn.note else []
+        # 6. Upscale: the U buttons, and `/pony upscale:true`.
+        images, upscaled_by = await self._upscale(job, drawn.images, notes)
+        upscaled = time.perf_counter()
+        # 7. Encode, every file fitted under Discord's attachment limit.
+        post = await asyncio.to_thread(self._render_post, job, images,
+                                       batch.timings["sample"] + upscaled - finishing,
+                                       notes, upscaled_by)
+        encoded = time.perf_counter()
+        # 8. Post, then record it before the ack: a reclaim never posts twice.
+        message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
+        posted = time.perf_counter()
+        await self.queue.mark_posted(job.id, message_id, {
+            **batch.timings,
+            "upscale": upscaled - finishing,
+            "encode": encoded - upscaled,
+            "post": posted - encoded,
+        })  # fmt: skip
+        await self.queue.ack(delivery, worker_seconds=posted - batch.started)
+        self.jobs_done += 1
+        self.images_done += len(images)
+        JobLog(log, job.id).info("posted message=%s sample=%.2fs upscale=%.2fs total=%.2fs",
+                                 message_id, batch.timings["sample"], upscaled - finishing,
+                                 posted - batch.started)
+
+    async def _cancelled(self, delivery: Delivery) -> None:
+        job = delivery.job
+        JobLog(log, job.id).info("cancelled while running")
+        await self.poster.tell(job, await self._message_id(delivery), cancelled_text(job))
+        await self.queue.ack(delivery, status=JobStatus.CANCELLED)
+
+    async def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        """A job that failed: given up when retrying cannot help, else back to the queue."""
+        job = delivery.job
+        jlog = JobLog(log, job.id)
+        if isinstance(exc, ModelLoadError):
+            jlog.error("model failed to load: %s", exc)
+            await self.give_up(delivery, f"the model {job.model_id!r} could not be loaded")
+        elif isinstance(exc, SourceUnavailable | UpscalerUnavailable):
+            await self.give_up(delivery, str(exc))
+        elif isinstance(exc, PostFailed) and exc.permanent:
+            jlog.error("post refused for good: %s", exc)
+            await self.give_up(delivery, "Discord refused the result")
+        else:
+            jlog.warning("failed on attempt %d, will retry: %r", delivery.attempts, exc,
+                         exc_info=not isinstance(exc, PostFailed))
+            await self.queue.release(self.name, delivery)
 
     async def give_up(self, delivery: Delivery, reason: str) -> None:
         job = delivery.job
@@ -224,15 +295,30 @@ class Worker:
         return await fetch_source_image(self.client, self.queue, job)
 
     @staticmethod
-    def _draw(pipe: Any, job: Job, source: Image | None) -> Sampled:
-        """The job's images before upscaling (runs in a thread)."""
+    def _draw(pipe: Any, jobs: list[Job], source: Image | None,
+              pipeline_kwargs: dict[str, Any]) -> list[Sampled]:
+        """The jobs' images before upscaling (runs in a thread)."""
+        job = jobs[0]
         if job.kind is JobKind.GENERATE:
-            return sample_with_info(pipe, job)
+            return sample_batch(pipe, jobs, **pipeline_kwargs)
+        assert source is not None and len(jobs) == 1
         if job.kind is JobKind.VARIATION:
-            assert source is not None
-            return vary(pipe, job, source)
-        assert source is not None  # an upscale starts from the source as it is
-        return Sampled(images=[source], tokens=0, negative_tokens=0, chunks=1, note=None)
+            return [vary(pipe, job, source, **pipeline_kwargs)]
+        # An upscale starts from the source as it is.
+        return [Sampled(images=[source], tokens=0, negative_tokens=0, chunks=1, note=None)]
+
+    def _progress_editor(self, group: list[Delivery]) -> Callable[[int, int, bytes | None],
+                                                                   Awaitable[None]]:
+        """Shows "sampling n/N" and the preview on every queued message of the call."""
+
+        async def edit(step: int, total: int, preview: bytes | None) -> None:
+            for delivery in group:
+                message_id = await self._message_id(delivery)
+                if message_id is not None:
+                    await self.poster.show_progress(delivery.job, message_id, step, total,
+                                                    preview)
+
+        return edit
 
     async def _upscale(self, job: Job, images: list[Image],
                        notes: list[str]) -> tuple[list[Image], str | None]:
@@ -310,35 +396,33 @@ class Worker:
             # A broken model must not take the others down with it.
             log.error("model %s failed to load: %s", model_id, exc)
 
-    @contextlib.asynccontextmanager
-    async def _lease(self, deliveries: list[Delivery]) -> AsyncIterator[None]:
-        """Renew the jobs' lease while they are held, so long jobs are not reclaimed."""
-        entry_ids = [d.entry_id for d in deliveries]
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.config.queue.lease_s / 3)
-                with contextlib.suppress(RedisError, OSError):
-                    await self.queue.renew(self.name, entry_ids)
-
-        async with _background(renew()):
-            yield
+    async def _renew_leases(self, group: list[Delivery]) -> None:
+        """Renew the jobs' lease until they are finished, so long jobs are not reclaimed."""
+        entry_ids = [d.entry_id for d in group]
+        while True:
+            await asyncio.sleep(self.config.queue.lease_s / 3)
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.renew(self.name, entry_ids)
 
     @contextlib.asynccontextmanager
-    async def _cancellation(self, delivery: Delivery) -> AsyncIterator[threading.Event]:
-        """An event set when someone cancels the running job (`/queue cancel`, the button);
-        sampling checks it at every step."""
-        event = threading.Event()
+    async def _cancellation(self, group: list[Delivery]) -> AsyncIterator[Cancels]:
+        """Events set when someone cancels a running job (`/queue cancel`, the button); the
+        sampler checks `all` at every step, each job's own event after sampling."""
+        cancels = Cancels(one={d.job.id: threading.Event() for d in group},
+                          all=threading.Event())
 
         async def watch() -> None:
-            while not event.is_set():
+            while not cancels.all.is_set():
                 await asyncio.sleep(CANCEL_POLL_S)
                 with contextlib.suppress(RedisError, OSError):
-                    if await self.queue.cancel_requested(delivery.job.id):
-                        event.set()
+                    for job_id, event in cancels.one.items():
+                        if not event.is_set() and await self.queue.cancel_requested(job_id):
+                            event.set()
+                if all(e.is_set() for e in cancels.one.values()):
+                    cancels.all.set()
 
         async with _background(watch()):
-            yield event
+            yield cancels
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self) -> AsyncIterator[None]:
@@ -382,8 +466,20 @@ async def logged_in_client(token: str) -> discord.Client:
     return client
 
 
-class SamplingCancelled(Exception):
-    """The job was cancelled while it ran."""
+@dataclass(frozen=True)
+class Cancels:
+    one: dict[str, threading.Event]  # job id -> cancelled
+    all: threading.Event  # every job of the pipeline call is cancelled: stop sampling
+
+
+@dataclass
+class Drawn:
+    """A group's images, waiting to be finished."""
+
+    results: list[Sampled]
+    cancelled: list[bool]
+    timings: dict[str, float]
+    started: float
 
 
 class UpscalerUnavailable(Exception):
