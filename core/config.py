@@ -165,6 +165,15 @@ class WorkerConfig(_Strict):
     # Live progress: edit the queued message with "sampling n/N" and a preview this often.
     progress: bool = True
     progress_interval_s: Annotated[float, Field(ge=1.0)] = 3.0
+    # Precision on GPUs: auto = float16 (bfloat16 trades a little detail for no overflow).
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # Images one pipeline call may draw; on CUDA also bounded by free memory (see
+    # inference/fast_path.py).
+    max_images_per_call: Annotated[int, Field(ge=1, le=64)] = 8
+    # torch.compile the UNet on CUDA (slow first job per size, then faster); warmed up at start.
+    compile_unet: bool = False
+    # Decode with VAE tiling above this many pixels per image (bounded memory, tiny seams).
+    vae_tiling_above_px: Annotated[int, Field(ge=0)] = 1024 * 1024
     # Discord's attachment limit for servers without boosts.
     attachment_limit_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
 

@@ -36,6 +36,7 @@ from diffusers import StableDiffusionPipeline
 
 from core.config import Config, ModelEntry
 from inference.device import Placement
+from inference.fast_path import prepare
 from inference.loading import ModelLoadError, load_pipeline
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class ModelCache:
         started = time.perf_counter()
         try:
             pipe = await asyncio.to_thread(load_pipeline, entry, base_dir=self.base_dir)
+            await asyncio.to_thread(prepare, pipe, self.placement, self.config.worker)
         except ModelLoadError as exc:
             self._failures[entry.id] = str(exc)
             log.error("model %r: load failed after %.1f s: %s", entry.id,

@@ -38,6 +38,7 @@ from core.messages import cancelled_text, failure_text, result_embed, result_tex
 from core.poster import Attachment, Post, Poster, PostFailed
 from inference.device import Placement, choose_placement
 from inference.encode import a1111_parameters
+from inference.fast_path import chunk_by_images, configure_for_size, images_per_call
 from inference.fit import fit_image
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
@@ -77,7 +78,8 @@ class Worker:
         self.poster = Poster(client)
         self.name = name or os.environ.get("PONYBOT_WORKER_NAME") or \
             f"{socket.gethostname()}-{os.getpid()}"
-        self.placement = placement or choose_placement(self.config.worker.device)
+        self.placement = placement or choose_placement(self.config.worker.device,
+                                                       self.config.worker.dtype)
         self.models = models or ModelCache(
             self.config, base_dir=settings.path.parent, placement=self.placement
         )
@@ -96,6 +98,9 @@ class Worker:
         await self.queue.ensure_group()
         for model_id in self.config.worker.preload:
             await self._preload(model_id)
+            if self.config.worker.compile_unet and self.placement.device.type == "cuda" \
+                    and model_id in self.models.loaded:
+                await self._warm_up(model_id)
         log.info("worker %s ready on %s", self.name, self.placement.describe())
         async with self._heartbeat():
             while not self._stopping.is_set():
@@ -132,10 +137,16 @@ class Worker:
         """Draw the jobs taken together (one pipeline call for compatible text-to-image jobs),
         then finish them — upscale, encode, post, ack — while the next batch samples."""
         live = [d for d in deliveries if await self._still_to_do(d)]
-        groups: dict[str, list[Delivery]] = {}
+        compatible: dict[str, list[Delivery]] = {}
         for delivery in live:  # reclaimed jobs need not be compatible with each other
-            groups.setdefault(delivery.job.batch_key(), []).append(delivery)
-        for group in groups.values():
+            compatible.setdefault(delivery.job.batch_key(), []).append(delivery)
+        groups = []
+        for jobs in compatible.values():
+            first = jobs[0].job
+            cap = images_per_call(self.placement, first.width, first.height, self.config.worker)
+            for indices in chunk_by_images([d.job.count for d in jobs], cap):
+                groups.append([jobs[i] for i in indices])
+        for group in groups:
             lease = asyncio.create_task(self._renew_leases(group))
             try:
                 drawn = await self._draw_group(group)
@@ -294,11 +305,12 @@ class Worker:
             return None
         return await fetch_source_image(self.client, self.queue, job)
 
-    @staticmethod
-    def _draw(pipe: Any, jobs: list[Job], source: Image | None,
+    def _draw(self, pipe: Any, jobs: list[Job], source: Image | None,
               pipeline_kwargs: dict[str, Any]) -> list[Sampled]:
         """The jobs' images before upscaling (runs in a thread)."""
         job = jobs[0]
+        if pipe is not None:
+            configure_for_size(pipe, job.width, job.height, self.config.worker)
         if job.kind is JobKind.GENERATE:
             return sample_batch(pipe, jobs, **pipeline_kwargs)
         assert source is not None and len(jobs) == 1
@@ -388,6 +400,19 @@ class Worker:
             if time.time() >= deadline:
                 return None
             await asyncio.sleep(0.05)
+
+    async def _warm_up(self, model_id: str) -> None:
+        """Compile the UNet for the default size before the first user waits for it."""
+        dims = self.config.sizes[self.config.defaults.size]
+        job = Job(application_id=0, interaction_id=0, interaction_token="", guild_id=None,
+                  channel_id=0, user_id=0, model_id=model_id, tags="warm-up", prompt="pony",
+                  negative_prompt="", seed=0, steps=2, cfg=7.5,
+                  sampler=self.config.defaults.sampler, width=dims.width, height=dims.height)
+        started = time.perf_counter()
+        pipe = await self.models.get(model_id)
+        await asyncio.to_thread(sample_batch, pipe, [job])
+        log.info("model %s: UNet compiled and warmed up in %.1f s", model_id,
+                 time.perf_counter() - started)
 
     async def _preload(self, model_id: str) -> None:
         try:
