@@ -19,8 +19,9 @@ from redis.asyncio import Redis
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from core.config import Config, ModelEntry, Secrets, Settings
+from core.config import Config, ModelEntry, Sampler, Secrets, Settings
 from core.discord_endpoints import use_endpoints
+from core.job import Job
 from core.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -61,6 +62,38 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 
 # --- Models ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny nets are all overhead: one thread is as fast, and immune to the 10x slowdowns
+    of OpenMP threads fighting other processes for a small machine's two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_pipeline_dir: Path) -> object:
+    """The tiny pipeline loaded through the production loader, shared by sampling tests."""
+    from inference.loading import load_pipeline
+
+    return load_pipeline(ModelEntry(id="tiny", name="Tiny Pony", path=tiny_pipeline_dir),
+                         base_dir=tiny_pipeline_dir.parent)
+
+
+def make_job(**overrides: object) -> Job:
+    """A valid job for the tiny model; tests override what they are about."""
+    fields: dict[str, object] = dict(
+        application_id=1, interaction_id=2, interaction_token="tok", guild_id=3, channel_id=4,
+        user_id=5, model_id="tiny", tags="pony", prompt="pony, solo", negative_prompt="",
+        seed=1, steps=2, cfg=7.5, sampler=Sampler.DDIM, width=64, height=64,
+    )
+    fields.update(overrides)
+    return Job.model_validate(fields)
 
 
 @pytest.fixture(scope="session")
@@ -255,6 +288,7 @@ quality_tags = ["scr100"]
 
 def spawn_worker(config_path: Path, redis_url: str, name: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, DISCORD_TOKEN=BOT_TOKEN, REDIS_URL=redis_url,
-               PONYBOT_WORKER_NAME=name, HF_HUB_OFFLINE="1", PONYBOT_LOG_LEVEL="WARNING")
+               PONYBOT_WORKER_NAME=name, HF_HUB_OFFLINE="1", PONYBOT_LOG_LEVEL="WARNING",
+               OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "inference", "--config", str(config_path)],
                             env=env, stdin=subprocess.DEVNULL)

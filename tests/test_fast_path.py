@@ -3,43 +3,26 @@ respects the image cap, VAE tiling only for big images."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
-from core.config import ModelEntry, Sampler, WorkerConfig
-from core.job import Job
+from core.config import WorkerConfig
 from inference.device import choose_placement
 from inference.fast_path import chunk_by_images, configure_for_size, images_per_call, prepare
-from inference.loading import load_pipeline
 from inference.sampling import sample_with_info
+from tests.conftest import make_job
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir: Path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_pipeline(ModelEntry(id="tiny", name="Tiny", path=tiny_pipeline_dir),
-                        base_dir=tiny_pipeline_dir.parent)
-    torch.set_num_threads(threads)
+@pytest.fixture
+def pipe(tiny_pipe):
+    return tiny_pipe
 
-
-def a_job(**overrides: object) -> Job:
-    fields: dict[str, object] = dict(
-        application_id=1, interaction_id=2, interaction_token="t", guild_id=3, channel_id=4,
-        user_id=5, model_id="tiny", tags="pony", prompt="pony, solo", negative_prompt="",
-        seed=3, count=2, steps=2, cfg=7.5, sampler=Sampler.DDIM, width=64, height=64,
-    )
-    fields.update(overrides)
-    return Job.model_validate(fields)
 
 
 def test_the_portable_switches_change_no_pixel_on_the_cpu(pipe):
-    before = [np.asarray(i) for i in sample_with_info(pipe, a_job()).images]
+    before = [np.asarray(i) for i in sample_with_info(pipe, make_job(count=2, seed=3)).images]
     prepare(pipe, choose_placement("cpu"), WorkerConfig())
-    after = [np.asarray(i) for i in sample_with_info(pipe, a_job()).images]
+    after = [np.asarray(i) for i in sample_with_info(pipe, make_job(count=2, seed=3)).images]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 

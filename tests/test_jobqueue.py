@@ -8,23 +8,18 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from core.config import Sampler
 from core.job import Job
 from core.jobqueue import JobQueue, UserLimitReached
 from core.keys import Keys
+from tests.conftest import make_job
 
 KEYS = Keys("test")
 A, B, C = 100, 200, 300  # servers
 
 
 def a_job(**overrides: object) -> Job:
-    fields: dict[str, object] = dict(
-        application_id=1, interaction_id=2, interaction_token="tok", guild_id=A, channel_id=4,
-        user_id=5, model_id="tiny", tags="pony", prompt="pony", negative_prompt="", seed=1,
-        steps=2, cfg=7.5, sampler=Sampler.DDIM, width=64, height=64,
-    )
-    fields.update(overrides)
-    return Job.model_validate(fields)
+    return make_job(**{"guild_id": A, **overrides})
+
 
 
 async def new_queue(redis: Redis, max_attempts: int = 3) -> JobQueue:

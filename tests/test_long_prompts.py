@@ -3,16 +3,12 @@ as diffusers encodes them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from core.config import ModelEntry, Sampler
+from core.config import Sampler
 from core.job import Job
-from inference.loading import load_pipeline
 from inference.prompt_embeds import encode, split_chunks, tokenize
 from inference.sampling import generators, sample, sample_with_info
 
@@ -29,20 +25,10 @@ PROMPT_75 = ", ".join(TAGS[:31])  # exactly CLIP's window
 PROMPT_120 = ", ".join(TAGS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # The tiny model is all overhead: one thread is as fast, and immune to the 10x slowdowns
-    # of OpenMP threads fighting other processes for a small machine's cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir: Path):
-    entry = ModelEntry(id="tiny", name="Tiny Pony", path=tiny_pipeline_dir)
-    return load_pipeline(entry, base_dir=tiny_pipeline_dir.parent)
+@pytest.fixture
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 def job(prompt: str, negative: str = "", *, count: int = 1, seed: int = 7) -> Job:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,15 +21,6 @@ from tests.conftest import tiny_config
 # The tiny pipeline weighs ~43 MiB in float32: one fits in this budget, two do not.
 ONE_MODEL_GB = 0.06
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # The tiny model is all overhead: one thread is as fast, and immune to the 10x slowdowns
-    # of OpenMP threads fighting other processes for a small machine's cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cache_config(pipeline_dir: Path, *, ids=("a", "b", "c"), budget_gb: float | None = None,

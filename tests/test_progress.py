@@ -10,15 +10,12 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
-from core.config import ModelEntry
-from inference.loading import load_pipeline
 from inference.progress import (
     LATENT_RGB_FACTORS,
     ProgressReporter,
@@ -31,10 +28,9 @@ from inference.progress import (
 STEPS = 10
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir: Path):
-    entry = ModelEntry(id="tiny", name="t", path=tiny_pipeline_dir)
-    return load_pipeline(entry, base_dir=tiny_pipeline_dir.parent)
+@pytest.fixture
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 class StepClock:

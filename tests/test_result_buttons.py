@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,6 @@ from tests.conftest import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, USER_ID, running
 MANAGE_GUILD = 1 << 5
 ADMIN_ID = 5_000_000_000_000_009
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # The tiny nets gain nothing from threads; on a busy 2-core machine spinning torch threads
-    # only slow them down.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
