@@ -121,7 +121,9 @@ def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides
             "portrait": {"width": 64, "height": 96},
             "landscape": {"width": 96, "height": 64},
         },
-        "worker": {"device": "cpu", "max_batch": 1, "block_ms": 100},
+        # Progress edits are tested on their own (test_live_progress.py): elsewhere they would
+        # make what a message shows depend on how fast this machine samples.
+        "worker": {"device": "cpu", "max_batch": 1, "block_ms": 100, "progress": False},
         "queue": {"max_attempts": 3, "lease_s": 2.0, "result_ttl_s": 3600, "user_limit": 50},
         "discord": {"owners": [OWNER_ID]},
     }
@@ -276,6 +278,7 @@ landscape = {{ width = 96, height = 64 }}
 device = "cpu"
 preload = ["tiny"]
 block_ms = 200
+progress = false
 
 [[models]]
 id = "tiny"

@@ -25,7 +25,9 @@ async def pony(fake, **options):
 def posts_of(fake, itx) -> int:
     """How many times the job's result reached Discord: edits that carried images into the
     queued message, plus channel posts replying to it."""
-    edits = sum(1 for edit in itx.original.edits if edit.get("attachments"))
+    edits = sum(1 for edit in itx.original.edits
+                if any(a.get("filename", "").startswith("pony_")
+                       for a in edit.get("attachments") or []))
     replies = [m for m in fake.channel_messages(CHANNEL_ID)
                if (m.message_reference or {}).get("message_id") == str(itx.original.id)]
     return edits + len(replies)
