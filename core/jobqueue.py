@@ -40,6 +40,7 @@ GLOBAL = "*"
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    POSTING = "posting"
     POSTED = "posted"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -461,6 +462,11 @@ class JobQueue:
 
     async def cancel_requested(self, job_id: str) -> bool:
         return bool(await self.redis.hget(self.keys.job(job_id), "cancel"))
+
+    async def mark_posting(self, job_id: str) -> None:
+        """The job is being posted: a crash from here on may or may not have reached Discord.
+        (Editing the queued message again is harmless: it shows the same result once.)"""
+        await self.redis.hset(self.keys.job(job_id), "status", JobStatus.POSTING.value)
 
     async def mark_posted(
         self, job_id: str, message_id: int | None, timings: dict[str, float] | None = None

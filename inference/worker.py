@@ -253,6 +253,7 @@ class Worker:
                                        notes, upscaled_by)
         encoded = time.perf_counter()
         # 8. Post, then record it before the ack: a reclaim never posts twice.
+        await self.queue.mark_posting(job.id)
         message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
         posted = time.perf_counter()
         await self.queue.mark_posted(job.id, message_id, {

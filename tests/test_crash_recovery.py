@@ -23,14 +23,15 @@ async def pony(fake, **options):
 
 
 def posts_of(fake, itx) -> int:
-    """How many times the job's result reached Discord: edits that carried images into the
-    queued message, plus channel posts replying to it."""
-    edits = sum(1 for edit in itx.original.edits
-                if any(a.get("filename", "").startswith("pony_")
-                       for a in edit.get("attachments") or []))
+    """How many messages show the job's result: the queued message once it carries the images
+    (editing it again with the same result shows nothing new), plus any channel post replying
+    to it."""
+    def has_result(message) -> bool:
+        return any(a.filename.startswith("pony_") for a in message.attachments)
+
     replies = [m for m in fake.channel_messages(CHANNEL_ID)
                if (m.message_reference or {}).get("message_id") == str(itx.original.id)]
-    return edits + len(replies)
+    return int(has_result(itx.original)) + sum(1 for m in replies if has_result(m))
 
 
 async def test_workers_killed_mid_sampling_20_times_still_post_every_job_exactly_once(
