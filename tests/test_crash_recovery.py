@@ -37,8 +37,8 @@ def posts_of(fake, itx) -> int:
 async def test_workers_killed_mid_sampling_20_times_still_post_every_job_exactly_once(
         fake, redis, redis_server, tiny_pipeline_dir, tmp_path):
     config = write_config_toml(tmp_path / "config.toml", tiny_pipeline_dir, fake,
-                               max_attempts=100, lease_s=1.0, steps=30)
-    jobs = [await pony(fake, seed=i) for i in range(8)]
+                               max_attempts=100, lease_s=1.0, steps=60)
+    jobs = [await pony(fake, seed=i, steps=60) for i in range(10)]
     keys = Keys()
     rng = random.Random(20)
     workers = {}
@@ -54,7 +54,7 @@ async def test_workers_killed_mid_sampling_20_times_still_post_every_job_exactly
     for _ in range(3):
         spawn()
     try:
-        while kills < 20:
+        while kills < 20 and not all(posts_of(fake, j) for j in jobs):
             # Kill a worker as soon as it is sampling, a random moment into the job.
             for job_key in await redis.keys(keys.job("*")):
                 state = await redis.hgetall(job_key)
