@@ -34,19 +34,18 @@ from core.job import Job, JobKind
 from core.jobqueue import Delivery, JobQueue, JobStatus
 from core.keys import Keys
 from core.logs import JobLog
-from core.messages import cancelled_text, failure_text, result_embed, result_text, result_view
-from core.poster import Attachment, Post, Poster, PostFailed
+from core.messages import cancelled_text, failure_text
+from core.poster import Poster, PostFailed
 from inference.device import Placement, choose_placement
-from inference.encode import a1111_parameters
 from inference.fast_path import chunk_by_images, configure_for_size, images_per_call
-from inference.fit import fit_image
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
 from inference.progress import ProgressReporter, SamplingCancelled
+from inference.result_post import UpscalerUnavailable, render_post, upscale_images
 from inference.sampling import Sampled, sample_batch
 from inference.sources import SourceUnavailable, fetch_source_image
 from inference.throughput import Throughput
-from inference.upscale import UpscaleError, UpscalerCache
+from inference.upscale import UpscalerCache
 from inference.variation import vary
 
 log = logging.getLogger(__name__)
@@ -248,9 +247,10 @@ class Worker:
         images, upscaled_by = await self._upscale(job, drawn.images, notes)
         upscaled = time.perf_counter()
         # 7. Encode, every file fitted under Discord's attachment limit.
-        post = await asyncio.to_thread(self._render_post, job, images,
-                                       batch.timings["sample"] + upscaled - finishing,
-                                       notes, upscaled_by)
+        post = await asyncio.to_thread(
+            render_post, self.config, job, images,
+            elapsed_s=batch.timings["sample"] + upscaled - finishing, notes=notes,
+            upscaled_by=upscaled_by)
         encoded = time.perf_counter()
         # 8. Post, then record it before the ack: a reclaim never posts twice.
         await self.queue.mark_posting(job.id)
@@ -341,52 +341,12 @@ class Worker:
         if job.kind is not JobKind.UPSCALE and not job.upscale:
             return images, None
         try:
-            return await asyncio.to_thread(self._upscale_all, images)
+            return await asyncio.to_thread(upscale_images, self.config, self.upscalers, images)
         except UpscalerUnavailable as exc:
             if job.kind is JobKind.UPSCALE:
                 raise
             notes.append(f"not upscaled: {exc}")
             return images, None
-
-    def _upscale_all(self, images: list[Image]) -> tuple[list[Image], str]:
-        try:
-            entry = self.config.upscaler()
-        except KeyError:
-            raise UpscalerUnavailable("no upscaler is configured") from None
-        try:
-            upscaler = self.upscalers.get(entry)
-        except UpscaleError as exc:
-            log.error("upscaler %s failed to load: %s", entry.id, exc)
-            raise UpscalerUnavailable(f"the upscaler {entry.id!r} could not be loaded") from exc
-        return [upscaler.upscale(image) for image in images], f"{entry.name} ×{upscaler.scale}"
-
-    def _attachment_limit(self, job: Job) -> int:
-        """Bytes one file may have: the smaller of the configured limit and what Discord said
-        with the interaction."""
-        limit = self.config.worker.attachment_limit_bytes
-        return min(limit, job.attachment_limit) if job.attachment_limit else limit
-
-    def _render_post(self, job: Job, images: list[Image], elapsed_s: float, notes: list[str],
-                     upscaled_by: str | None) -> Post:
-        """The result message; each image a PNG with its parameters, or smaller (WebP, then
-        downscaled) where the PNG would not fit Discord's limit, which the notes then say."""
-        model_name = self.config.model(job.model_id).name
-        limit = self._attachment_limit(job)
-        attachments = []
-        for number, (image, seed) in enumerate(zip(images, job.image_seeds(), strict=True), 1):
-            fitted = fit_image(image, _parameters(job, seed, model_name, upscaled_by),
-                               limit_bytes=limit)
-            stem = f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "")
-            attachments.append(Attachment(filename=fitted.filename(stem), data=fitted.data))
-            if fitted.note:
-                notes.append(fitted.note if len(images) == 1 else f"image {number}: {fitted.note}")
-        return Post(
-            content=result_text(job, elapsed_s=elapsed_s, notes=notes),
-            embed=result_embed(job, model_name=model_name, upscaled_by=upscaled_by),
-            attachments=attachments,
-            # 🔁 U V 🗑: the bot answers the clicks (cogs/results.py).
-            view=result_view(job, can_upscale=bool(self.config.upscalers)),
-        )
 
     async def _message_id(self, delivery: Delivery) -> int | None:
         """The queued message's id; the bot records it right after answering, which can be
@@ -506,20 +466,6 @@ class Drawn:
     cancelled: list[bool]
     timings: dict[str, float]
     started: float
-
-
-class UpscalerUnavailable(Exception):
-    """No upscaler is configured, or it cannot be loaded; `str(error)` tells the user."""
-
-
-def _parameters(job: Job, seed: int, model_name: str, upscaled_by: str | None) -> str:
-    """The AUTOMATIC1111-style parameters of one image, with what was done after sampling."""
-    text = a1111_parameters(job, seed, model_name=model_name)
-    if job.kind is JobKind.VARIATION:
-        text += f", Denoising strength: {job.strength:g}"
-    if upscaled_by:
-        text += f", Postprocess upscaler: {upscaled_by}"
-    return text
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,83 @@
+"""The result message of a job: images fitted under Discord's limit with their parameters,
+the text, the embed and the buttons. Shared by the worker and anything else that renders a
+job's images the same way (the local `draw`)."""
+
+from __future__ import annotations
+
+from PIL.Image import Image
+
+from core.config import Config
+from core.job import Job, JobKind
+from core.messages import result_embed, result_text, result_view
+from core.poster import Attachment, Post
+from inference.encode import a1111_parameters
+from inference.fit import fit_image
+from inference.upscale import UpscaleError, UpscalerCache
+
+
+class UpscalerUnavailable(Exception):
+    """No upscaler is configured, or it cannot be loaded; `str(error)` tells the user."""
+
+
+def image_parameters(job: Job, seed: int, model_name: str, upscaled_by: str | None) -> str:
+    """The AUTOMATIC1111-style parameters of one image, with what was done after sampling."""
+    text = a1111_parameters(job, seed, model_name=model_name)
+    if job.kind is JobKind.VARIATION:
+        text += f", Denoising strength: {job.strength:g}"
+    if upscaled_by:
+        text += f", Postprocess upscaler: {upscaled_by}"
+    return text
+
+
+def upscale_images(config: Config, upscalers: UpscalerCache,
+                   images: list[Image]) -> tuple[list[Image], str]:
+    """The images through the configured default upscaler, and its description
+    (`Real-ESRGAN x4plus ×4`). Blocking: call it off the event loop."""
+    try:
+        entry = config.upscaler()
+    except KeyError:
+        raise UpscalerUnavailable("no upscaler is configured") from None
+    try:
+        upscaler = upscalers.get(entry)
+    except UpscaleError as exc:
+        raise UpscalerUnavailable(f"the upscaler {entry.id!r} could not be loaded") from exc
+    return [upscaler.upscale(image) for image in images], f"{entry.name} ×{upscaler.scale}"
+
+
+def attachment_limit(config: Config, job: Job) -> int:
+    """Bytes one file may have: the smaller of the configured limit and what Discord said with
+    the interaction."""
+    limit = config.worker.attachment_limit_bytes
+    return min(limit, job.attachment_limit) if job.attachment_limit else limit
+
+
+def fitted_attachments(config: Config, job: Job, images: list[Image], notes: list[str],
+                       upscaled_by: str | None) -> list[Attachment]:
+    """Each image a PNG with its parameters, or smaller (WebP, then downscaled) where the PNG
+    would not fit Discord's limit, which `notes` then says."""
+    model_name = config.model(job.model_id).name
+    limit = attachment_limit(config, job)
+    attachments = []
+    for number, (image, seed) in enumerate(zip(images, job.image_seeds(), strict=True), 1):
+        fitted = fit_image(image, image_parameters(job, seed, model_name, upscaled_by),
+                           limit_bytes=limit)
+        stem = f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "")
+        attachments.append(Attachment(filename=fitted.filename(stem), data=fitted.data))
+        if fitted.note:
+            notes.append(fitted.note if len(images) == 1 else f"image {number}: {fitted.note}")
+    return attachments
+
+
+def render_post(config: Config, job: Job, images: list[Image], *, elapsed_s: float,
+                notes: list[str], upscaled_by: str | None) -> Post:
+    """The result message that replaces the queued one. Blocking (encoding): call it off the
+    event loop."""
+    attachments = fitted_attachments(config, job, images, notes, upscaled_by)
+    return Post(
+        content=result_text(job, elapsed_s=elapsed_s, notes=notes),
+        embed=result_embed(job, model_name=config.model(job.model_id).name,
+                           upscaled_by=upscaled_by),
+        attachments=attachments,
+        # 🔁 U V 🗑: the bot answers the clicks (cogs/results.py).
+        view=result_view(job, can_upscale=bool(config.upscalers)),
+    )
