@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from core.config import Secrets, Settings
 from core.discord_endpoints import use_endpoints
 from core.keys import Keys
-from core.redis_server import RedisServer
+from ponybot_cli.redis_server import RedisServer
 from tests import conftest as t
 from tests.fake_discord import FakeDiscord
 from tests.tiny_models import build_tiny_pipeline

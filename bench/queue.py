@@ -27,7 +27,7 @@ from core.config import Sampler
 from core.job import Job
 from core.jobqueue import JobQueue
 from core.keys import WORKER_GROUP, Keys
-from core.redis_server import RedisServer
+from ponybot_cli.redis_server import RedisServer
 
 
 def job(i: int, servers: int) -> Job:

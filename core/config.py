@@ -125,6 +125,13 @@ class ModelEntry(_Strict):
     sampler: Sampler | None = None
     steps: Annotated[int, Field(ge=1)] | None = None
     cfg: Annotated[float, Field(gt=0)] | None = None
+    # Where `ponybot models pull <id>` downloads the model from: a Hugging Face hub repository
+    # (`owner/name`) and optionally a branch, tag or commit. Unset = not on the hub.
+    hub_repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")] | None = None
+    revision: str | None = None
+    # For a model that is not on the hub: where its author published the file (printed by
+    # `ponybot models pull <id>`, which cannot fetch it).
+    download_url: str | None = None
 
     def resolved_format(self) -> ModelFormat:
         if self.format is not ModelFormat.AUTO:

@@ -67,5 +67,7 @@ class Keys:
         return f"{self.prefix}:worker:{name}"
 
     @property
-    def workers_pattern(self) -> str:
-        return f"{self.prefix}:worker:*"
+    def workers(self) -> str:
+        """Sorted set of worker names scored by their last beat (epoch seconds): the list of
+        workers without a SCAN of the keyspace, and when the last one was seen."""
+        return f"{self.prefix}:workers"

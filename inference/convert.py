@@ -34,16 +34,14 @@ from typing import Any, Literal
 import torch
 
 from core.config import Config, ModelEntry, ModelFormat
-from inference.loading import (
-    ModelLoadError,
+from inference.loading import ModelLoadError, load_from, unsafe_pickle_globals
+from inference.model_files import (
     converted_diffusers_path,
     converted_safetensors_path,
     is_up_to_date,
     is_zip_checkpoint,
-    load_from,
     resolve_path,
     sd1_layout_problem,
-    unsafe_pickle_globals,
 )
 
 Target = Literal["safetensors", "diffusers"]

@@ -33,15 +33,20 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from core.config import ModelEntry, ModelFormat, Sampler
+from inference.model_files import (
+    CONVERTED_DIFFUSERS_SUFFIX,
+    converted_copy,
+    converted_safetensors_path,
+    is_zip_checkpoint,
+    resolve_path,
+    sd1_layout_problem,
+)
 from inference.samplers import SEED_DDIM_CONFIG, make_scheduler
 
 log = logging.getLogger(__name__)
 
 SD1_CONFIG_DIR = Path(__file__).resolve().parent / "sd1_config"
-CONVERTED_SAFETENSORS_SUFFIX = ".safetensors"
-CONVERTED_DIFFUSERS_SUFFIX = ".diffusers"
 _COMPONENTS = ("unet", "vae", "text_encoder")
-_ZIP_MAGIC = b"PK\x03\x04"
 _MAX_CAUSE_CHARS = 1500
 
 
@@ -51,61 +56,7 @@ class ModelLoadError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Paths.
-
-
-def resolve_path(path: Path, base_dir: Path) -> Path:
-    """Relative paths in the config are relative to the config file's folder."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else Path(base_dir) / path
-
-
-def converted_safetensors_path(path: Path) -> Path:
-    """Where `convert` writes the safetensors copy of a `.ckpt`: `<stem>.safetensors`."""
-    return path.with_suffix(CONVERTED_SAFETENSORS_SUFFIX)
-
-
-def converted_diffusers_path(path: Path) -> Path:
-    """Where `convert --to diffusers` writes the folder for a single file: `<stem>.diffusers/`."""
-    return path.with_suffix(CONVERTED_DIFFUSERS_SUFFIX)
-
-
-def is_up_to_date(copy: Path, source: Path) -> bool:
-    """`copy` (a file, or a folder's model_index.json) exists and was written after `source`
-    was last modified, or `source` is gone."""
-    marker = copy / "model_index.json" if copy.is_dir() else copy
-    if not marker.is_file():
-        return False
-    if not source.exists():
-        return True
-    return marker.stat().st_mtime >= source.stat().st_mtime
-
-
-def converted_copy(path: Path, fmt: ModelFormat) -> Path | None:
-    """The up-to-date converted copy next to single file `path` that loading should use, if any."""
-    candidates = [converted_diffusers_path(path)]
-    if fmt is ModelFormat.CKPT:
-        candidates.append(converted_safetensors_path(path))
-    for copy in candidates:
-        if copy == path or not copy.exists():
-            continue
-        if is_up_to_date(copy, path):
-            return copy
-        log.warning(
-            "%s is older than %s, so it is not used; run the conversion again to refresh it",
-            copy,
-            path,
-        )
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Pickle safety.
-
-
-def is_zip_checkpoint(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == _ZIP_MAGIC
 
 
 def unsafe_pickle_globals(path: Path) -> list[str]:
@@ -305,22 +256,6 @@ def _check_safetensors_keys(entry: ModelEntry, path: Path) -> None:
     what = sd1_layout_problem(keys)
     if what:
         raise ModelLoadError(f"model {entry.id!r}: {path} {what}")
-
-
-def sd1_layout_problem(keys: list[str]) -> str | None:
-    """Why a single file's keys are not a full SD 1.x checkpoint (None if they look right)."""
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "is an SDXL checkpoint; only SD 1.x models are supported."
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "is an SD 2.x checkpoint (OpenCLIP text encoder); only SD 1.x models are supported."
-    if any(k.startswith("lora_") for k in keys):
-        return "is a LoRA, not a full model; it cannot be loaded as a model."
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        return (
-            "has no UNet weights (model.diffusion_model.*): it is not a full SD 1.x checkpoint "
-            "(a VAE, an embedding or a diffusers-layout file?)."
-        )
-    return None
 
 
 def _finish(entry: ModelEntry, source: Path, pipe: StableDiffusionPipeline) -> None:

@@ -99,6 +99,7 @@ class ModelCache:
         self._device: OrderedDict[str, _Resident] = OrderedDict()
         self._ram: OrderedDict[str, _Resident] = OrderedDict()
         self._failures: dict[str, str] = {}
+        self._load_s: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
     # --- what is where ----------------------------------------------------------------------
@@ -117,6 +118,11 @@ class ModelCache:
     def failures(self) -> dict[str, str]:
         """Model id -> why it failed to load, for admins (`/model info`)."""
         return dict(self._failures)
+
+    @property
+    def load_seconds(self) -> dict[str, float]:
+        """Model id -> seconds its last cold load took (`ponybot models` shows it)."""
+        return dict(self._load_s)
 
     @property
     def used_bytes(self) -> int:
@@ -166,8 +172,9 @@ class ModelCache:
                       time.perf_counter() - started, exc)
             raise
         resident = _Resident(entry.id, pipe, pipeline_bytes(pipe, self.placement.dtype))
+        self._load_s[entry.id] = time.perf_counter() - started
         log.info("model %r: read from disk in %.2f s (%s at %s)", entry.id,
-                 time.perf_counter() - started, format_bytes(resident.size_bytes),
+                 self._load_s[entry.id], format_bytes(resident.size_bytes),
                  _dtype_name(self.placement.dtype))
         return resident
 

@@ -37,6 +37,7 @@ from spandrel import (
 )
 
 from core.config import UpscalerEntry
+from inference.model_files import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +159,6 @@ class Upscaler:
         return output
 
 
-def resolve_path(entry: UpscalerEntry, base_dir: Path) -> Path:
-    return entry.path if entry.path.is_absolute() else base_dir / entry.path
-
-
 def _read_state_dict(path: Path) -> dict[str, object]:
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
@@ -207,7 +204,7 @@ def load_upscaler(entry: UpscalerEntry, *, base_dir: Path, device: torch.device 
                   dtype: torch.dtype) -> Upscaler:
     """Load `entry`'s network (relative paths resolve against base_dir) onto device."""
     # 1. Check the inputs.
-    path = resolve_path(entry, base_dir)
+    path = resolve_path(entry.path, base_dir)
     if not path.is_file():
         raise UpscaleError(f"upscaler {entry.id!r}: file not found: {path}")
     if entry.tile and entry.tile_overlap >= entry.tile:

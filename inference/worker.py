@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.config import Settings
-from core.heartbeat import WorkerHeartbeat
+from core.heartbeat import WorkerHeartbeat, publish_heartbeat, remove_heartbeat
 from core.job import Job, JobKind
 from core.jobqueue import Delivery, JobQueue, JobStatus
 from core.keys import Keys
@@ -38,6 +38,7 @@ from core.messages import cancelled_text, failure_text
 from core.poster import Poster, PostFailed
 from inference.device import Placement, choose_placement
 from inference.fast_path import chunk_by_images, configure_for_size, images_per_call
+from inference.inventory import Inventory, check_all
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
 from inference.progress import ProgressReporter, SamplingCancelled
@@ -90,10 +91,12 @@ class Worker:
         self.current: Delivery | None = None
         self._finishing: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.inventory: Inventory | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self._check_files()
         await self.queue.ensure_group()
         for model_id in self.config.worker.preload:
             await self._preload(model_id)
@@ -422,10 +425,23 @@ class Worker:
                 yield
         finally:
             with contextlib.suppress(Exception):
-                await self.redis.delete(self.keys.worker(self.name))
+                await remove_heartbeat(self.redis, self.keys, self.name)
+
+    async def _check_files(self) -> None:
+        """Which models and upscalers this worker can use (no weights loaded); logged at
+        start, re-checked with every beat so a file added later is noticed."""
+        first = self.inventory is None
+        self.inventory = await asyncio.to_thread(check_all, self.config,
+                                                 self.settings.path.parent)
+        if first:
+            log.info("worker %s: models and upscalers\n%s", self.name, self.inventory.table())
 
     async def publish_heartbeat(self) -> None:
+        await self._check_files()
+        assert self.inventory is not None
         beat = WorkerHeartbeat(
+            **self.inventory.heartbeat_fields(),  # type: ignore[arg-type]
+            load_s=self.models.load_seconds,
             name=self.name,
             host=socket.gethostname(),
             device=self.placement.describe(),
@@ -439,8 +455,7 @@ class Worker:
             at=time.time(),
         )
         try:
-            await self.redis.set(self.keys.worker(self.name), beat.model_dump_json(),
-                                 ex=int(HEARTBEAT_S * 3))
+            await publish_heartbeat(self.redis, self.keys, beat, ttl_s=HEARTBEAT_S * 3)
         except Exception as exc:  # Redis blips must not kill the worker.
             log.warning("heartbeat failed: %s", exc)
 

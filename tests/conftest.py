@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from core.config import Config, ModelEntry, Sampler, Secrets, Settings
 from core.discord_endpoints import use_endpoints
 from core.job import Job
-from core.redis_server import RedisServer
+from ponybot_cli.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from inference.worker import Worker

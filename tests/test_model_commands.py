@@ -10,6 +10,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 
+from core import heartbeat
 from core.config import Settings
 from core.heartbeat import WorkerHeartbeat
 from core.job import Job
@@ -67,7 +68,7 @@ async def stored(redis: Redis, field: str, guild_id: int = GUILD_ID) -> str | No
 
 async def publish_heartbeat(redis: Redis, name: str, **fields) -> None:
     beat = WorkerHeartbeat(name=name, host="gpu-box", device="cuda:0", at=time.time(), **fields)
-    await redis.set(KEYS.worker(name), beat.model_dump_json(), ex=30)
+    await heartbeat.publish_heartbeat(redis, KEYS, beat, ttl_s=30)
 
 
 # --- /model list and /model info ---------------------------------------------------------------

