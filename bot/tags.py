@@ -1,48 +1,60 @@
-"""The tag language of `/pony tags:...`: parse what users type, police it, render it per model.
+"""The tag language of `/pony tags:...`: read what users type, write it the way each model's
+training captions were written.
 
-Users type derpibooru tags; every model was trained on captions written a little differently
-(see `core.config.TagStyle`). So there are two steps with a canonical form in between:
+    parse_tags(text, profile=...)  ->  TagPrompt        derpibooru's own spelling, in typed order
+    render(prompt, model, ...)     ->  RenderedPrompt   the caption the model sees, with notes
 
-    parse_tags(text)  ->  TagPrompt (canonical, model-independent)  ->  render(prompt, model)
+What a channel or a server allows is bot/policy.py's job, checked on the rendered caption.
 
-Canonical form: NFKC-normalised and casefolded, `_` read as a space, single spaces, no commas,
-no control characters or Discord junk. Namespaced tags are kept apart as (namespace, value).
-Everything model-specific (aliases, `artist` -> `by`, the `=` separator, quality tags) comes
-from `ModelEntry`; nothing about a particular model is written here.
+Canonical form is how derpibooru, and so the training metadata, spells tags: `oc only`,
+`artist:lulubell`, `oc:kindle` (the metadata example in Lun's training notes, LunNova/Blog
+content/articles/stable-diffusion-training-notes/index.md @ 129cc1a). So: NFKC and casefolded,
+`_` read as a space, single spaces, namespaced tags as `ns:value` (`by=x` and `artist=x` read
+as `artist:x`), ratings by their name however they are punctuated (`Explicit!`,
+`rating:explicit`). Nothing about a particular model is written here: its `CaptionProfile`
+(core/config.py, filled in config.toml with the evidence) says how its captions were written.
 
-Decisions (tests/test_tags.py spells each one out):
-- Separators. Commas separate tags. With no comma at all, the text is read as V2 caption style
-  (whitespace-separated) when a word has an `_`, is an `ns=value`, or is a score tag (`scr100`),
-  which comma-style typing never has between commas; otherwise it is one tag
-  (`twilight sparkle`). The guess cannot see that `pony solo` is two V2 tags, so code that
-  re-reads text whose style it knows (a rendered prompt) passes `style=`.
-- Ratings: at most one; when several are given the most explicit wins, so the channel policy
-  judges the riskiest thing the user asked for (a note says so).
-- A tag that is both positive and negative is kept as a negative only, with a note.
-- `by=x` is read as `artist:x` (V2 captions' spelling, which users copy from shared prompts).
-- Render order: rating, the model's missing quality tags, the user's tags in order, artists,
-  other namespaced tags. Captions were shuffled in training so order carries no meaning there,
-  but CLIP only reads the first 75 tokens: the short tags that steer the whole picture (and the
-  `safe` that policy relies on) must not be the ones cut off.
+Rendering follows the training code's caption builder (translunar-diffusion
+data/metadata/metadata.py @ 06e6206): tags from `non_caption_tags` were removed, the score tag
+`scrN` added, the tags joined, then the ordered `replacements` run as substring replacements
+(so they also hit inside a tag: `twilight sparkle (alicorn)` -> `twilight (alicorn)`). The
+training ran them over the joined caption; we run them per tag, which is the same for rules
+that do not contain the separator (config validation of the shipped rules: tests) and lets us
+tell the user which tags changed. Decisions (tests/test_tags.py spells each one out):
+
+- Separators. Commas separate tags. Without a comma the text is read one tag per word when the
+  model's captions are space-separated with `_` inside tags (V2), or when it looks like such a
+  caption (a word with `_`, an `ns=value`, a score tag); otherwise it is one tag, so a
+  comma-free prompt such as pony-diffusion's card example reaches the model unchanged.
+- Order. The user's order is kept: training shuffled half the captions, so order carries no
+  meaning, and a caption pasted as is stays as is. A rating or score tag the bot adds goes
+  first (rating, then score), where CLIP's 75-token window never cuts it.
+- Ratings: at most one; when several are given the most explicit wins, so policy judges the
+  riskiest thing asked for. Outside age-restricted channels `suggestive` becomes `safe` and a
+  missing rating is `safe`; `questionable`/`explicit` are left for bot/policy.py to refuse.
+- A tag both wanted and negative is kept as a negative only.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from core.config import Limits, ModelEntry, TagStyle
+from bot import clip_tokens
+from core.config import CaptionProfile, Limits, LongPrompts, ModelEntry
 
 # Discord caps an option at 6000 characters; anything longer is not a real prompt.
 MAX_INPUT_CHARS = 10_000
-# Score buckets of the training captions (`scrN`), shared by all these fine-tunes.
-SCORE_BUCKETS = (3200, 1600, 800, 600, 400, 300, 200, 150, 100, 50, 25, 5)
 EXAMPLE = "`twilight sparkle, unicorn, solo`"
+# CLIP reads 77 positions: BOS, 75 prompt tokens, EOS.
+TOKEN_WINDOW = 75
+# How many tags a note names before "and N more".
+_NAMED = 6
 _T = TypeVar("_T")
 
 
@@ -55,9 +67,7 @@ class Rating(StrEnum):
 
 
 _RATINGS = {r.value: r for r in Rating}
-_KNOWN_SCORES = {f"scr{n}" for n in SCORE_BUCKETS}
-_UNSAFE = (Rating.QUESTIONABLE, Rating.EXPLICIT)
-# Input spelling -> canonical namespace. Output spelling is per model (namespace_rewrites).
+# Input spelling -> derpibooru's namespace.
 _NAMESPACE_SYNONYMS = {"by": "artist"}
 
 
@@ -70,20 +80,35 @@ class TagPrompt(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    tags: tuple[str, ...] = ()
-    artists: tuple[str, ...] = ()
-    namespaced: tuple[tuple[str, str], ...] = ()
+    # Wanted tags in the order typed, the rating among them; namespaced ones as `ns:value`.
+    items: tuple[str, ...] = ()
     negatives: tuple[str, ...] = ()
-    rating: Rating | None = None
     notes: tuple[str, ...] = ()
 
     @property
+    def rating(self) -> Rating | None:
+        return next((_RATINGS[t] for t in self.items if t in _RATINGS), None)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Wanted tags that are neither the rating nor namespaced."""
+        return tuple(t for t in self.items if t not in _RATINGS and split_namespace(t) is None)
+
+    @property
+    def artists(self) -> tuple[str, ...]:
+        return tuple(ns[1] for ns in map(split_namespace, self.items) if ns and ns[0] == "artist")
+
+    @property
+    def namespaced(self) -> tuple[tuple[str, str], ...]:
+        return tuple(ns for ns in map(split_namespace, self.items) if ns and ns[0] != "artist")
+
+    @property
     def has_positive(self) -> bool:
-        return bool(self.tags or self.artists or self.namespaced)
+        return any(t not in _RATINGS for t in self.items)
 
     @property
     def is_empty(self) -> bool:
-        return not (self.has_positive or self.negatives or self.rating)
+        return not (self.items or self.negatives)
 
 
 class RenderedPrompt(BaseModel):
@@ -92,6 +117,8 @@ class RenderedPrompt(BaseModel):
     positive: str
     negative: str
     tag_count: int
+    # What the user should know: tags left out, rewritten, never seen, past the token window.
+    notes: tuple[str, ...] = ()
 
 
 # --- cleaning -------------------------------------------------------------------------------
@@ -104,13 +131,15 @@ _DISCORD_JUNK = re.compile(
 )
 # Markdown that Discord would act on; derpibooru tags never contain these.
 _MARKDOWN = re.compile(r"[`*~|\\]")
-_NAMESPACED = re.compile(r"([^\W\d_][\w -]{0,31}?) ?[:=] ?(\S.*)")
+# Derpibooru namespaces are one or two words (`artist`, `oc`, `art pack`).
+_NAMESPACED = re.compile(r"([^\W\d_][\w-]*(?: [\w-]+)?) ?[:=] ?(\S.*)")
 _SCORE = re.compile(r"scr[0-9]+")
 _SPACE_STYLE_HINT = re.compile(r"(?:^|\s)(?:\S*_\S*|[^\W\d_][\w-]*=\S+|scr[0-9]+)(?=\s|$)")
+_NOT_ALNUM = re.compile(r"[\W_]+")
 
 
-def _fold(text: str) -> str:
-    # Casefolding can un-normalise, normalising can un-fold: repeat until both hold.
+def fold(text: str) -> str:
+    """NFKC + casefold until both hold: casefolding can un-normalise and vice versa."""
     for _ in range(4):
         folded = unicodedata.normalize("NFKC", text.casefold())
         if folded == text:
@@ -119,13 +148,18 @@ def _fold(text: str) -> str:
     return text
 
 
+def squash(text: str) -> str:
+    """Only the letters and digits, folded: how a tag reads whatever its punctuation."""
+    return _NOT_ALNUM.sub("", fold(text))
+
+
 def _clean(text: str, notes: list[str]) -> str:
     text = re.sub(r"\s", " ", text)
     # Control/format characters first: deleting them must not leave un-normalised text behind.
     kept = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co"))
     if len(kept) != len(text):
         notes.append("Removed invisible control characters.")
-    text = _fold(kept)
+    text = fold(kept)
     # Replaced by a space, not deleted, so no new junk or combining sequence can form.
     text, markdown = _MARKDOWN.subn(" ", text)
     text, junk = _DISCORD_JUNK.subn(" ", text)
@@ -139,7 +173,8 @@ def _canon(item: str) -> str:
     return " ".join(item.replace("_", " ").split()).lstrip("- ")
 
 
-def _split_ns(tag: str) -> tuple[str, str] | None:
+def split_namespace(tag: str) -> tuple[str, str] | None:
+    """`artist:x`, `by=x`, `oc: x` -> (derpibooru's namespace, value); None if not namespaced."""
     match = _NAMESPACED.fullmatch(tag)
     if not match:
         return None
@@ -147,39 +182,43 @@ def _split_ns(tag: str) -> tuple[str, str] | None:
     return _NAMESPACE_SYNONYMS.get(namespace, namespace), match.group(2)
 
 
-def _is_score(tag: str) -> bool:
-    return _SCORE.fullmatch(tag) is not None
+def rating_of(tag: str) -> Rating | None:
+    """The rating a tag spells, however punctuated: `Explicit!`, `rating:explicit`, `e-xplicit`."""
+    letters = squash(tag)
+    return _RATINGS.get(letters.removeprefix("rating")) or _RATINGS.get(letters)
 
 
-def _split(text: str, style: TagStyle | None) -> list[str]:
-    if style is TagStyle.SPACE or (
-        style is None and "," not in text and _SPACE_STYLE_HINT.search(text)
-    ):
-        return text.replace(",", " ").split()
-    return text.split(",")
+def _canonical(item: str) -> str:
+    rating = rating_of(item)
+    if rating is not None:
+        return rating.value
+    ns = split_namespace(item)
+    return f"{ns[0]}:{ns[1]}" if ns else item
 
 
-def _word(text: str) -> str:
-    """Text from config.toml, canonical like a typed tag."""
-    return _canon(_clean(text, []))
+def _split(text: str, profile: CaptionProfile | None) -> list[str]:
+    if "," in text:
+        return text.split(",")
+    if (profile is not None and profile.splits_on_spaces) or _SPACE_STYLE_HINT.search(text):
+        return text.split()
+    return [text]
 
 
-def _config_tag(text: str) -> str:
-    """A tag written in config.toml, in canonical form (namespaced as `ns:value`)."""
-    tag = _word(text)
-    ns = _split_ns(tag)
-    return f"{ns[0]}:{ns[1]}" if ns else tag
+def config_tag(text: str) -> str:
+    """A tag written in config.toml or stored by `/model block`, in canonical form."""
+    return _canonical(_canon(_clean(text, [])))
 
 
 # --- parsing --------------------------------------------------------------------------------
 
 
-def parse_tags(text: str, negative: str = "", *, style: TagStyle | None = None) -> TagPrompt:
+def parse_tags(
+    text: str, negative: str = "", *, profile: CaptionProfile | None = None
+) -> TagPrompt:
     """Read what the user typed. Never raises: what cannot be used is dropped with a note.
 
-    `style` forces the separator (SPACE: whitespace, COMMA: commas) for text whose caption
-    style is known, e.g. a prompt rendered for a model; None guesses (module docstring).
-    """
+    `profile` is the target model's: space-separated text is one tag per word for models whose
+    captions are written that way (module docstring)."""
     notes: list[str] = []
     items: list[tuple[str, bool]] = []  # (canonical item, is negative)
     for source, is_negative in ((text, False), (negative, True)):
@@ -188,60 +227,41 @@ def parse_tags(text: str, negative: str = "", *, style: TagStyle | None = None) 
         if len(source) > MAX_INPUT_CHARS:
             notes.append(f"Only the first {MAX_INPUT_CHARS} characters were read.")
             source = source[:MAX_INPUT_CHARS]
-        for raw in _split(_clean(source, notes), style):
+        for raw in _split(_clean(source, notes), profile):
             item = raw.strip()
             negated = is_negative or item.startswith("-")
             item = _canon(item)
             if item:
                 items.append((item, negated))
 
-    tags: list[str] = []
-    artists: list[str] = []
-    namespaced: list[tuple[str, str]] = []
+    wanted: list[str] = []
     negatives: list[str] = []
-    ratings: list[Rating] = []
     ignored: list[str] = []
     for item, negated in items:
         if not any(unicodedata.category(c)[0] in "LN" for c in item):
             ignored.append(item)  # `...`, `>`, lone emoji: nothing a tagger would write
             continue
-        ns = _split_ns(item)
-        if negated:
-            negatives.append(f"{ns[0]}:{ns[1]}" if ns else item)
-        elif item in _RATINGS:
-            ratings.append(_RATINGS[item])
-        elif ns and ns[0] == "artist":
-            artists.append(ns[1])
-        elif ns:
-            namespaced.append(ns)
-        else:
-            if _is_score(item) and item not in _KNOWN_SCORES:
-                notes.append(f"`{item}` is not a score bucket the models know (scr100, scr800…).")
-            tags.append(item)
+        (negatives if negated else wanted).append(_canonical(item))
     if ignored:
-        shown = ", ".join(f"`{i}`" for i in _dedupe(ignored)[:5])
-        notes.append(f"Ignored {shown}: not tags.")
+        notes.append(f"Ignored {_names(_dedupe(ignored))}: not tags.")
 
     negatives = _dedupe(negatives)
     banned = set(negatives)
-    rating = max(ratings, key=list(Rating).index) if ratings else None
+    ratings = [_RATINGS[t] for t in wanted if t in _RATINGS]
     if len(set(ratings)) > 1:
+        riskiest = max(ratings, key=list(Rating).index)
         given = ", ".join(r.value for r in _dedupe(ratings))
-        notes.append(f"Several ratings given ({given}); using `{rating}`, the most explicit.")
-    conflicts = [t for t in tags if t in banned]
-    conflicts += [f"artist:{a}" for a in artists if f"artist:{a}" in banned]
-    conflicts += [f"{n}:{v}" for n, v in namespaced if f"{n}:{v}" in banned]
-    if rating is not None and rating.value in banned:
-        conflicts.append(rating.value)
-        rating = None
+        notes.append(f"Several ratings given ({given}); using `{riskiest}`, the most explicit.")
+        # The riskiest one takes the place of the first rating typed.
+        first = next(i for i, t in enumerate(wanted) if t in _RATINGS)
+        wanted = [t for i, t in enumerate(wanted) if t not in _RATINGS or i == first]
+        wanted[first] = riskiest.value
+    conflicts = [t for t in wanted if t in banned]
     for tag in _dedupe(conflicts):
         notes.append(f"`{tag}` is both wanted and negative; kept it as a negative only.")
     return TagPrompt(
-        tags=tuple(t for t in _dedupe(tags) if t not in banned),
-        artists=tuple(a for a in _dedupe(artists) if f"artist:{a}" not in banned),
-        namespaced=tuple(p for p in _dedupe(namespaced) if f"{p[0]}:{p[1]}" not in banned),
+        items=tuple(t for t in _dedupe(wanted) if t not in banned),
         negatives=tuple(negatives),
-        rating=rating,
         notes=tuple(_dedupe(notes)),
     )
 
@@ -250,34 +270,32 @@ def _dedupe(values: Iterable[_T]) -> list[_T]:
     return list(dict.fromkeys(values))
 
 
+def _names(values: Sequence[str], limit: int = _NAMED) -> str:
+    shown = ", ".join(f"`{v}`" for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
 # --- checks ---------------------------------------------------------------------------------
-
-
-def _canonical_text(prompt: TagPrompt) -> str:
-    rating = [prompt.rating.value] if prompt.rating else []
-    artists = [f"artist:{a}" for a in prompt.artists]
-    others = [f"{n}:{v}" for n, v in prompt.namespaced]
-    return ", ".join([*rating, *prompt.tags, *artists, *others])
 
 
 def validate(prompt: TagPrompt, limits: Limits) -> None:
     """Refuse prompts the bot should not queue. Lengths are measured on the canonical
-    comma-separated text: rendering only shortens it (aliases, one-character separators)
-    or adds the model's few quality tags."""
+    comma-separated text: the models' caption languages only shorten it (short forms,
+    one-character separators) or add a rating and a score tag."""
     if not prompt.has_positive:
         if prompt.negatives:
             raise TagError(
                 "You only gave negative tags; add at least one tag to draw, e.g. " + EXAMPLE
             )
         raise TagError("Give at least one tag, e.g. " + EXAMPLE)
-    for kind, count in (
-        ("tags", len(prompt.tags) + len(prompt.artists) + len(prompt.namespaced)),
-        ("negative tags", len(prompt.negatives)),
+    for kind, values in (
+        ("tags", [t for t in prompt.items if t not in _RATINGS]),
+        ("negative tags", list(prompt.negatives)),
     ):
-        if count > limits.max_tags:
-            raise TagError(f"You gave {count} {kind}; at most {limits.max_tags} are allowed.")
+        if len(values) > limits.max_tags:
+            raise TagError(f"You gave {len(values)} {kind}; at most {limits.max_tags} are allowed.")
     for kind, text in (
-        ("tags", _canonical_text(prompt)),
+        ("tags", ", ".join(prompt.items)),
         ("negative tags", ", ".join(prompt.negatives)),
     ):
         if len(text) > limits.max_prompt_chars:
@@ -287,101 +305,127 @@ def validate(prompt: TagPrompt, limits: Limits) -> None:
             )
 
 
-def apply_channel_policy(
-    prompt: TagPrompt, *, age_restricted: bool, blocked_tags: Iterable[str] = ()
-) -> TagPrompt:
-    """Enforce what the channel allows: blocked tags anywhere, and `safe` outside
-    age-restricted channels. Raises TagError; otherwise returns the prompt to render."""
-    blocked = {_config_tag(t) for t in blocked_tags}
-    wanted = [
-        *([prompt.rating.value] if prompt.rating else []),
-        *prompt.tags,
-        *(f"artist:{a}" for a in prompt.artists),
-        *(f"{n}:{v}" for n, v in prompt.namespaced),
-    ]
-    refused = [t for t in wanted if t in blocked]
-    if refused:
-        names = ", ".join(f"`{t}`" for t in refused)
-        raise TagError(f"Not allowed on this server: {names}. Remove and try again.")
-    if age_restricted:
-        return prompt
-    if prompt.rating in _UNSAFE:
-        raise TagError(
-            f"`{prompt.rating}` needs an age-restricted channel, and this channel is not "
-            "age-restricted. Use `safe` here."
-        )
-    notes = list(prompt.notes)
-    if prompt.rating is Rating.SUGGESTIVE:
-        notes.append("This channel is not age-restricted, so the rating is `safe`.")
-    negatives = prompt.negatives
-    if Rating.SAFE.value in negatives:
-        negatives = tuple(n for n in negatives if n != Rating.SAFE.value)
-        notes.append("This channel is not age-restricted: dropped the negative `safe`.")
-    return prompt.model_copy(
-        update={"rating": Rating.SAFE, "negatives": negatives, "notes": tuple(notes)}
-    )
+# --- writing in a model's caption language ----------------------------------------------------
 
 
-# --- rendering ------------------------------------------------------------------------------
+def write_tag(tag: str, profile: CaptionProfile) -> str:
+    """One canonical tag as the model's captions wrote it: the ordered replacements, then `_`
+    for spaces. `artist:pierogarts` -> `by=pierogarts` for V1."""
+    for old, new in profile.replacements:
+        tag = tag.replace(old, new)
+    return tag.replace(" ", "_") if profile.underscores else tag
+
+
+def caption_tags(caption: str, profile: CaptionProfile) -> list[str]:
+    """A rendered caption back into its tags."""
+    if not caption:
+        return []
+    parts = caption.split() if profile.splits_on_spaces else caption.split(profile.separator)
+    return [p for p in parts if p]
 
 
 def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> RenderedPrompt:
-    """Write the prompt the way `model`'s captions were written.
+    """Write the prompt the way `model`'s captions were written (its `caption` profile).
 
-    Precedence: the rating (policy) always stays; the user's and the channel's negatives
-    beat positive tags; the user's positive tags beat the model's default negatives and
-    default quality tags (a typed `scrN` replaces the model's score tag).
-    Outside age-restricted channels the rating is `safe` whatever the prompt says: policy
-    (apply_channel_policy) has already told the user; this is the last line of defence.
-    """
-    separator = model.namespace_separator if model.namespace_separator in (":", "=") else ":"
-    aliases = {_config_tag(k): _config_tag(v) for k, v in model.aliases.items()}
-    aliases = {k: v for k, v in aliases.items() if k and v}
-    rewrites = {_word(k): _word(v) for k, v in model.namespace_rewrites.items()}
+    Precedence: the user's negatives beat wanted tags (parse_tags); outside age-restricted
+    channels the channel's negatives do too; wanted tags beat the model's default negatives,
+    and a typed score tag replaces the model's default one."""
+    profile = model.caption
+    notes: list[str] = []
+    items = list(prompt.items)
 
-    def namespaced(ns: str, value: str) -> str:
-        return f"{rewrites.get(ns) or ns}{separator}{value}"
+    # 1. The rating: what the channel allows is bot/policy.py's; this only spells it.
+    rating = prompt.rating
+    if not age_restricted:
+        if rating is Rating.SUGGESTIVE:
+            items[items.index(rating.value)] = Rating.SAFE.value
+            notes.append("This channel is not age-restricted, so the rating is `safe`.")
+        elif rating is None:
+            items.insert(0, Rating.SAFE.value)
+        if rating in (None, Rating.SUGGESTIVE):
+            rating = Rating.SAFE
+    unseen_tags = {config_tag(t) for t in profile.unseen_tags}
+    ratings = {config_tag(r) for r in profile.ratings}
+    if rating is not None and rating.value not in ratings | unseen_tags:
+        known = ", ".join(f"`{r}`" for r in profile.ratings) or "no rating"
+        notes.append(f"The model's captions are only known to carry {known}, not `{rating}`.")
 
-    def model_form(tag: str) -> str:  # canonical `tag` or `ns:value` -> the model's words
-        tag = aliases.get(tag, tag)
-        ns = _split_ns(tag)
-        return namespaced(*ns) if ns else tag
+    # 2. Tags the training removed from captions, and tags whose images it left out.
+    dropped_tags = {config_tag(t) for t in profile.dropped_tags}
+    dropped = [t for t in items if t in dropped_tags]
+    items = [t for t in items if t not in dropped_tags]
+    if dropped:
+        notes.append(f"Left out {_names(dropped)}: the model's training captions never had "
+                     f"{'it' if len(dropped) == 1 else 'them'}.")
+    unseen = [t for t in items if t in unseen_tags]
+    if unseen:
+        notes.append(f"The model never saw {_names(unseen)}: its training left out the images "
+                     "tagged so. Kept, but expect little effect.")
 
-    def config_tags(values: Iterable[str]) -> list[str]:
-        return [model_form(t) for t in map(_config_tag, values) if t]
+    # 3. The score tag.
+    scores = [t for t in items if _SCORE.fullmatch(t)]
+    buckets = {f"scr{n}" for n in profile.score_buckets}
+    odd = [t for t in scores if t not in buckets]
+    if odd:
+        known_scores = ", ".join(f"`scr{n}`" for n in profile.score_buckets)
+        notes.append(f"{_names(odd)}: not a score tag the model's captions had"
+                     + (f" ({known_scores})." if known_scores else " (it has none)."))
+    score_tag = config_tag(profile.score_tag or "")
+    if not scores and score_tag and score_tag not in prompt.negatives:
+        items.insert(1 if items and items[0] in _RATINGS else 0, score_tag)
 
-    user_tags = [model_form(t) for t in prompt.tags]
-    user_negatives = [model_form(t) for t in prompt.negatives]
-    unsafe = [] if age_restricted else config_tags(model.unsafe_negative_tags)
-    refused = set(user_negatives) | set(unsafe)
+    # 4. Outside age-restricted channels the channel's negatives beat wanted tags.
+    channel_negatives = [] if age_restricted else [config_tag(t) for t in profile.sfw_negative_tags]
+    refused = set(channel_negatives) - set(_RATINGS)
+    if refused & set(items):
+        gone = [t for t in items if t in refused]
+        items = [t for t in items if t not in refused]
+        notes.append(f"This channel is not age-restricted: left out {_names(gone)}.")
 
-    rating = prompt.rating if age_restricted else Rating.SAFE
-    quality = []
-    typed_score = any(_is_score(t) for t in user_tags)
-    for tag in config_tags(model.quality_tags):
-        if tag in _RATINGS:  # a rating among quality tags is the model's default rating
-            if rating is None and tag not in refused:
-                rating = _RATINGS[tag]
-        elif tag not in user_tags and not (typed_score and _is_score(tag)):
-            quality.append(tag)
-    positive = [
-        *quality,
-        *user_tags,
-        *(namespaced("artist", a) for a in prompt.artists),
-        *(namespaced(n, v) for n, v in prompt.namespaced),
+    # 5. Each tag in the model's words.
+    written = [(tag, write_tag(tag, profile)) for tag in items]
+    positive = _dedupe(w for _, w in written if w)
+    rewritten = [
+        f"`{tag}` → `{word}`" for tag, word in _dedupe(written)
+        if word != tag and word != tag.replace(" ", "_")
     ]
-    positive = [t for t in _dedupe(positive) if t not in refused and t != rating]
-    if rating is not None:
-        positive.insert(0, rating.value)
-    defaults = [t for t in config_tags(model.negative_tags) if t not in positive]
-    negative = [t for t in _dedupe([*user_negatives, *defaults, *unsafe]) if t != rating]
+    if rewritten:
+        shown = ", ".join(rewritten[:_NAMED])
+        more = f" and {len(rewritten) - _NAMED} more" if len(rewritten) > _NAMED else ""
+        notes.append(f"Written as the model's captions were: {shown}{more}.")
 
-    if model.tag_style is TagStyle.SPACE:
-        positive = [t.replace(" ", "_") for t in positive]
-        negative = [t.replace(" ", "_") for t in negative]
-        joiner = " "
-    else:
-        joiner = ", "
-    return RenderedPrompt(
-        positive=joiner.join(positive), negative=joiner.join(negative), tag_count=len(positive)
+    defaults = [config_tag(t) for t in profile.negative_tags]
+    negative = _dedupe(
+        w for w in (write_tag(t, profile) for t in [*prompt.negatives, *defaults,
+                                                      *channel_negatives])
+        if w and w not in positive
     )
+
+    # 6. CLIP's window.
+    positive, window_note = _fit_window(positive, profile)
+    if window_note:
+        notes.append(window_note)
+    return RenderedPrompt(
+        positive=profile.separator.join(positive),
+        negative=profile.separator.join(negative),
+        tag_count=len(positive),
+        notes=tuple(notes),
+    )
+
+
+def _fit_window(tags: list[str], profile: CaptionProfile) -> tuple[list[str], str | None]:
+    """The tags that fit in CLIP's 75 tokens, and what to tell the user about the rest."""
+    ends = clip_tokens.running_counts(tags, profile.separator)
+    if not ends or ends[-1] <= TOKEN_WINDOW:
+        return tags, None
+    past = [tag for tag, end in zip(tags, ends, strict=True) if end > TOKEN_WINDOW]
+    if profile.long_prompts is LongPrompts.TRUNCATE:
+        if any(t in _RATINGS for t in past):
+            # The rating is what policy judged: it stays, at the front, and the rest is cut.
+            first = [t for t in tags if t in _RATINGS]
+            return _fit_window([*first, *(t for t in tags if t not in _RATINGS)], profile)
+        kept = tags[: len(tags) - len(past)]
+        return kept, (f"Left out {_names(past)}: past the {TOKEN_WINDOW} tokens CLIP reads. "
+                      "Put what matters first.")
+    return tags, (f"{_names(past)} {'lies' if len(past) == 1 else 'lie'} past CLIP's first "
+                  f"{TOKEN_WINDOW} tokens: encoded in a second chunk. Put what matters first.")

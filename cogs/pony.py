@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import guild_settings, tags
+from bot import guild_settings, policy, tags
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.options import PonyOptions, model_choices, resolve_generation
 from bot.submit import request_fields, submit
@@ -25,19 +25,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def is_age_restricted(interaction: discord.Interaction) -> bool:
-    channel = interaction.channel
-    is_nsfw = getattr(channel, "is_nsfw", None)
-    return bool(is_nsfw()) if callable(is_nsfw) else False
-
-
 class PonyCog(commands.Cog):
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="pony", description="Draw ponies from derpibooru tags")
     @app_commands.describe(
-        tags="derpibooru tags, comma-separated: twilight sparkle, unicorn, solo, -tag to avoid",
+        tags="derpibooru tags: twilight sparkle, unicorn, solo (-tag to avoid; artist:x or by=x)",
         negative="tags to keep out of the picture",
         seed="same seed + same options = same picture",
         steps="sampling steps (more = slower, finer)",
@@ -70,7 +64,7 @@ class PonyCog(commands.Cog):
         except (RedisError, OSError) as exc:
             raise QueueUnavailable() from exc
         entry = guild_settings.model_for(config, guild, options.model)
-        age_restricted = is_age_restricted(interaction)
+        age_restricted = policy.is_age_restricted(interaction)
         rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted,
                                         blocked_tags=guild.blocked_tags)
         generation = resolve_generation(options, config, entry)
@@ -106,16 +100,18 @@ def render_prompt(
     options: PonyOptions, entry: ModelEntry, config: Config, *, age_restricted: bool,
     blocked_tags: Iterable[str] = (),
 ) -> tuple[tags.RenderedPrompt, tuple[str, ...]]:
-    """Parse, police (channel rating, the server's blocked tags) and render the user's tags
-    for the model's caption style; also returns the remarks the user should see."""
+    """Read the user's tags, write them in the model's caption language, and check that
+    caption against the channel and the server (bot.policy); also returns the remarks the
+    user should see (tags left out, rewritten, never seen by the model)."""
     try:
-        prompt = tags.parse_tags(options.tags, options.negative)
-        prompt = tags.apply_channel_policy(prompt, age_restricted=age_restricted,
-                                           blocked_tags=blocked_tags)
+        prompt = tags.parse_tags(options.tags, options.negative, profile=entry.caption)
         tags.validate(prompt, config.limits)
-        return tags.render(prompt, entry, age_restricted=age_restricted), prompt.notes
+        rendered = tags.render(prompt, entry, age_restricted=age_restricted)
     except tags.TagError as exc:
         raise UserFacingError(str(exc)) from exc
+    policy.check_caption(rendered.positive, config=config, age_restricted=age_restricted,
+                         blocked_tags=blocked_tags)
+    return rendered, (*prompt.notes, *rendered.notes)
 
 
 async def setup(bot: PonyBot) -> None:

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import discord
 from redis.exceptions import RedisError
 
+from bot import guild_settings, policy
 from bot.app import send_ephemeral
 from bot.errors import QueueUnavailable, UserFacingError
+from bot.guild_settings import GuildSettings
 from bot.permissions import is_owner, is_server_admin
 from bot.submit import request_fields, submit
 from core.custom_ids import Action, custom_id, template
@@ -50,9 +52,10 @@ async def reroll(bot: PonyBot, interaction: discord.Interaction, job_id: str) ->
             "An upscale has nothing to re-roll: the same image gives the same "
             "upscale. Re-roll the original picture instead."
         )
+    guild = await _allowed_here(bot, interaction, source)
     job = _derive(source, interaction, seed=secrets.randbelow(MAX_SEED), seeded=False)
     JobLog(log, job.id).info("re-roll of %s by user=%s", source.id, job.user_id)
-    await submit(bot, interaction, job, notes=[f"re-roll of job {source.id}"])
+    await submit(bot, interaction, job, notes=[f"re-roll of job {source.id}"], guild=guild)
 
 
 async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
@@ -62,6 +65,7 @@ async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, i
     source = await _posted_image(bot, job_id, index)
     if source.kind is JobKind.UPSCALE or source.upscale:
         raise UserFacingError("This picture is upscaled already.")
+    guild = await _allowed_here(bot, interaction, source)
     job = _derive(
         source,
         interaction,
@@ -74,13 +78,14 @@ async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, i
         strength=None,
     )
     JobLog(log, job.id).info("upscale of %s image %d by user=%s", source.id, index, job.user_id)
-    await submit(bot, interaction, job)
+    await submit(bot, interaction, job, guild=guild)
 
 
 async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
     """V<i>: img2img from image i with the same prompt, a new seed and the configured strength;
     upscaled like its source was (`/pony upscale:true`)."""
     source = await _posted_image(bot, job_id, index)
+    guild = await _allowed_here(bot, interaction, source)
     job = _derive(
         source,
         interaction,
@@ -94,7 +99,7 @@ async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, inde
         strength=bot.config.variation_strength,
     )
     JobLog(log, job.id).info("variation of %s image %d by user=%s", source.id, index, job.user_id)
-    await submit(bot, interaction, job)
+    await submit(bot, interaction, job, guild=guild)
 
 
 async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
@@ -146,6 +151,25 @@ async def _posted_image(bot: PonyBot, job_id: str, index: int) -> Job:
     if state.get("status") != JobStatus.POSTED or not state.get("result_message_id"):
         raise UserFacingError(f"Job `{job_id}` has no posted picture to start from.")
     return source
+
+
+async def _allowed_here(
+    bot: PonyBot, interaction: discord.Interaction, source: Job
+) -> GuildSettings:
+    """A button re-draws a caption written earlier, maybe before the server blocked a tag or
+    the channel's age restriction changed: check it again, as /pony would (bot.policy)."""
+    try:
+        guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable() from exc
+    policy.check_caption(
+        source.prompt,
+        config=bot.config,
+        age_restricted=policy.is_age_restricted(interaction),
+        blocked_tags=guild.blocked_tags,
+        earlier="This picture",
+    )
+    return guild
 
 
 def _derive(source: Job, interaction: discord.Interaction, **changes: Any) -> Job:

@@ -33,13 +33,6 @@ class Sampler(StrEnum):
     DPMPP_2M_KARRAS = "dpm++2m_karras"
 
 
-class TagStyle(StrEnum):
-    """How a model's training captions were written (see bot/tags.py)."""
-
-    COMMA = "comma"  # V1, pony-diffusion: `twilight sparkle, unicorn, solo`
-    SPACE = "space"  # V2: `twilight_sparkle unicorn solo by=artist`
-
-
 class ModelFormat(StrEnum):
     AUTO = "auto"
     DIFFUSERS = "diffusers"
@@ -100,6 +93,61 @@ class Limits(_Strict):
     max_prompt_chars: Annotated[int, Field(ge=16)] = 1500
 
 
+class LongPrompts(StrEnum):
+    """What happens to a caption longer than CLIP's window of 75 tokens."""
+
+    CHUNK = "chunk"  # the worker encodes it in 75-token chunks, as the web UIs do
+    TRUNCATE = "truncate"  # the bot leaves out whole tags from the end until it fits
+
+
+class CaptionProfile(_Strict):
+    """How one model's training captions were written, so that `/pony` (bot/tags.py) writes
+    its prompts the same way. The rules mirror the knobs of the caption builder the pony
+    fine-tunes were trained with (translunar-diffusion's `load_images_using_metadata`);
+    config.toml cites the evidence for each shipped profile."""
+
+    # Between tags. Users may type commas for every model; space-separated text is read as
+    # one tag per word for models whose captions are space-separated with `_` inside tags.
+    separator: Literal[", ", ",", " "] = ", "
+    # Spaces inside a tag become `_` (applied after the replacements).
+    underscores: bool = False
+    # Ordered substring replacements inside each tag, written exactly as the training config
+    # wrote them (lower case, spaces): `twilight sparkle` -> `twilight`, `artist:` -> `by:`.
+    replacements: list[tuple[str, str]] = []
+    # Tags the training removed from its captions: left out, and the user is told.
+    dropped_tags: list[str] = []
+    # Tags whose images were left out of training, so the model never saw them: kept, and
+    # the user is told.
+    unseen_tags: list[str] = []
+    # Rating tags the captions are known to carry; another rating is kept with a note.
+    ratings: list[str] = ["safe", "suggestive", "questionable", "explicit"]
+    # Added when the user typed no score tag; None = no default.
+    score_tag: str | None = None
+    # The score tags (`scrN`) the captions had; a typed score outside them gets a note.
+    score_buckets: list[int] = []
+    # Always in the negative prompt; `sfw_negative_tags` too outside age-restricted channels.
+    negative_tags: list[str] = []
+    sfw_negative_tags: list[str] = []
+    long_prompts: LongPrompts = LongPrompts.CHUNK
+    # What `/model info` renders as its worked example (derpibooru tags as a user types them).
+    example: str = "twilight sparkle, artist:pierogarts, solo"
+    # One line saying where these rules come from, shown by `/model info`.
+    evidence: str = ""
+
+    @model_validator(mode="after")
+    def _check_replacements(self) -> CaptionProfile:
+        for old, _new in self.replacements:
+            # Captions were lower case; an upper-case rule would silently never match.
+            if not old or old != old.lower():
+                raise ValueError(f"replacements: {old!r} must be non-empty and lower case")
+        return self
+
+    @property
+    def splits_on_spaces(self) -> bool:
+        """Captions whose tags are separated by spaces and have none inside (V2's)."""
+        return self.separator == " " and self.underscores
+
+
 class ModelEntry(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")]
     name: str
@@ -110,18 +158,8 @@ class ModelEntry(_Strict):
     # Diffusers-format folder of component configs (no weights) for single-file checkpoints;
     # unset = the SD 1.x folder shipped in inference/sd1_config.
     single_file_config: Path | None = None
-    tag_style: TagStyle = TagStyle.COMMA
-    # Appended to every prompt: the score-bucket tag the model was trained with (`scr800`...).
-    quality_tags: list[str] = []
-    # Always in the negative prompt.
-    negative_tags: list[str] = []
-    # Added to the negative prompt in channels that are not age-restricted.
-    unsafe_negative_tags: list[str] = []
-    # Derpibooru name -> the short form the captions used (`twilight sparkle` -> `twilight`).
-    aliases: dict[str, str] = {}
-    # Namespace rewriting seen in the captions: `artist:x` -> `by=x`, `oc:x` -> `oc=x`.
-    namespace_rewrites: dict[str, str] = {}
-    namespace_separator: str = ":"
+    # How its training captions were written: /pony writes prompts the same way.
+    caption: CaptionProfile = Field(default_factory=lambda: CaptionProfile())
     sampler: Sampler | None = None
     steps: Annotated[int, Field(ge=1)] | None = None
     cfg: Annotated[float, Field(gt=0)] | None = None

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from core.config import Config, ModelEntry, Sampler, Secrets, Settings
+from core.config import CaptionProfile, Config, ModelEntry, Sampler, Secrets, Settings
 from core.discord_endpoints import use_endpoints
 from core.job import Job
 from ponybot_cli.redis_server import RedisServer
@@ -109,11 +109,13 @@ def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides
         "default_model": "tiny",
         "models": [
             ModelEntry(id="tiny", name="Tiny Pony", path=pipeline_dir,
-                       description="random weights for tests", quality_tags=["scr100"],
-                       unsafe_negative_tags=["explicit"]).model_dump(),
-            ModelEntry(id="tiny-v2", name="Tiny Pony V2", path=pipeline_dir, tag_style="space",
-                       namespace_separator="=", namespace_rewrites={"artist": "by"},
-                       aliases={"twilight sparkle": "twilight"}).model_dump(),
+                       description="random weights for tests",
+                       caption=CaptionProfile(score_tag="scr100",
+                                              sfw_negative_tags=["explicit"])).model_dump(),
+            ModelEntry(id="tiny-v2", name="Tiny Pony V2", path=pipeline_dir,
+                       caption=CaptionProfile(separator=" ", underscores=True, replacements=[
+                           ("twilight sparkle", "twilight"), ("artist:", "by="), (":", "=")],
+                       )).model_dump(),
         ],
         "defaults": {"steps": 2, "cfg": 7.5, "sampler": "ddim", "size": "square", "count": 1},
         "sizes": {

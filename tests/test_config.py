@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError, ModelFormat, Secrets, config_path, load_config
+from tests.translunar_reference import METADATA_PARAMS, TAG_SEPARATOR
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = """
@@ -26,15 +27,53 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_the_shipped_config_lists_the_three_seed_models():
+def test_the_shipped_config_lists_the_seed_models_under_their_file_names():
     config = load_config(REPO / "config.toml")
     formats = {m.id: m.resolved_format() for m in config.models}
     assert formats == {
         "pony-diffusion": ModelFormat.DIFFUSERS,
         "v1": ModelFormat.CKPT,
+        "v1-287k": ModelFormat.CKPT,
         "v2": ModelFormat.CKPT,
     }
     assert config.default_model == "pony-diffusion"
+    # The files as Lun's post names them (LunNova/Blog @ 86d6c66), so dropping one in works.
+    assert {m.id: m.path.name for m in config.models if m.id != "pony-diffusion"} == {
+        "v1": "sd1.4 finetuned derpibooru safe suggestive e=0007 gs=460000.ckpt",
+        "v1-287k": "sd1.4 finetuned derpibooru safe suggestive e=0002 gs=287000.ckpt",
+        "v2": "sd1.4 finetuned v2 derpibooru e=0000 gs=026400.ckpt",
+    }
+
+
+def test_both_v1_checkpoints_have_the_training_configs_caption_rules():
+    """config.toml's V1 profile against translunar-diffusion @ 06e6206's data config."""
+    config = load_config(REPO / "config.toml")
+    v1, v1_early = config.model("v1").caption, config.model("v1-287k").caption
+    assert v1 == v1_early
+    assert v1.separator == TAG_SEPARATOR and not v1.underscores
+    assert v1.replacements == list(METADATA_PARAMS["replacements"].items())
+    assert v1.dropped_tags == list(dict.fromkeys(METADATA_PARAMS["non_caption_tags"]))
+    assert v1.unseen_tags == METADATA_PARAMS["blacklist_tags"]
+    assert v1.score_buckets == [
+        n for n in METADATA_PARAMS["score_tags"] if n >= METADATA_PARAMS["abs_min_score"]
+    ]
+    assert set(v1.ratings) == {"safe", "suggestive", "questionable", "explicit"} - set(
+        METADATA_PARAMS["blacklist_tags"]
+    )
+    # Training ran the rules over the joined caption, the bot runs them per tag: the same as
+    # long as no rule reaches across the separator.
+    assert not any(TAG_SEPARATOR in old or "," in old for old, _ in v1.replacements)
+
+
+def test_captions_of_old_configs_are_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"models\.0\.quality_tags"):
+        load_config(write(tmp_path, MINIMAL + 'quality_tags = ["scr800"]\n'))
+
+
+def test_a_replacement_that_could_never_match_is_refused(tmp_path):
+    text = MINIMAL + '[models.caption]\nreplacements = [["Twilight Sparkle", "twilight"]]\n'
+    with pytest.raises(ConfigError, match=r"models\.0\.caption(.|\n)*lower case"):
+        load_config(write(tmp_path, text))
 
 
 def test_a_minimal_config_gets_the_documented_defaults(tmp_path):

@@ -1,10 +1,15 @@
-"""The tag language (bot/tags.py): a readable specification, then hypothesis properties."""
+"""The tag language (bot/tags.py): a readable specification, then hypothesis properties.
+
+The models are the shipped ones, read from config.toml: these tests say what each of them is
+sent. Where a caption rule comes from is cited in config.toml; tests/test_captions.py checks
+the rules against the training code itself."""
 
 from __future__ import annotations
 
 import re
 import time
 import unicodedata
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,144 +22,121 @@ from bot.tags import (
     RenderedPrompt,
     TagError,
     TagPrompt,
-    apply_channel_policy,
+    caption_tags,
     parse_tags,
+    rating_of,
     render,
     validate,
 )
-from core.config import Limits, ModelEntry, TagStyle
+from core.config import CaptionProfile, Limits, LongPrompts, ModelEntry, load_config
 
-# --- the models, as config.toml ships them ---------------------------------------------------
-
-UNSAFE = ["explicit", "questionable", "suggestive", "nudity"]
-
-V1 = ModelEntry(
-    id="lun-v1",
-    name="Lun's V1",
-    path="models/lun-v1",
-    tag_style=TagStyle.COMMA,
-    quality_tags=["scr800"],
-    negative_tags=["scr5"],
-    unsafe_negative_tags=UNSAFE,
-)
-V2 = ModelEntry(
-    id="lun-v2",
-    name="Lun's V2",
-    path="models/lun-v2",
-    tag_style=TagStyle.SPACE,
-    quality_tags=["scr100"],
-    negative_tags=["scr5"],
-    unsafe_negative_tags=UNSAFE,
-    # Keys written as an editor might: any case, `_` or spaces.
-    aliases={
-        "Twilight_Sparkle": "twilight",
-        "princess luna": "luna",
-        "rainbow dash": "dashie",
-        "pinkie_pie": "pinkie",
-        "applejack": "aj",
-        "nightmare moon": "nmm",
-        "queen chrysalis": "chrissy",
-        "starlight glimmer": "glim",
-        "sunset shimmer": "sunshim",
-    },
-    namespace_rewrites={"artist": "by"},
-    namespace_separator="=",
-)
-PONY_DIFFUSION = ModelEntry(
-    id="pony-diffusion",
-    name="pony-diffusion",
-    path="models/pony-diffusion",
-    tag_style=TagStyle.COMMA,
-    quality_tags=["safe"],  # its card recommends `safe`: a default rating, see render()
-    unsafe_negative_tags=UNSAFE,
-)
+SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")
+V1 = SHIPPED.model("v1")
+V2 = SHIPPED.model("v2")
+PONY_DIFFUSION = SHIPPED.model("pony-diffusion")
 MODELS = [V1, V2, PONY_DIFFUSION]
 LIMITS = Limits(max_tags=10, max_prompt_chars=100)
 
-V1_CAPTION = "fluttershy, blush, pony, cute, solo, scr800, flying, pegasus"
+# Lun's post (LunNova/Blog @ 86d6c66, content/articles/pony-diffusion-model/index.md).
+V1_CAPTION = "fluttershy, blush, pony, pomf, cute, adorable, daww, solo, scenery, scr800, flying, pegasus"  # noqa: E501
 V2_CAPTION = (
-    "pony s5_starlight unicorn glimmer scr100 bust mare portrait by=pierogarts female safe "
-    "looking_at_you solo"
+    "pony s5_starlight unicorn glimmer this_will_end_in_communism scr100 bust mare portrait "
+    "by=pierogarts female safe looking_at_you solo"
 )
 
 
-def words(rendered: str, model: ModelEntry) -> list[str]:
-    if not rendered:
-        return []
-    return rendered.split(" " if model.tag_style is TagStyle.SPACE else ", ")
-
-
 def draw(text: str, model: ModelEntry, *, negative: str = "", age_restricted: bool = True) -> str:
-    return render(parse_tags(text, negative), model, age_restricted=age_restricted).positive
+    return rendered(text, model, negative=negative, age_restricted=age_restricted).positive
 
 
-# --- parsing ---------------------------------------------------------------------------------
+def rendered(
+    text: str, model: ModelEntry, *, negative: str = "", age_restricted: bool = True
+) -> RenderedPrompt:
+    prompt = parse_tags(text, negative, profile=model.caption)
+    return render(prompt, model, age_restricted=age_restricted)
+
+
+def model_with(**caption: object) -> ModelEntry:
+    return ModelEntry(id="m", name="M", path=Path("m"), caption=CaptionProfile(**caption))
+
+
+# --- reading what users type -----------------------------------------------------------------
 
 
 def test_comma_separated_tags_in_order():
     prompt = parse_tags("twilight sparkle, unicorn, solo")
-    assert prompt.tags == ("twilight sparkle", "unicorn", "solo")
+    assert prompt.items == ("twilight sparkle", "unicorn", "solo")
     assert prompt.has_positive and not prompt.is_empty and prompt.notes == ()
 
 
 def test_underscores_and_spaces_are_the_same_tag():
-    assert parse_tags("looking_at_you").tags == ("looking at you",)
-    assert parse_tags("  Looking   At_You ,").tags == ("looking at you",)
+    assert parse_tags("looking_at_you").items == ("looking at you",)
+    assert parse_tags("  Looking   At_You ,").items == ("looking at you",)
 
 
 def test_stray_whitespace_empty_items_and_duplicates():
-    prompt = parse_tags(" a ,, b,a , B,\tc ,")
-    assert prompt.tags == ("a", "b", "c")  # first occurrence keeps its place
+    assert parse_tags(" a ,, b,a , B,\tc ,").items == ("a", "b", "c")  # first one keeps its place
 
 
 def test_case_and_unicode():
     prompt = parse_tags("Fluttershy, CAFÉ, ポニー, Straße, ｆｕｌｌｗｉｄｔｈ")
-    assert prompt.tags == ("fluttershy", "café", "ポニー", "strasse", "fullwidth")
+    assert prompt.items == ("fluttershy", "café", "ポニー", "strasse", "fullwidth")
 
 
 def test_discord_junk_is_dropped_with_a_note():
     prompt = parse_tags("<@123> solo, `unicorn`, **cute**, <:pony:987>, @everyone, blush\x00\u200b")
-    assert prompt.tags == ("solo", "unicorn", "cute", "blush")
+    assert prompt.items == ("solo", "unicorn", "cute", "blush")
     assert any("Discord" in n for n in prompt.notes)
     assert any("control characters" in n for n in prompt.notes)
 
 
 def test_items_without_letters_are_ignored_with_a_note():
     prompt = parse_tags("solo, ..., >, :3")
-    assert prompt.tags == ("solo", ":3")
+    assert prompt.items == ("solo", ":3")
     assert any("`...`" in n and "not tags" in n for n in prompt.notes)
 
 
 def test_negatives_with_a_dash_or_the_negative_option():
-    prompt = parse_tags("solo, -looking_at_you, --sad", negative="blurry, -text, artist:nobody")
-    assert prompt.tags == ("solo",)
+    prompt = parse_tags("solo, -looking_at_you, --sad", negative="blurry, -text, by=nobody")
+    assert prompt.items == ("solo",)
     assert prompt.negatives == ("looking at you", "sad", "blurry", "text", "artist:nobody")
 
 
 def test_a_tag_both_wanted_and_negative_is_negative_only():
     prompt = parse_tags("solo, sad, artist:x, oc:y", negative="sad, by=x, oc=y")
-    assert prompt.tags == ("solo",)
-    assert prompt.artists == () and prompt.namespaced == ()
+    assert prompt.items == ("solo",)
     assert prompt.negatives == ("sad", "artist:x", "oc:y")
     assert sum("both wanted and negative" in n for n in prompt.notes) == 3
 
 
-def test_namespaces():
-    prompt = parse_tags("artist:Pierogarts, by=someone, oc:Nebula, spoiler: s05e01, art_pack=x")
-    assert prompt.artists == ("pierogarts", "someone")  # `by=` is V2's spelling of artist
-    assert prompt.namespaced == (("oc", "nebula"), ("spoiler", "s05e01"), ("art pack", "x"))
-    assert prompt.tags == ()
+def test_by_equals_and_artist_colon_are_the_same_everywhere():
+    prompt = parse_tags("artist:Pierogarts, by=someone, by:third, Artist = fourth")
+    assert prompt.artists == ("pierogarts", "someone", "third", "fourth")
 
 
-def test_ratings_are_taken_out_of_the_tags():
-    prompt = parse_tags("solo, Suggestive")
-    assert prompt.tags == ("solo",)
+def test_namespaces_are_kept_as_derpibooru_spells_them():
+    prompt = parse_tags("oc:Nebula, oc=kindle, spoiler: s05e01, art_pack=x")
+    assert prompt.items == ("oc:nebula", "oc:kindle", "spoiler:s05e01", "art pack:x")
+    assert prompt.namespaced == (("oc", "nebula"), ("oc", "kindle"), ("spoiler", "s05e01"),
+                                 ("art pack", "x"))
+
+
+@pytest.mark.parametrize("typed", ["explicit.", "questionable!", "rating:explicit",
+                                   "Rating = Explicit", "EXPLICIT", "ex-plicit", "*explicit*"])
+def test_ratings_are_read_whatever_the_punctuation(typed):
+    assert rating_of(typed) in (Rating.EXPLICIT, Rating.QUESTIONABLE)
+    assert parse_tags(f"solo, {typed}").rating in (Rating.EXPLICIT, Rating.QUESTIONABLE)
+
+
+def test_a_rating_keeps_its_place_among_the_tags():
+    prompt = parse_tags("solo, Suggestive, pony")
+    assert prompt.items == ("solo", "suggestive", "pony") and prompt.tags == ("solo", "pony")
     assert prompt.rating is Rating.SUGGESTIVE
 
 
 def test_several_ratings_the_most_explicit_wins():
-    prompt = parse_tags("explicit, solo, safe")
-    assert prompt.rating is Rating.EXPLICIT
+    prompt = parse_tags("safe, solo, explicit")
+    assert prompt.items == ("explicit", "solo")
     assert any("most explicit" in n for n in prompt.notes)
     assert parse_tags("safe, safe").notes == ()
 
@@ -164,38 +146,42 @@ def test_a_negated_rating_is_a_negative_tag():
     assert prompt.rating is None and prompt.negatives == ("explicit",)
 
 
-def test_unknown_score_bucket_is_kept_with_a_note():
-    prompt = parse_tags("solo, scr1000, scr800")
-    assert prompt.tags == ("solo", "scr1000", "scr800")
-    assert prompt.notes == ("`scr1000` is not a score bucket the models know (scr100, scr800…).",)
+def test_space_separated_text_is_one_tag_per_word_for_v2():
+    # pony-diffusion's card writes prompts this way; V2's captions are one tag per word.
+    prompt = parse_tags("pinkie pie anthro portrait", profile=V2.caption)
+    assert prompt.items == ("pinkie", "pie", "anthro", "portrait")
+    assert draw("pinkie pie anthro portrait, scr800", V2) == "pinkie_pie_anthro_portrait scr800"
+    assert draw("pinkie pie anthro portrait scr800", V2) == "pinkie pie anthro portrait scr800"
 
 
-def test_space_separated_v2_input_is_understood():
-    # No comma, and a word with `_`, an `ns=value` or a score tag: V2 caption style.
-    assert parse_tags("pony s5_starlight unicorn").tags == ("pony", "s5 starlight", "unicorn")
-    assert parse_tags("pony unicorn by=pierogarts").tags == ("pony", "unicorn")
-    assert parse_tags("pony unicorn scr100").tags == ("pony", "unicorn", "scr100")
-    # Otherwise no comma means one tag.
-    assert parse_tags("twilight sparkle").tags == ("twilight sparkle",)
-    assert parse_tags("princess luna, s1_luna").tags == ("princess luna", "s1 luna")
+def test_comma_free_text_is_one_tag_for_comma_models():
+    assert parse_tags("twilight sparkle", profile=V1.caption).items == ("twilight sparkle",)
+    assert parse_tags("pinkie pie anthro", profile=PONY_DIFFUSION.caption).items == (
+        "pinkie pie anthro",
+    )
 
 
-def test_style_can_be_forced_for_text_of_known_style():
-    assert parse_tags("pony solo", style=TagStyle.SPACE).tags == ("pony", "solo")
-    assert parse_tags("pony s5_starlight", style=TagStyle.COMMA).tags == ("pony s5 starlight",)
+def test_a_v2_caption_pasted_for_any_model_is_read_as_tags():
+    # No comma, but a word with `_`, an `ns=value` or a score tag: V2 caption style.
+    for model in MODELS:
+        assert parse_tags("pony s5_starlight unicorn", profile=model.caption).items == (
+            "pony", "s5 starlight", "unicorn")
+        assert parse_tags("pony by=pierogarts", profile=model.caption).items == (
+            "pony", "artist:pierogarts")
+        assert parse_tags("pony unicorn scr100").items == ("pony", "unicorn", "scr100")
 
 
 def test_huge_input_is_cut_with_a_note():
     started = time.monotonic()
     prompt = parse_tags("solo, " * 1_000_000, "\x00<@1>`" * 300_000)
     assert time.monotonic() - started < 5
-    assert prompt.tags == ("solo",)
+    assert prompt.items == ("solo",)
     assert any(str(MAX_INPUT_CHARS) in n for n in prompt.notes)
 
 
 def test_prompt_is_frozen():
     with pytest.raises(ValidationError):
-        parse_tags("solo").tags = ("x",)  # type: ignore[misc]
+        parse_tags("solo").items = ("x",)  # type: ignore[misc]
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -228,146 +214,188 @@ def test_a_good_prompt_passes():
     validate(parse_tags("twilight sparkle, unicorn, solo, explicit", "sad"), LIMITS)
 
 
-# --- channel policy --------------------------------------------------------------------------
+# --- V1: the training config's caption language -----------------------------------------------
 
 
-def test_unrestricted_channel_forces_safe():
-    assert apply_channel_policy(parse_tags("solo"), age_restricted=False).rating is Rating.SAFE
-    prompt = apply_channel_policy(parse_tags("solo, suggestive"), age_restricted=False)
-    assert prompt.rating is Rating.SAFE
-    assert any("not age-restricted" in n for n in prompt.notes)
+def test_v1_caption_rewrites_artist_to_by_equals():
+    assert draw("solo, artist:pierogarts, scr800", V1) == "solo, by=pierogarts, scr800"
+    assert draw("solo, by=pierogarts, scr800", V1) == "solo, by=pierogarts, scr800"
 
 
-@pytest.mark.parametrize("rating", ["explicit", "questionable"])
-def test_unrestricted_channel_refuses_unsafe_ratings(rating):
-    with pytest.raises(TagError, match=f"`{rating}`.*this channel is not age-restricted"):
-        apply_channel_policy(parse_tags(f"solo, {rating}"), age_restricted=False)
+def test_v1_caption_writes_every_namespace_with_equals():
+    assert draw("oc:nebula, spoiler:s05e01, scr800", V1) == "oc=nebula, spoiler=s05e01, scr800"
 
 
-def test_unrestricted_channel_drops_a_negative_safe():
-    prompt = apply_channel_policy(parse_tags("solo, -safe"), age_restricted=False)
-    assert prompt.rating is Rating.SAFE and prompt.negatives == ()
+def test_v1_caption_uses_the_short_forms_also_inside_tags():
+    assert draw("twilight sparkle, rainbow_dash, applejack, scr800", V1) == (
+        "twilight, dashie, aj, scr800"
+    )
+    assert draw("twilight sparkle (alicorn), applejack's hat, scr800", V1) == (
+        "twilight (alicorn), aj's hat, scr800"
+    )
+    # The short form typed as is, or both spellings: one tag.
+    assert draw("twilight sparkle, twilight, scr800", V1) == "twilight, scr800"
 
 
-def test_age_restricted_channel_keeps_the_rating():
-    for text, rating in [("solo", None), ("solo, explicit", Rating.EXPLICIT)]:
-        prompt = parse_tags(text)
-        assert apply_channel_policy(prompt, age_restricted=True) == prompt
-        assert prompt.rating is rating
+def test_v1_tells_which_tags_were_rewritten():
+    notes = rendered("twilight sparkle, artist:pierogarts, solo", V1).notes
+    assert any("`twilight sparkle` → `twilight`" in n and "`artist:pierogarts` → `by=pierogarts`"
+               in n for n in notes)
 
 
-def test_blocked_tags_are_refused_by_name():
-    blocked = ["Gore", "artist:bad_artist", "explicit"]
-    with pytest.raises(TagError, match="`gore`, `artist:bad artist`"):
-        apply_channel_policy(
-            parse_tags("solo, GORE, by=bad_artist"), age_restricted=True, blocked_tags=blocked
-        )
-    with pytest.raises(TagError, match="`explicit`"):
-        apply_channel_policy(parse_tags("explicit"), age_restricted=True, blocked_tags=blocked)
-    # Negatives and other namespaces are not what is blocked.
-    prompt = parse_tags("solo, oc:gore, -gore")
-    assert apply_channel_policy(prompt, age_restricted=True, blocked_tags=blocked) == prompt
+def test_v1_leaves_out_tags_its_captions_never_had_and_says_which():
+    result = rendered("oc:nebula, oc, oc only, high res, solo female, pegasus", V1)
+    assert caption_tags(result.positive, V1.caption) == ["scr800", "oc=nebula", "pegasus"]
+    assert any("Left out `oc`, `oc only`, `high res`, `solo female`" in n for n in result.notes)
 
 
-# --- rendering -------------------------------------------------------------------------------
+def test_v1_keeps_tags_it_never_saw_and_says_so():
+    result = rendered("human, comic, solo", V1)
+    assert result.positive == "scr800, human, comic, solo"
+    assert any("never saw `human`, `comic`" in n for n in result.notes)
 
 
-def test_v1_caption_round_trips_unchanged():
+def test_v1_blog_caption_reaches_v1_unchanged():
     assert draw(V1_CAPTION, V1) == V1_CAPTION
+    # Outside age-restricted channels the rating goes first.
+    assert draw(V1_CAPTION, V1, age_restricted=False) == "safe, " + V1_CAPTION
 
 
-def test_v2_caption_round_trips():
-    rendered = draw(V2_CAPTION, V2)
-    # Same tags; the rating moves to the front and namespaced tags to the end (render order).
-    assert sorted(rendered.split()) == sorted(V2_CAPTION.split())
-    assert rendered == (
-        "safe pony s5_starlight unicorn glimmer scr100 bust mare portrait female "
-        "looking_at_you solo by=pierogarts"
+def test_v1_adds_its_score_tag_after_the_rating():
+    assert draw("solo", V1) == "scr800, solo"
+    assert draw("solo", V1, age_restricted=False) == "safe, scr800, solo"
+    assert draw("solo, suggestive", V1) == "scr800, solo, suggestive"
+
+
+def test_a_typed_score_replaces_the_default_and_an_unknown_one_is_noted():
+    assert draw("solo, scr3200", V1) == "solo, scr3200"
+    result = rendered("solo, scr25", V1)
+    assert result.positive == "solo, scr25"
+    assert any("`scr25`: not a score tag" in n for n in result.notes)
+
+
+# --- V2: only what its published example shows ------------------------------------------------
+
+
+def test_v2_caption_reaches_v2_unchanged():
+    assert draw(V2_CAPTION, V2) == V2_CAPTION
+    assert draw(V2_CAPTION, V2, age_restricted=False) == V2_CAPTION
+
+
+def test_v2_writes_underscores_inside_tags_and_by_equals():
+    assert draw("looking at you, artist:pierogarts, scr800", V2) == (
+        "looking_at_you by=pierogarts scr800"
     )
-    assert draw(rendered, V2) == rendered
 
 
-def test_artists_and_namespaces_per_model():
-    assert draw("solo, artist:pierogarts, oc:nebula", V2) == "scr100 solo by=pierogarts oc=nebula"
-    assert draw("solo, by=pierogarts, oc=nebula", V1) == (
-        "scr800, solo, artist:pierogarts, oc:nebula"
+def test_v2_does_not_use_v1_short_forms():
+    assert draw("twilight sparkle, rainbow dash, scr800", V2) == (
+        "twilight_sparkle rainbow_dash scr800"
     )
+    # Its example writes `glimmer` for Starlight Glimmer, not V1's `glim`.
+    assert draw("starlight glimmer, scr800", V2) == "glimmer scr800"
 
 
-def test_aliases_are_per_model():
-    text = "Twilight Sparkle, rainbow_dash, applejack, unicorn"
-    assert draw(text, V2) == "scr100 twilight dashie aj unicorn"
-    assert draw(text, V1) == "scr800, twilight sparkle, rainbow dash, applejack, unicorn"
-    assert draw("twilight sparkle, twilight", V2) == "scr100 twilight"
+# --- pony-diffusion: its card -----------------------------------------------------------------
 
 
-def test_order_rating_quality_tags_then_namespaced():
-    assert draw("oc:x, solo, explicit, artist:y", V1) == "explicit, scr800, solo, artist:y, oc:x"
+def test_pony_diffusion_gets_tags_as_typed_without_score_tags():
+    assert draw("twilight sparkle, unicorn, solo", PONY_DIFFUSION) == (
+        "twilight sparkle, unicorn, solo"
+    )
+    assert draw("solo", PONY_DIFFUSION, age_restricted=False) == "safe, solo"
 
 
-def test_a_typed_score_replaces_the_default():
-    assert draw("solo, scr3200", V2) == "solo scr3200"
-    assert draw("scr800, solo", V1) == "scr800, solo"
+# --- ratings, negatives -----------------------------------------------------------------------
 
 
-def test_negative_prompt():
-    rendered = render(parse_tags("solo", "looking at you, artist:z"), V2, age_restricted=True)
-    assert rendered.negative == "looking_at_you by=z scr5"
-    rendered = render(parse_tags("solo", "sad, scr5"), V1, age_restricted=False)
-    assert rendered.positive == "safe, scr800, solo"
-    assert rendered.negative == "sad, scr5, explicit, questionable, suggestive, nudity"
+def test_outside_age_restricted_channels_suggestive_becomes_safe_with_a_note():
+    result = rendered("solo, suggestive, scr800", V1, age_restricted=False)
+    assert result.positive == "solo, safe, scr800"
+    assert any("not age-restricted" in n for n in result.notes)
 
 
-def test_wanted_tags_beat_the_models_default_negatives():
-    rendered = render(parse_tags("solo, scr5"), V1, age_restricted=True)
-    assert rendered.positive == "solo, scr5" and rendered.negative == ""
+def test_a_rating_the_model_is_not_known_to_have_seen_is_noted():
+    result = rendered("solo, suggestive, scr800", V2)
+    assert result.positive == "solo suggestive scr800"
+    assert any("only known to carry `safe`, not `suggestive`" in n for n in result.notes)
+
+
+def test_negative_prompt_is_written_in_the_models_words():
+    result = rendered("solo", V2, negative="looking at you, artist:z")
+    assert result.negative == "looking_at_you by=z"
+    result = rendered("solo", V1, negative="sad, twilight sparkle", age_restricted=False)
+    assert result.negative == "sad, twilight, suggestive, questionable, explicit, nudity"
 
 
 def test_channel_negatives_beat_wanted_tags():
-    rendered = render(parse_tags("solo, nudity"), V1, age_restricted=False)
-    assert rendered.positive == "safe, scr800, solo"
-    assert "nudity" in rendered.negative
+    result = rendered("solo, nudity", V1, age_restricted=False)
+    assert result.positive == "safe, scr800, solo"
+    assert "nudity" in result.negative
+    assert any("left out `nudity`" in n for n in result.notes)
 
 
-def test_user_negatives_beat_quality_tags():
-    assert draw("solo", V2, negative="scr100") == "solo"
+def test_wanted_tags_beat_the_models_default_negatives():
+    model = model_with(negative_tags=["sad", "scr5"], score_tag="scr800")
+    result = rendered("solo, scr5", model)
+    assert result.positive == "solo, scr5" and result.negative == "sad"
 
 
-def test_unrestricted_render_is_always_safe():
-    # apply_channel_policy refuses this first; render still never draws it.
-    rendered = render(parse_tags("solo, explicit"), V2, age_restricted=False)
-    assert rendered.positive == "safe scr100 solo"
-    assert rendered.negative == "scr5 explicit questionable suggestive nudity"
+def test_user_negatives_beat_the_default_score_tag():
+    assert draw("solo", V1, negative="scr800") == "solo"
 
 
-def test_pony_diffusion_defaults_to_safe():
-    assert draw("solo", PONY_DIFFUSION) == "safe, solo"
-    assert draw("solo, explicit", PONY_DIFFUSION) == "explicit, solo"
-    assert draw("solo", PONY_DIFFUSION, negative="safe") == "solo"
+def test_a_negative_safe_is_dropped_where_safe_is_forced():
+    result = rendered("solo", V1, negative="safe", age_restricted=False)
+    assert result.positive.startswith("safe, ") and "safe" not in result.negative
 
 
 def test_tag_count():
-    assert render(parse_tags("a, b"), V1, age_restricted=False).tag_count == 4
+    assert rendered("a, b", V1, age_restricted=False).tag_count == 4
 
 
-def test_aliases_apply_to_negatives():
-    assert render(parse_tags("solo", "twilight sparkle"), V2, age_restricted=True).negative == (
-        "twilight scr5"
-    )
-    # After aliasing a wanted tag can collide with a negative one: the negative wins.
-    assert draw("twilight, solo", V2, negative="twilight sparkle") == "scr100 solo"
+# --- CLIP's 75-token window -------------------------------------------------------------------
+
+LONG = ", ".join(f"pony number {i}" for i in range(30))
+
+
+def test_v1_leaves_out_tags_past_the_window_and_names_them():
+    assert V1.caption.long_prompts is LongPrompts.TRUNCATE
+    result = rendered(LONG, V1, age_restricted=False)
+    kept = caption_tags(result.positive, V1.caption)
+    assert kept[:3] == ["safe", "scr800", "pony number 0"] and len(kept) < 32
+    left_out = [f"pony number {i}" for i in range(len(kept) - 2, 30)]
+    assert any(f"Left out `{left_out[0]}`" in n and "75 tokens" in n for n in result.notes)
+
+
+def test_a_rating_is_never_the_tag_cut_off():
+    result = rendered(LONG + ", safe", V1, age_restricted=False)
+    assert result.positive.startswith("safe, ")
+
+
+def test_v2_encodes_long_prompts_in_chunks_and_names_what_lies_past_the_first():
+    assert V2.caption.long_prompts is LongPrompts.CHUNK
+    result = rendered(LONG, V2)
+    assert len(caption_tags(result.positive, V2.caption)) == 31
+    note = next(n for n in result.notes if "past CLIP's first 75 tokens" in n)
+    assert "`pony_number_0`" not in note and re.search(r"`pony_number_1\d`", note)
+
+
+def test_a_short_prompt_has_no_window_note():
+    assert not any("75 tokens" in n for n in rendered("solo", V1).notes)
 
 
 # --- properties ------------------------------------------------------------------------------
 
-PROPERTY = settings(max_examples=300, deadline=None, database=None)
+PROPERTY = settings(max_examples=200, deadline=None, database=None)
 
 VOCABULARY = [
     "twilight sparkle", "Twilight_Sparkle", "twilight", "princess luna", "luna", "unicorn",
     "solo", "looking at you", "looking_at_you", "scr100", "scr800", "scr5", "scr1000", "safe",
     "suggestive", "questionable", "explicit", "nudity", "artist:pierogarts", "by=pierogarts",
     "oc:nebula", "oc=nebula", "art pack:x", "spoiler:s05e01", "é", "ポニー", "Straße", ":3",
-    "=d", "x:", "<@123>", "`", "**", "||", "-", "--", "...", "\x00", "\u200b", "ǅ", "ꭰ",
+    "=d", "x:", "<@123>", "`", "**", "||", "-", "--", "...", "\x00", "\u200b", "ǅ", "ꭰ", "oc",
+    "high res", "human", "soarin'", "starlight glimmer", "explicit.", "rating:safe",
 ]  # fmt: skip
 item = st.one_of(st.sampled_from(VOCABULARY), st.text(max_size=12))
 signed = st.builds(lambda sign, text: sign + text, st.sampled_from(["", "-", " - "]), item)
@@ -377,7 +405,6 @@ typed = st.builds(
     st.sampled_from([", ", ",", " ", ",,", "\n", " ,\t"]),
 )
 texts = st.one_of(typed, st.text())
-prompts = st.builds(parse_tags, texts, texts)
 models = st.sampled_from(MODELS)
 
 
@@ -395,51 +422,48 @@ def test_parse_never_raises_on_long_text(chunk, size):
 
 
 @PROPERTY
-@given(prompts)
-def test_parsed_tags_are_canonical(prompt):
-    values = [*prompt.tags, *prompt.artists, *prompt.negatives]
-    values += [part for pair in prompt.namespaced for part in pair]
-    for value in values:
+@given(texts, texts, models)
+def test_parsed_tags_are_canonical(text, negative, model):
+    prompt = parse_tags(text, negative, profile=model.caption)
+    for value in [*prompt.items, *prompt.negatives]:
         assert value and value == value.strip() and "  " not in value
         assert not set(value) & set(",_`\n\t")
         assert unicodedata.normalize("NFKC", value.casefold()) == value
-    assert not any(t.startswith("-") for t in [*prompt.tags, *prompt.negatives])
-    assert not {r.value for r in Rating} & set(prompt.tags)
+        assert not value.startswith("-")
+    assert sum(rating_of(t) is not None for t in prompt.items) <= 1
 
 
 @PROPERTY
-@given(prompts, models, st.booleans())
-def test_render_never_raises_and_writes_lower_case_tags(prompt, model, age_restricted):
-    rendered = render(prompt, model, age_restricted=age_restricted)
-    assert isinstance(rendered, RenderedPrompt)
-    assert rendered.tag_count == len(words(rendered.positive, model))
-    for word in words(rendered.positive, model) + words(rendered.negative, model):
-        assert word and "," not in word and not re.search("[A-Z]", word)
-        assert unicodedata.normalize("NFKC", word.casefold()) == word
-        if model.tag_style is TagStyle.SPACE:
-            assert " " not in word
+@given(texts, texts, models, st.booleans())
+def test_render_writes_the_models_caption_language(text, negative, model, age_restricted):
+    result = render(parse_tags(text, negative, profile=model.caption), model,
+                    age_restricted=age_restricted)
+    assert result.tag_count == len(caption_tags(result.positive, model.caption))
+    for tag in caption_tags(result.positive, model.caption) + caption_tags(result.negative,
+                                                                            model.caption):
+        assert "," not in tag and not re.search("[A-Z]", tag)
+        if model.caption.underscores:
+            assert " " not in tag
+        if model in (V1, V2):
+            assert ":" not in tag  # every namespace written `ns=value`
+    if not age_restricted:
+        assert Rating.SAFE.value in caption_tags(result.positive, model.caption)
 
 
 @PROPERTY
-@given(prompts, models, st.booleans())
-def test_negatives_never_leak_into_the_positive(prompt, model, age_restricted):
-    rendered = render(prompt, model, age_restricted=age_restricted)
-    positive = set(words(rendered.positive, model))
-    assert not positive & set(words(rendered.negative, model))
+@given(texts, texts, models, st.booleans())
+def test_negatives_never_leak_into_the_positive(text, negative, model, age_restricted):
+    result = render(parse_tags(text, negative, profile=model.caption), model,
+                    age_restricted=age_restricted)
+    positive = set(caption_tags(result.positive, model.caption))
+    assert not positive & set(caption_tags(result.negative, model.caption))
 
 
 @PROPERTY
-@given(prompts, models, st.booleans())
-def test_render_parse_render_is_render(prompt, model, age_restricted):
-    first = render(prompt, model, age_restricted=age_restricted)
-    again = parse_tags(first.positive, first.negative, style=model.tag_style)
-    assert render(again, model, age_restricted=age_restricted) == first
-
-
-@PROPERTY
-@given(prompts, models)
-def test_reparsing_the_positive_alone_gives_the_same_tags(prompt, model):
-    prompt = prompt.model_copy(update={"negatives": ()})
-    first = render(prompt, model, age_restricted=True).positive
-    again = parse_tags(first, style=model.tag_style)
-    assert render(again, model, age_restricted=True).positive == first
+@given(texts, texts, models, st.booleans())
+def test_a_rendered_caption_reads_back_as_itself(text, negative, model, age_restricted):
+    first = render(parse_tags(text, negative, profile=model.caption), model,
+                   age_restricted=age_restricted)
+    again = render(parse_tags(first.positive, first.negative, profile=model.caption), model,
+                   age_restricted=age_restricted)
+    assert (again.positive, again.negative) == (first.positive, first.negative)

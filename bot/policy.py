@@ -1,0 +1,109 @@
+"""What a channel and a server allow, checked on the caption the model will see: for `/pony`,
+and again for every button job (re-roll, U, V), whose caption was written earlier, perhaps
+before the server blocked a tag or the channel's age restriction changed.
+
+Checked on the caption, not on what was typed, because the caption is what draws: a short
+form (`twilight` is V1's `twilight sparkle`), a namespace respelled (`by=x`), punctuation that
+the parser did not read as a tag (`explicit.`) must not slip past. The caption is read the
+way a person would read it, whatever its punctuation and separators:
+
+- its words: letter-and-digit runs (`rating:ex_plicit` has `rating`, `ex`, `plicit`);
+- its pieces squashed: each comma- or space-separated piece with only its letters and digits
+  (`ex-plicit!` reads `explicit`).
+
+Outside age-restricted channels a caption is refused if a piece contains `questionable` or
+`explicit` (so `rating:explicit` and `unquestionable` too: when in doubt, refuse). A blocked
+tag refuses a caption that has its words in a row, or a piece that squashes to it, in any
+caption language the bot knows: each configured model's spelling of it counts
+(`twilight sparkle` blocked also blocks V1's `twilight`, `artist:x` also `by=x`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import discord
+
+from bot.errors import UserFacingError
+from bot.tags import Rating, config_tag, fold, squash, write_tag
+from core.config import Config
+
+REFUSED_OUTSIDE_AGE_RESTRICTED = (Rating.QUESTIONABLE, Rating.EXPLICIT)
+_WORD = re.compile(r"[^\W_]+")
+
+
+def is_age_restricted(interaction: discord.Interaction) -> bool:
+    """Whether the channel the interaction came from is age-restricted (NSFW); DMs are not."""
+    channel = interaction.channel
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+def check_caption(
+    caption: str,
+    *,
+    config: Config,
+    age_restricted: bool,
+    blocked_tags: Iterable[str] = (),
+    earlier: str | None = None,
+) -> None:
+    """Raise UserFacingError (so nothing is queued) if the caption may not be drawn here.
+    `earlier` names where a button's caption came from ("This picture"), None for /pony."""
+    pieces = _pieces(caption)
+    if not age_restricted:
+        for rating in REFUSED_OUTSIDE_AGE_RESTRICTED:
+            hit = next((p for p, letters in pieces if rating.value in letters), None)
+            if hit is not None:
+                spelled = f" (as `{hit}`)" if hit != rating.value else ""
+                raise UserFacingError(
+                    f"`{rating}`{spelled} needs an age-restricted channel, and this channel is "
+                    "not age-restricted. "
+                    + (f"{earlier} can only be re-drawn in one." if earlier else "Use `safe` here.")
+                )
+    words = _words(caption)
+    refused = []
+    for blocked in _dedupe(config_tag(t) for t in blocked_tags):
+        spellings = _dedupe([blocked, *(write_tag(blocked, m.caption) for m in config.models)])
+        found = next(filter(None, (_find(s, words, pieces) for s in spellings)), None)
+        if found is not None:
+            refused.append(f"`{found}`" + (f" (blocked: `{blocked}`)" if found != blocked else ""))
+    if refused:
+        raise UserFacingError(
+            f"Not allowed on this server: {', '.join(refused)}. "
+            + (f"{earlier} has it, so it is not re-drawn here." if earlier
+               else "Remove and try again.")
+        )
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(fold(text))
+
+
+def _pieces(caption: str) -> list[tuple[str, str]]:
+    """(piece as written, squashed) for every comma- and every space-separated piece."""
+    parts = [*caption.split(","), *caption.split()]
+    return [(p.strip(), squash(p)) for p in parts if squash(p)]
+
+
+def _has_run(words: Sequence[str], run: Sequence[str]) -> bool:
+    return any(
+        list(words[i : i + len(run)]) == list(run) for i in range(len(words) - len(run) + 1)
+    )
+
+
+def _find(spelling: str, words: Sequence[str], pieces: Sequence[tuple[str, str]]) -> str | None:
+    """How the caption spells `spelling`, if it does (module docstring)."""
+    wanted = _words(spelling)
+    if not wanted:
+        return None
+    letters = "".join(wanted)
+    for piece, squashed in pieces:
+        if squashed == letters or _has_run(_words(piece), wanted):
+            return piece
+    # Its words in a row across two tags: still what the model reads.
+    return " ".join(wanted) if _has_run(words, wanted) else None
+
+
+def _dedupe(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
