@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from redis.exceptions import RedisError
 
-from bot import guild_settings
+from bot import availability, guild_settings
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
 from bot.views import queued_view
@@ -85,8 +85,9 @@ async def submit(
     its interaction token travels in the job so the worker can edit it into the result).
     `guild` is the server's settings when the caller has read them already."""
     jlog = JobLog(log, job.id)
-    # 1. Still possible with today's config.
+    # 1. Still possible with today's config, and with the workers running now.
     model_name = check_against_config(bot.config, job)
+    notes = (*notes, *await availability.check_job(bot.redis, bot.keys, bot.config, job))
     # 2. Enqueue under the user's cap (the server's `/queue limit`, else the config's).
     try:
         if guild is None:
