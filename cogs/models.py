@@ -24,11 +24,11 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import availability, guild_settings
+from bot import availability, guild_settings, policy, tags
 from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings, SettingsUnavailable
 from bot.options import model_choices
-from core.config import Config, ModelEntry, TagStyle
+from core.config import CaptionProfile, Config, LongPrompts, ModelEntry
 from core.heartbeat import WorkerHeartbeat, read_heartbeats
 
 if TYPE_CHECKING:
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 # Discord's message content limit, less room for a closing note.
 _CONTENT_LIMIT = 2000
-_STYLE_EXAMPLES = {
-    TagStyle.COMMA: "comma-separated (`twilight sparkle, unicorn`)",
-    TagStyle.SPACE: "space-separated (`twilight_sparkle unicorn by=artist`)",
-}
 
 
 class ModelsCog(
@@ -70,7 +66,7 @@ class ModelsCog(
             if not problem:
                 where_loaded += f" · {availability.model_status(entry.id, beats)}"
             lines.append(f"{star}**{entry.name}** `{entry.id}`{description}")
-            lines.append(f"-# {entry.tag_style.value} tags · {where_loaded}")
+            lines.append(f"-# {_style(entry.caption)} · {where_loaded}")
         lines.append(f"-# {problem}" if problem else f"-# {_count(len(beats), 'live worker')}")
         await interaction.response.send_message(_fit(lines), ephemeral=True)
 
@@ -90,6 +86,7 @@ class ModelsCog(
                     beats,
                     is_default=entry.id == default.id,
                     in_guild=interaction.guild_id is not None,
+                    age_restricted=policy.is_age_restricted(interaction),
                     problem=problem,
                 )
             ),
@@ -187,23 +184,15 @@ def _describe(
     *,
     is_default: bool,
     in_guild: bool,
+    age_restricted: bool,
     problem: str | None,
 ) -> list[str]:
     star = (" ⭐ this server's default" if in_guild else " ⭐ the default") if is_default else ""
     lines = [f"**{entry.name}** (`{entry.id}`){star}"]
     if entry.description:
         lines.append(entry.description)
-    lines.append(
-        f"File `{_plain(entry.path.name)}` · format {entry.resolved_format().value}"
-        f" · tags {_STYLE_EXAMPLES[entry.tag_style]}"
-    )
-    lines.append(f"Quality tags: {_tag_list(entry.quality_tags)}")
-    negatives = f"Negative tags: {_tag_list(entry.negative_tags)}"
-    if entry.unsafe_negative_tags:
-        negatives += (
-            f" · outside age-restricted channels also {_tag_list(entry.unsafe_negative_tags)}"
-        )
-    lines.append(negatives)
+    lines.append(f"File `{_plain(entry.path.name)}` · format {entry.resolved_format().value}")
+    lines += _caption_profile(entry, age_restricted=age_restricted)
     sampler = (entry.sampler or config.defaults.sampler).value
     steps = entry.steps or config.defaults.steps
     cfg = entry.cfg or config.defaults.cfg
@@ -232,6 +221,45 @@ def _describe(
                 "bot's default. `/model set` picks another."
             )
         lines.append(f"Blocked on this server: {_tag_list(guild.blocked_tags, limit=800)}")
+    return lines
+
+
+def _style(profile: CaptionProfile) -> str:
+    joined = "space" if profile.separator.strip() == "" else "comma"
+    inside = "`_` inside tags" if profile.underscores else "spaces kept inside tags"
+    return f"{joined}-separated tags, {inside}"
+
+
+def _caption_profile(entry: ModelEntry, *, age_restricted: bool) -> list[str]:
+    """How the model's captions were written, and one example worked through the rules."""
+    profile = entry.caption
+    lines = [f"**Captions**: {_style(profile)}"
+             + (f" · from {_plain(profile.evidence)}" if profile.evidence else "")]
+    if profile.replacements:
+        rules = [f"{old}→{new or '(nothing)'}" for old, new in profile.replacements]
+        lines.append(f"Rewrites, in order, also inside tags: {_tag_list(rules, limit=260)}")
+    score = f"`{_plain(profile.score_tag)}` unless you type one" if profile.score_tag else "none"
+    buckets = " ".join(str(n) for n in profile.score_buckets)
+    lines.append(f"Score tag: {score}" + (f" (scr + {buckets})" if buckets else "")
+                 + f" · ratings in captions: {_tag_list(profile.ratings)}")
+    if profile.dropped_tags:
+        lines.append(f"Left out, as training did: {_tag_list(profile.dropped_tags, limit=160)}")
+    if profile.unseen_tags:
+        lines.append(f"Never seen in training: {_tag_list(profile.unseen_tags, limit=160)}")
+    if profile.long_prompts is LongPrompts.TRUNCATE:
+        lines.append("Over CLIP's 75 tokens: the tags past it are left out, and you are told.")
+    else:
+        lines.append("Over CLIP's 75 tokens: encoded in 75-token chunks, and you are told "
+                     "which tags lie past the first.")
+    negatives = [*profile.negative_tags, *([] if age_restricted else profile.sfw_negative_tags)]
+    if negatives:
+        lines.append(f"Negative tags{'' if age_restricted else ' here'}: {_tag_list(negatives)}")
+    prompt = tags.parse_tags(profile.example, profile=profile)
+    rendered = tags.render(prompt, entry, age_restricted=age_restricted)
+    where = "an age-restricted channel" if age_restricted else "this channel"
+    lines.append(f"Example in {where}: `{_plain(profile.example)}`")
+    lines.append(f"→ the model sees `{_plain(rendered.positive)}`")
+    lines += [f"-# {note}" for note in rendered.notes[:2]]
     return lines
 
 
