@@ -81,8 +81,9 @@ def _words(text: str) -> list[str]:
 
 
 def _pieces(caption: str) -> list[tuple[str, str]]:
-    """(piece as written, squashed) for every comma- and every space-separated piece."""
-    parts = [*caption.split(","), *caption.split()]
+    """(piece as written, squashed) for every space- and every comma-separated piece, the
+    shorter ones first so that a refusal names the least it can."""
+    parts = [*re.split(r"[\s,]+", caption), *caption.split(",")]
     return [(p.strip(), squash(p)) for p in parts if squash(p)]
 
 

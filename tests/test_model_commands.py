@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from bot.guild_settings import GuildSettings
+from cogs.models import _describe
 from core import heartbeat
-from core.config import Settings
+from core.config import Settings, load_config
 from core.heartbeat import WorkerHeartbeat
 from core.job import Job
 from core.keys import Keys
 from tests.conftest import (
     CHANNEL_ID,
     GUILD_ID,
+    NSFW_CHANNEL_ID,
     OTHER_CHANNEL_ID,
     OTHER_GUILD_ID,
     USER_ID,
@@ -99,9 +103,9 @@ async def test_list_shows_every_model_and_which_live_worker_has_it_loaded(
     v2 = next(i for i, line in enumerate(lines) if "`tiny-v2`" in line)
     assert "Tiny Pony" in lines[tiny] and "random weights for tests" in lines[tiny]
     assert lines[tiny].startswith("⭐")  # the bot's default until the server picks one
-    assert "comma tags" in lines[tiny + 1] and "`gpu-1`" in lines[tiny + 1]
+    assert "comma-separated tags" in lines[tiny + 1] and "`gpu-1`" in lines[tiny + 1]
     assert "Tiny Pony V2" in lines[v2] and not lines[v2].startswith("⭐")
-    assert "space tags" in lines[v2 + 1] and "not loaded" in lines[v2 + 1]
+    assert "space-separated tags" in lines[v2 + 1] and "not loaded" in lines[v2 + 1]
     assert "1 live worker" in itx.original.content
 
 
@@ -130,9 +134,33 @@ async def test_info_shows_file_format_tags_defaults_and_a_workers_load_failure(b
     assert "Loaded on: no live worker" in v2.content
     assert "Failed to load on `gpu-b`: `out of memory loading unet`" in v2.content
     assert "(`tiny`) ⭐ this server's default" in tiny.content
-    assert "Quality tags: `scr100`" in tiny.content
-    assert "outside age-restricted channels also `explicit`" in tiny.content
+    assert "Score tag: `scr100` unless you type one" in tiny.content
+    assert "Negative tags here: `explicit`" in tiny.content  # this channel is not age-restricted
     assert "Loaded on: `gpu-a`" in tiny.content and "Failed" not in tiny.content
+
+
+async def test_info_shows_the_caption_profile_with_a_worked_example(bot, fake, redis):
+    info = (await command(fake, "model info", {"model": "tiny-v2"})).original.content
+    after_dark = (
+        await command(fake, "model info", {"model": "tiny-v2"}, channel_id=NSFW_CHANNEL_ID)
+    ).original.content
+
+    assert "**Captions**: space-separated tags, `_` inside tags" in info
+    assert "Rewrites, in order, also inside tags: `twilight sparkle→twilight`" in info
+    assert "Over CLIP's 75 tokens: encoded in 75-token chunks" in info
+    # The example, worked through this model's rules, as drawn in the channel asking.
+    assert "Example in this channel: `twilight sparkle, artist:pierogarts, solo`" in info
+    assert "→ the model sees `safe twilight by=pierogarts solo`" in info
+    assert "→ the model sees `twilight by=pierogarts solo`" in after_dark
+    assert "`twilight sparkle` → `twilight`" in info  # the note the user would get
+
+
+def test_info_fits_discord_for_every_shipped_model():
+    shipped = load_config(Path(__file__).resolve().parent.parent / "config.toml")
+    for entry in shipped.models:
+        lines = _describe(entry, shipped, GuildSettings(blocked_tags=("grimdark",)), [],
+                          is_default=True, in_guild=True, age_restricted=False, problem=None)
+        assert len("\n".join(lines)) <= 1960, entry.id  # nothing cut by _fit
 
 
 async def test_unknown_model_is_refused_by_set_and_info(bot, fake, redis):
@@ -266,6 +294,41 @@ async def test_a_blocked_tag_refuses_pony_and_unblock_lifts_it(bot, fake, redis)
     assert not allowed.ephemeral
     assert [job.tags for job in await queued_jobs(redis)] == ["fluttershy, grimdark"]
     assert json.loads(await stored(redis, "blocked")) == ["artist:bad artist"]
+
+
+async def test_a_blocked_character_is_refused_in_its_short_form_and_nothing_is_queued(
+    bot, fake, redis
+):
+    await command(fake, "model block", {"tags": "twilight sparkle"}, permissions=MANAGE_GUILD)
+
+    short = await pony(fake, "twilight, unicorn", model="tiny-v2")
+    underscored = await pony(fake, "pony twilight_sparkle", model="tiny")
+
+    assert short.ephemeral
+    assert "`twilight` (blocked: `twilight sparkle`)" in short.original.content
+    assert underscored.ephemeral and "Not allowed on this server" in underscored.original.content
+    assert await queued_jobs(redis) == []
+
+
+async def test_a_refused_rating_with_punctuation_is_refused_outside_age_restricted_channels(
+    bot, fake, redis
+):
+    for tags in ("solo, explicit.", "solo, rating:explicit", "solo questionable!"):
+        itx = await pony(fake, tags)
+        assert itx.ephemeral and "needs an age-restricted channel" in itx.original.content
+    assert await queued_jobs(redis) == []
+    allowed = await command(fake, "pony", {"tags": "solo, explicit."}, channel_id=NSFW_CHANNEL_ID)
+    assert not allowed.ephemeral
+
+
+async def test_the_queued_message_shows_the_caption_and_what_was_rewritten(bot, fake, redis):
+    itx = await pony(fake, "Twilight Sparkle, artist:pierogarts, solo", model="tiny-v2")
+
+    assert not itx.ephemeral
+    assert "safe twilight by=pierogarts solo" in itx.original.content
+    assert "`twilight sparkle` → `twilight`" in itx.original.content
+    [job] = await queued_jobs(redis)
+    assert job.prompt == "safe twilight by=pierogarts solo"
 
 
 async def test_blocked_tags_belong_to_one_server(bot, fake, redis):
