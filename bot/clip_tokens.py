@@ -53,10 +53,11 @@ def _kind(char: str) -> str:
     return unicodedata.category(char)[0] if unicodedata.category(char)[0] in "LN" else "P"
 
 
-def _pieces(text: str) -> list[str]:
-    """CLIP's pre-tokenizer: `<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+
-    |[\\p{N}]|[^\\s\\p{L}\\p{N}]+`, written out because `re` has no `\\p{L}`."""
-    pieces: list[str] = []
+def _pieces(text: str) -> list[tuple[int, str]]:
+    """CLIP's pre-tokenizer, with where each piece starts: `<|startoftext|>|<|endoftext|>|'s|
+    't|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`, written out because `re`
+    has no `\\p{L}`."""
+    pieces: list[tuple[int, str]] = []
     i = 0
     while i < len(text):
         rest = text[i:]
@@ -73,7 +74,7 @@ def _pieces(text: str) -> list[str]:
             end = i + 1
             while end < len(text) and _kind(text[end]) == kind:
                 end += 1
-        pieces.append(text[i:end])
+        pieces.append((i, text[i:end]))
         i = end
     return pieces
 
@@ -104,12 +105,28 @@ def _bpe_length(piece: str) -> int:
     return len(word)
 
 
+def _normal(text: str) -> str:
+    return _RUNS_OF_WHITE_SPACE.sub(" ", unicodedata.normalize("NFC", text)).lower()
+
+
 def count(text: str) -> int:
     """The prompt tokens of `text`, without BOS/EOS, as the SD 1.x pipeline's tokenizer counts."""
-    text = _RUNS_OF_WHITE_SPACE.sub(" ", unicodedata.normalize("NFC", text)).lower()
-    return sum(_bpe_length(piece) for piece in _pieces(text))
+    return sum(_bpe_length(piece) for _, piece in _pieces(_normal(text)))
 
 
 def running_counts(tags: Sequence[str], separator: str) -> list[int]:
-    """For each tag, the tokens of the caption up to and including it (separators counted)."""
-    return [count(separator.join(tags[: i + 1])) for i in range(len(tags))]
+    """For each tag, about how many tokens the caption has up to and including it: exact but
+    where punctuation at a tag's end merges with the separator into one piece."""
+    parts = [_normal(tag) for tag in tags]
+    ends, end = [], 0
+    for i, part in enumerate(parts):
+        end += len(part) + (len(separator) if i else 0)
+        ends.append(end)
+    pieces = _pieces(separator.join(parts))
+    counts, total, k = [], 0, 0
+    for end in ends:
+        while k < len(pieces) and pieces[k][0] < end:
+            total += _bpe_length(pieces[k][1])
+            k += 1
+        counts.append(total)
+    return counts

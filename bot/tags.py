@@ -196,10 +196,12 @@ def _canonical(item: str) -> str:
     return f"{ns[0]}:{ns[1]}" if ns else item
 
 
-def _split(text: str, profile: CaptionProfile | None) -> list[str]:
+def _split(text: str, profile: CaptionProfile | None, *, caption: bool) -> list[str]:
     if "," in text:
         return text.split(",")
-    if (profile is not None and profile.splits_on_spaces) or _SPACE_STYLE_HINT.search(text):
+    if profile is not None and profile.splits_on_spaces:
+        return text.split()
+    if not caption and _SPACE_STYLE_HINT.search(text):
         return text.split()
     return [text]
 
@@ -213,12 +215,14 @@ def config_tag(text: str) -> str:
 
 
 def parse_tags(
-    text: str, negative: str = "", *, profile: CaptionProfile | None = None
+    text: str, negative: str = "", *, profile: CaptionProfile | None = None,
+    caption: bool = False,
 ) -> TagPrompt:
     """Read what the user typed. Never raises: what cannot be used is dropped with a note.
 
     `profile` is the target model's: space-separated text is one tag per word for models whose
-    captions are written that way (module docstring)."""
+    captions are written that way (module docstring). `caption=True` reads text known to be a
+    caption in that profile's language (one rendered earlier): no guessing at V2 style."""
     notes: list[str] = []
     items: list[tuple[str, bool]] = []  # (canonical item, is negative)
     for source, is_negative in ((text, False), (negative, True)):
@@ -227,7 +231,7 @@ def parse_tags(
         if len(source) > MAX_INPUT_CHARS:
             notes.append(f"Only the first {MAX_INPUT_CHARS} characters were read.")
             source = source[:MAX_INPUT_CHARS]
-        for raw in _split(_clean(source, notes), profile):
+        for raw in _split(_clean(source, notes), profile, caption=caption):
             item = raw.strip()
             negated = is_negative or item.startswith("-")
             item = _canon(item)
@@ -425,6 +429,8 @@ def _fit_window(tags: list[str], profile: CaptionProfile) -> tuple[list[str], st
             first = [t for t in tags if t in _RATINGS]
             return _fit_window([*first, *(t for t in tags if t not in _RATINGS)], profile)
         kept = tags[: len(tags) - len(past)]
+        while len(kept) > 1 and clip_tokens.count(profile.separator.join(kept)) > TOKEN_WINDOW:
+            past.insert(0, kept.pop())  # running_counts is exact but at punctuation
         return kept, (f"Left out {_names(past)}: past the {TOKEN_WINDOW} tokens CLIP reads. "
                       "Put what matters first.")
     return tags, (f"{_names(past)} {'lies' if len(past) == 1 else 'lie'} past CLIP's first "

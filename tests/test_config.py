@@ -65,6 +65,17 @@ def test_both_v1_checkpoints_have_the_training_configs_caption_rules():
     assert not any(TAG_SEPARATOR in old or "," in old for old, _ in v1.replacements)
 
 
+def test_default_score_tags_are_buckets_images_reached_without_a_bonus():
+    # min_score 200 after tag bonuses: scr50-scr150 only tagged images a `solo`/`duo` bonus let
+    # in, so they say "low score, one or two characters", not "good picture".
+    config = load_config(REPO / "config.toml")
+    for model in config.models:
+        if model.caption.score_tag:
+            assert model.caption.score_tag in {f"scr{n}" for n in model.caption.score_buckets}
+            assert int(model.caption.score_tag.removeprefix("scr")) >= METADATA_PARAMS[
+                "min_score"], model.id
+
+
 def test_captions_of_old_configs_are_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"models\.0\.quality_tags"):
         load_config(write(tmp_path, MINIMAL + 'quality_tags = ["scr800"]\n'))

@@ -171,6 +171,14 @@ def test_a_v2_caption_pasted_for_any_model_is_read_as_tags():
         assert parse_tags("pony unicorn scr100").items == ("pony", "unicorn", "scr100")
 
 
+def test_a_caption_read_back_is_split_only_by_its_own_separator():
+    # One V1 negative tag that happens to look like V2 text stays one tag.
+    assert parse_tags("twilight scr100", profile=V1.caption).items == ("twilight", "scr100")
+    assert parse_tags("twilight scr100", profile=V1.caption, caption=True).items == (
+        "twilight scr100",
+    )
+
+
 def test_huge_input_is_cut_with_a_note():
     started = time.monotonic()
     prompt = parse_tags("solo, " * 1_000_000, "\x00<@1>`" * 300_000)
@@ -447,7 +455,10 @@ def test_render_writes_the_models_caption_language(text, negative, model, age_re
         if model in (V1, V2):
             assert ":" not in tag  # every namespace written `ns=value`
     if not age_restricted:
-        assert Rating.SAFE.value in caption_tags(result.positive, model.caption)
+        # `safe`, or a rating bot/policy.py refuses here (render leaves refusing to it).
+        ratings = [rating_of(t) for t in caption_tags(result.positive, model.caption)]
+        assert [r for r in ratings if r] in ([Rating.SAFE], [Rating.QUESTIONABLE],
+                                             [Rating.EXPLICIT])
 
 
 @PROPERTY
@@ -464,6 +475,6 @@ def test_negatives_never_leak_into_the_positive(text, negative, model, age_restr
 def test_a_rendered_caption_reads_back_as_itself(text, negative, model, age_restricted):
     first = render(parse_tags(text, negative, profile=model.caption), model,
                    age_restricted=age_restricted)
-    again = render(parse_tags(first.positive, first.negative, profile=model.caption), model,
-                   age_restricted=age_restricted)
+    again = render(parse_tags(first.positive, first.negative, profile=model.caption,
+                              caption=True), model, age_restricted=age_restricted)
     assert (again.positive, again.negative) == (first.positive, first.negative)
