@@ -1,0 +1,81 @@
+"""`ponybot models`: every configured model as found on disk, with the last load time and load
+failure the running workers report in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from core.heartbeat import WorkerHeartbeat, publish_heartbeat
+from core.keys import Keys
+from ponybot_cli.main import main
+from ponybot_cli.redis_server import RedisServer
+
+
+def write_config(folder: Path, pipeline_dir: Path) -> Path:
+    path = folder / "config.toml"
+    path.write_text(f"""default_model = "tiny"
+
+[[models]]
+id = "tiny"
+name = "Tiny Pony"
+path = "{pipeline_dir}"
+
+[[models]]
+id = "v2"
+name = "Lun's V2"
+path = "models/sd1.4 finetuned v2 derpibooru e=0000 gs=026400.ckpt"
+download_url = "https://mega.nz/file/example#key"
+""")
+    return path
+
+
+def rows(out: str) -> dict[str, list[str]]:
+    """Table rows by model id (the columns are separated by two or more spaces)."""
+    table = {}
+    for line in out.splitlines()[1:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) > 2 and cells[0] in ("✔", "✘"):
+            table[cells[1]] = cells
+    return table
+
+
+def test_models_lists_each_model_with_what_to_do_about_missing_ones(
+        tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    code = main(["models", "--config", str(write_config(tmp_path, tiny_pipeline_dir))])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    table = rows(out)
+    assert table["tiny"][:3] == ["✔", "tiny", "diffusers"] and table["tiny"][3].endswith("MiB")
+    assert table["v2"][:4] == ["✘", "v2", "ckpt", "-"]
+    assert "→ download `sd1.4 finetuned v2 derpibooru e=0000 gs=026400.ckpt` from " \
+           "https://mega.nz/file/example#key" in out
+    assert "(no Redis configured and no `ponybot up` running: no worker reports to show)" in out
+
+
+async def test_models_shows_the_load_time_and_failure_workers_report(
+        tiny_pipeline_dir: Path, tmp_path: Path, redis: Redis, redis_server: RedisServer,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    beat = WorkerHeartbeat(name="gpu-a", host="box", device="cuda", at=time.time(),
+                           load_s={"tiny": 4.25}, failed={"v2": "out of memory"})
+    await publish_heartbeat(redis, Keys(), beat, ttl_s=30)
+    config = write_config(tmp_path, tiny_pipeline_dir)
+
+    # The command runs its own event loop, as from a shell.
+    code = await asyncio.to_thread(main, ["models", "--config", str(config)])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    table = rows(out)
+    assert "4.2 s (gpu-a)" in table["tiny"]
+    assert "gpu-a: out of memory" in table["v2"]
