@@ -23,9 +23,7 @@ from ponybot_cli.main import main
 
 
 def write_config(folder: Path, pipeline_dir: Path, upscaler: Path | None = None) -> Path:
-    upscalers = f"""
-default_upscaler = "tiny-x4"
-""" if upscaler else ""
+    upscalers = '\ndefault_upscaler = "tiny-x4"\n' if upscaler else ""
     tables = f"""
 [[upscalers]]
 id = "tiny-x4"
