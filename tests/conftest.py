@@ -286,7 +286,9 @@ progress = false
 id = "tiny"
 name = "Tiny Pony"
 path = "{pipeline_dir}"
-quality_tags = ["scr100"]
+
+[models.caption]
+score_tag = "scr100"
 """)
     return path
 
