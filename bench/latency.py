@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from core.config import Secrets, Settings
 from core.discord_endpoints import use_endpoints
 from core.keys import Keys
+from core.queue import QueueView
 from ponybot_cli.redis_server import RedisServer
 from tests import conftest as t
 from tests.fake_discord import FakeDiscord
@@ -95,21 +96,19 @@ async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
                 await one(i)
                 await fake.wait_for(lambda i=i: worker.jobs_done >= jobs + i + 1, timeout=60)
             keys = Keys(config.redis.key_prefix)
-            states = []
-            async for key in redis.scan_iter(match=keys.job("*")):
-                raw = await redis.hgetall(key)
-                states.append({k.decode(): v.decode() for k, v in raw.items()})
+            ids = [keys.job_id(key) async for key in redis.scan_iter(match=keys.job("*"))]
+            states = [s for s in (await QueueView(redis, keys).states(ids)).values() if s]
             worker.stop()
-            await worker_task
+            await asyncio.wait_for(worker_task, 30)
     finally:
         await client.close()
         await fake.close()
         await redis.aclose()
         server.stop()
 
-    pickups = [float(s["started_at"]) - float(s["enqueued_at"]) for s in states]
-    sample = [float(s["sample_s"]) for s in states]
-    busy = [float(s["posted_at"]) - float(s["started_at"]) for s in states]
+    pickups = [(s.started_at or 0) - (s.enqueued_at or 0) for s in states]
+    sample = [s.timings["sample"] for s in states]
+    busy = [(s.posted_at or 0) - (s.started_at or 0) for s in states]
     overhead = [(b - smp) / smp for b, smp in zip(busy, sample, strict=True)]
     print(f"bench/latency.py  jobs={jobs}+{sequential} steps={steps} size=64x64 "
           f"device={placement.describe()}")

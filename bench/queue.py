@@ -1,11 +1,13 @@
 """The queue policy's cost over Redis itself, on a real redis-server.
 
-Sleep-only workers (no model) take jobs and acknowledge them, once through our queue (Lua
-round-robin take over per-server lists into a consumer group, state hash, per-user sets) and
-once through a raw XADD / XREADGROUP / XACK loop. Prints enqueue->pickup p50/p99 with jobs
-arriving one at a time, and drain throughput (jobs/s) for 1 and 4 workers, plus the ratios.
+Sleep-only workers (no model) take jobs and finish them, once through our queue (Lua
+round-robin take over per-server lists into a consumer group, state hash, per-user sets, the
+`posting` and `posted` moves) and once through a raw XADD / XREADGROUP / XACK loop. Prints
+enqueue->pickup p50/p99 with jobs arriving one at a time, and drain throughput (jobs/s) for 1
+and 4 workers, plus the ratios; then our pickup again with 1,000 paused servers holding jobs
+(a paused server must cost the others nothing).
 
-    python bench/queue.py [--jobs 400] [--work-ms 0] [--servers 20]
+    python bench/queue.py [--jobs 400] [--work-ms 0] [--servers 20] [--paused 1000]
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from redis.asyncio import Redis
 
 from core.config import Sampler
 from core.job import Job
-from core.jobqueue import JobQueue
 from core.keys import WORKER_GROUP, Keys
+from core.queue import Consumer, Producer
 from ponybot_cli.redis_server import RedisServer
 
+KEYS = Keys("bench")
 
-def job(i: int, servers: int) -> Job:
-    return Job(application_id=1, interaction_id=i, interaction_token="t", guild_id=1 + i % servers,
+
+def job(i: int, servers: int, first_server: int = 1) -> Job:
+    return Job(application_id=1, interaction_id=i, interaction_token="t",
+               guild_id=first_server + i % servers,
                channel_id=1, user_id=i, model_id="m", tags="pony", prompt="pony",
                negative_prompt="", seed=i, steps=20, cfg=7.5, sampler=Sampler.DDIM,
                width=512, height=512)
@@ -45,29 +50,37 @@ def pct(values: list[float], p: float) -> float:
 class Ours:
     name = "ponybot queue (Lua round-robin)"
 
-    def __init__(self, redis: Redis) -> None:
-        self.queue = JobQueue(redis, Keys("bench"), result_ttl_s=60)
+    def __init__(self, redis: Redis, paused: int = 0) -> None:
+        self.redis = redis
+        self.producer = Producer(redis, KEYS, result_ttl_s=60)
+        self.paused = paused
+        if paused:
+            self.name = f"ponybot queue, {paused} paused servers"
 
     async def setup(self) -> None:
-        await self.queue.redis.flushdb()
-        await self.queue.ensure_group()
+        await self.redis.flushdb()
+        # Servers far from the bench's own, each with a job waiting for a resume.
+        for i in range(self.paused):
+            await self.producer.enqueue(job(i, self.paused, first_server=1_000_000))
+            await self.producer.pause(1_000_000 + i)
 
     async def put(self, i: int, servers: int) -> str:
         j = job(i, servers)
-        await self.queue.enqueue(j)
+        await self.producer.enqueue(j)
         return j.id
 
     async def worker(self, name: str, done: Callable[[str], Awaitable[bool]],
-                     work_s: float) -> None:
-        queue = JobQueue(Redis.from_url(_url), Keys("bench"), result_ttl_s=60)
-        while True:
-            for delivery in await queue.take(name, count=1, block_s=0.05):
+                     stop: asyncio.Event, work_s: float) -> None:
+        redis = Redis.from_url(_url)
+        consumer = Consumer(redis, KEYS, name, lease_s=60, result_ttl_s=60)
+        while not stop.is_set():
+            for delivery in await consumer.take(count=1, block_s=0.05):
                 if work_s:
                     await asyncio.sleep(work_s)
-                await queue.ack(delivery)
-                if await done(delivery.job.id):
-                    await queue.redis.aclose()
-                    return
+                await delivery.posting()
+                await delivery.posted(1)
+                await done(delivery.job.id)
+        await redis.aclose()
 
 
 class Raw:
@@ -86,9 +99,9 @@ class Raw:
         return j.id
 
     async def worker(self, name: str, done: Callable[[str], Awaitable[bool]],
-                     work_s: float) -> None:
+                     stop: asyncio.Event, work_s: float) -> None:
         redis = Redis.from_url(_url)
-        while True:
+        while not stop.is_set():
             reply = await redis.xreadgroup(WORKER_GROUP, name, {"raw": ">"}, count=1, block=50)
             for entry_id, fields in reply[0][1] if reply else []:
                 Job.from_json(fields[b"job"])  # the same parsing work as ours
@@ -96,9 +109,8 @@ class Raw:
                     await asyncio.sleep(work_s)
                 await redis.xack("raw", WORKER_GROUP, entry_id)
                 await redis.xdel("raw", entry_id)
-                if await done(fields[b"id"].decode()):
-                    await redis.aclose()
-                    return
+                await done(fields[b"id"].decode())
+        await redis.aclose()
 
 
 _url = ""
@@ -120,7 +132,10 @@ async def run(system: Ours | Raw, *, jobs: int, workers: int, servers: int, work
             finished.set()
         return finished.is_set()
 
-    tasks = [asyncio.create_task(system.worker(f"w{i}", done, work_s)) for i in range(workers)]
+    # Workers stop between takes when told (a cancelled one could be left inside a blocking
+    # read, and the bench would never end).
+    tasks = [asyncio.create_task(system.worker(f"w{i}", done, finished, work_s))
+             for i in range(workers)]
     await asyncio.sleep(0.2)
     start = time.perf_counter()
     for i in range(jobs):
@@ -129,15 +144,13 @@ async def run(system: Ours | Raw, *, jobs: int, workers: int, servers: int, work
         put_at[job_id] = t
         if paced:
             await asyncio.sleep(0.005)
-    await finished.wait()
+    await asyncio.wait_for(finished.wait(), 120)
     elapsed = time.perf_counter() - start
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
     return pickup, jobs / elapsed
 
 
-async def main(jobs: int, work_ms: float, servers: int) -> None:
+async def main(jobs: int, work_ms: float, servers: int, paused: int) -> None:
     global _url
     with RedisServer(Path(tempfile.mkdtemp(prefix="ponyq-"))) as server:
         _url = server.url
@@ -151,6 +164,12 @@ async def main(jobs: int, work_ms: float, servers: int) -> None:
             _, four = await run(system, jobs=jobs, workers=4, servers=servers,
                                 work_s=work_ms / 1000, paced=False)
             rows[system.name] = (pct(latency, 50), pct(latency, 99), one, four)
+        held = Ours(redis, paused=paused)
+        latency, _ = await run(held, jobs=min(jobs, 200), workers=1, servers=servers, work_s=0,
+                               paced=True)
+        _, one = await run(held, jobs=jobs, workers=1, servers=servers, work_s=work_ms / 1000,
+                           paced=False)
+        held_row = (pct(latency, 50), pct(latency, 99), one)
         await redis.aclose()
     print(f"bench/queue.py  jobs={jobs} servers={servers} work={work_ms:g} ms/job "
           f"(sleep-only workers, one process, redis-server {server.port})")
@@ -160,6 +179,10 @@ async def main(jobs: int, work_ms: float, servers: int) -> None:
     raw, ours = rows[Raw.name], rows[Ours.name]
     print(f"{'ours / raw':34} {ours[0] / raw[0]:10.2f}x {ours[1] / raw[1]:10.2f}x "
           f"{ours[2] / raw[2]:9.2f}x {ours[3] / raw[3]:9.2f}x")
+    print(f"{f'ours, {paused} paused servers':34} "
+          f"{held_row[0]:8.2f} ms {held_row[1]:8.2f} ms {held_row[2]:10.0f}")
+    print(f"pickup p50, ours / raw: {ours[0] / raw[0]:.2f}x (target: within 2x); "
+          f"with {paused} paused servers: {held_row[0] / raw[0]:.2f}x")
 
 
 if __name__ == "__main__":
@@ -168,5 +191,6 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--work-ms", type=float, default=0.0)
     parser.add_argument("--servers", type=int, default=20)
+    parser.add_argument("--paused", type=int, default=1000)
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.work_ms, args.servers))
+    asyncio.run(main(args.jobs, args.work_ms, args.servers, args.paused))

@@ -7,19 +7,13 @@ import asyncio
 import logging
 import sys
 
-from redis.asyncio import Redis
-
 from bot.app import PonyBot
 from core.config import ConfigError, config_path, load_settings
 from core.discord_endpoints import use_endpoints
 from core.logs import setup_logging
+from core.redis_client import bot_redis
 
 log = logging.getLogger("bot")
-
-
-def redis_client(url: str) -> Redis:
-    # Short timeouts: a /pony must be answered within 3 s even when Redis is down.
-    return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=30)
 
 
 async def run(settings_path: str | None) -> int:
@@ -32,7 +26,7 @@ async def run(settings_path: str | None) -> int:
         log.error("no Redis: set REDIS_URL or redis.url (or start everything with `ponybot up`)")
         return 2
     use_endpoints(settings.config.discord)
-    bot = PonyBot(settings, redis_client(settings.redis_url))
+    bot = PonyBot(settings, bot_redis(settings.redis_url))
     async with bot:
         await bot.start(token.get_secret_value())
     return 0

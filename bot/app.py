@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-import pkgutil
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 from redis.asyncio import Redis
 
-import cogs
-from bot.errors import UserFacingError
-from bot.position_updates import PositionUpdater
+from bot.errors import QueueUnavailable, UserFacingError
 from core.config import Settings
-from core.jobqueue import JobQueue
 from core.keys import Keys
+from core.queue import Producer, QueueView
 
 log = logging.getLogger(__name__)
 
-
-
-def extensions() -> list[str]:
-    """Every module in cogs/ is a discord.py extension: adding a cog is adding a file."""
-    return [f"cogs.{m.name}" for m in pkgutil.iter_modules(cogs.__path__) if not m.ispkg]
+# The cogs, loaded by name as discord.py intends: one concern each.
+EXTENSIONS = ("cogs.pony", "cogs.results", "cogs.models", "cogs.queue", "cogs.positions")
 
 
 class PonyBot(commands.Bot):
@@ -45,20 +38,14 @@ class PonyBot(commands.Bot):
         self.config = settings.config
         self.redis = redis
         self.keys = Keys(settings.config.redis.key_prefix)
-        self.queue = JobQueue(redis, self.keys, max_attempts=settings.config.queue.max_attempts,
-                              result_ttl_s=settings.config.queue.result_ttl_s)
+        self.queue = Producer(redis, self.keys, result_ttl_s=settings.config.queue.result_ttl_s)
+        self.queue_view = QueueView(redis, self.keys)
 
     async def setup_hook(self) -> None:
         self.tree.on_error = self.on_app_command_error
-        for extension in extensions():
+        for extension in EXTENSIONS:
             await self.load_extension(extension)
-        try:
-            await self.queue.ensure_group()
-        except Exception:  # Redis may come up later; /pony reports it per request.
-            log.warning("Redis unreachable at start; /pony will say so until it is back")
         await self.sync_commands()
-        self.position_updater = PositionUpdater(self)
-        self._background = [asyncio.create_task(self.position_updater.run())]
 
     async def sync_commands(self) -> None:
         """Sync only when the command definitions changed: Discord rate-limits command
@@ -70,7 +57,7 @@ class PonyBot(commands.Bot):
         digest = hashlib.sha256(
             json.dumps([payload, sorted(g.id for g in guilds)], sort_keys=True).encode()
         ).hexdigest()
-        key = f"{self.keys.prefix}:commands_digest:{self.application_id}"
+        key = self.keys.commands_digest(self.application_id or 0)
         try:
             if await self.redis.get(key) == digest.encode():
                 log.info("slash commands unchanged; not syncing")
@@ -90,7 +77,11 @@ class PonyBot(commands.Bot):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        if isinstance(cause, UserFacingError):
+        if isinstance(cause, QueueUnavailable):
+            log.warning("command %s refused, queue unavailable: %r", interaction.command,
+                        cause.__cause__)
+            message = str(cause)
+        elif isinstance(cause, UserFacingError):
             message = str(cause)
         elif isinstance(cause, app_commands.CheckFailure):
             message = str(cause) or "You are not allowed to use this command here."
@@ -100,8 +91,6 @@ class PonyBot(commands.Bot):
         await send_ephemeral(interaction, message)
 
     async def close(self) -> None:
-        for task in getattr(self, "_background", []):
-            task.cancel()
         await super().close()
         await self.redis.aclose()
 

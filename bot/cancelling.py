@@ -8,9 +8,9 @@ import discord
 
 from bot.errors import UserFacingError
 from bot.permissions import is_owner, is_server_admin
-from core.jobqueue import Cancelled, JobStatus
 from core.messages import cancelled_text
 from core.poster import Poster
+from core.queue import Cancelled, JobStatus
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 async def cancel_job(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> str:
     """Cancel one job if the user may; returns what to tell them."""
-    job = await bot.queue.job(job_id)
+    job = await bot.queue_view.job(job_id)
     if job is None:
         raise UserFacingError(f"There is no job `{job_id}` (finished jobs are kept a while, "
                               "then forgotten).")

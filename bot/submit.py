@@ -2,8 +2,10 @@
 
 `submit` checks the job against today's config, enqueues it under the user's cap, answers the
 interaction with the queued message (position or "paused", the exact prompt, a Cancel button)
-and records that message for the worker to edit. Every failure is a `UserFacingError`, answered
-privately by the caller, and nothing is queued.
+and records that message for the worker to edit. Every failure before the answer is a
+`UserFacingError`, answered privately by the caller, and nothing is queued. When the answer
+itself fails after queuing (Discord's 3 seconds ran out, Discord is down), the job is taken
+back out of the queue: what the user saw, "the application did not respond", stays true.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from bot.guild_settings import GuildSettings
 from bot.views import queued_view
 from core.config import Config
 from core.job import Job
-from core.jobqueue import UserLimitReached
 from core.logs import JobLog
 from core.messages import queued_text
+from core.queue import JobStatus, UserLimitReached
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -113,21 +115,37 @@ async def submit(
         enqueued.paused,
     )
     # 3. Answer with the position (or "paused"), the exact prompt and a Cancel button.
-    callback = await interaction.response.send_message(
-        queued_text(
-            job,
-            position=enqueued.position,
-            paused=enqueued.paused,
-            model_name=model_name,
-            notes=notes,
-        ),
-        view=queued_view(job.id),
-    )
+    try:
+        callback = await interaction.response.send_message(
+            queued_text(job, position=enqueued.position, paused=enqueued.paused,
+                        model_name=model_name, notes=notes),
+            view=queued_view(job.id),
+        )
+    except discord.HTTPException as exc:
+        await _take_back(bot, job, exc)
+        return
     # 4. Record the message for the worker. If the bot never records it (a crash right here),
     #    the worker falls back to a channel post, so the job is never stuck on it.
     message_id = callback.message_id or getattr(callback.resource, "id", None)
     if message_id:
+        bot.dispatch("job_queued", job, message_id)
         try:
-            await bot.queue.set_message(job.id, message_id, position=enqueued.position)
+            await bot.queue.record_message(job.id, message_id, position=enqueued.position)
         except (RedisError, OSError):
             jlog.warning("could not record message %s; the worker will post anew", message_id)
+
+
+async def _take_back(bot: PonyBot, job: Job, exc: discord.HTTPException) -> None:
+    """The user never saw the job queued: cancel it while it still waits."""
+    jlog = JobLog(log, job.id)
+    try:
+        cancelled = await bot.queue.cancel(job.id)
+    except (RedisError, OSError) as redis_exc:
+        jlog.error("answer failed (%s) and the job could not be taken back (%s); its result "
+                   "will be posted in the channel", exc, redis_exc)
+        return
+    if cancelled.was == JobStatus.QUEUED:
+        jlog.warning("answer failed (%s): job taken back out of the queue", exc)
+    else:
+        jlog.warning("answer failed (%s) after a worker took the job (%s); its result will be "
+                     "posted in the channel", exc, cancelled.was)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,8 @@ from redis.exceptions import RedisError
 from bot.cancelling import cancel_job
 from bot.errors import QueueUnavailable, UserFacingError
 from core.custom_ids import Action, custom_id, template
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -34,7 +37,8 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
             text = await cancel_job(interaction.client, interaction, self.job_id)
         except UserFacingError as exc:
             text = str(exc)
-        except (RedisError, OSError):
+        except (RedisError, OSError) as exc:
+            log.warning("cancel of job=%s refused, queue unavailable: %r", self.job_id, exc)
             text = str(QueueUnavailable())
         await interaction.response.send_message(text, ephemeral=True)
 

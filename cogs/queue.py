@@ -34,8 +34,8 @@ class QueueCog(commands.GroupCog, group_name="queue", group_description="The dra
             guild_id = None
         else:
             guild_id = require_server_admin(interaction)
-        snap = await self.bot.queue.snapshot(guild_id, all_guilds=everything)
-        per_job = await self.bot.queue.recent_job_seconds()
+        snap = await self.bot.queue_view.snapshot(guild_id, all_guilds=everything)
+        per_job = await self.bot.queue_view.recent_job_seconds()
         workers = max(1, len(await read_heartbeats(self.bot.redis, self.bot.keys)))
         lines = []
         if snap.paused_globally:

@@ -30,8 +30,8 @@ from bot.permissions import is_owner, is_server_admin
 from bot.submit import request_fields, submit
 from core.custom_ids import Action, custom_id, template
 from core.job import MAX_SEED, Job, JobKind, new_job_id
-from core.jobqueue import JobStatus
 from core.logs import JobLog
+from core.queue import JobState, JobStatus
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -104,7 +104,7 @@ async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, inde
 
 async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
     """🗑: the result's requester, the server's admins and the bot's owners may delete it."""
-    job = await bot.queue.job(job_id)
+    job = await bot.queue_view.job(job_id)
     own = job is not None and job.user_id == interaction.user.id
     admin = is_server_admin(interaction) and (job is None or job.guild_id == interaction.guild_id)
     if not (own or admin or is_owner(bot.config, interaction.user.id)):
@@ -135,12 +135,12 @@ def _expired(bot: PonyBot) -> str:
     )
 
 
-async def _source(bot: PonyBot, job_id: str) -> tuple[Job, dict[str, str]]:
+async def _source(bot: PonyBot, job_id: str) -> tuple[Job, JobState]:
     """The earlier job and its state, or the "expired" answer."""
-    state = await bot.queue.status(job_id)
-    if "job" not in state:
+    state = await bot.queue_view.state(job_id)
+    if state is None:
         raise UserFacingError(_expired(bot))
-    return Job.from_json(state["job"]), state
+    return state.job(), state
 
 
 async def _posted_image(bot: PonyBot, job_id: str, index: int) -> Job:
@@ -148,7 +148,7 @@ async def _posted_image(bot: PonyBot, job_id: str, index: int) -> Job:
     source, state = await _source(bot, job_id)
     if not 0 <= index < source.count:
         raise UserFacingError(f"Job `{job_id}` has no image {index + 1}.")
-    if state.get("status") != JobStatus.POSTED or not state.get("result_message_id"):
+    if state.status is not JobStatus.POSTED or state.result_message_id is None:
         raise UserFacingError(f"Job `{job_id}` has no posted picture to start from.")
     return source
 
@@ -189,7 +189,7 @@ async def _delete_message(bot: PonyBot, message: discord.Message, job: Job | Non
     except discord.NotFound:
         return  # gone already: what was asked
     except discord.HTTPException as exc:
-        if job is None or time.time() >= job.token_expires_at() - 30:
+        if job is None or not job.token_usable(time.time()):
             raise UserFacingError(
                 "Discord did not let me delete that message (the bot may "
                 "lack access to this channel)."
@@ -210,7 +210,9 @@ async def _answer(interaction: discord.Interaction, action: Awaitable[None]) -> 
         await action
     except UserFacingError as exc:
         await send_ephemeral(interaction, str(exc))
-    except (RedisError, OSError):
+    except (RedisError, OSError) as exc:
+        log.warning("button %s refused, queue unavailable: %r",
+                    (interaction.data or {}).get("custom_id"), exc)
         await send_ephemeral(interaction, str(QueueUnavailable()))
     except Exception:
         log.exception("button %s failed", (interaction.data or {}).get("custom_id"))

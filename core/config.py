@@ -221,6 +221,10 @@ class WorkerConfig(_Strict):
     vae_tiling_above_px: Annotated[int, Field(ge=0)] = 1024 * 1024
     # Discord's attachment limit for servers without boosts.
     attachment_limit_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    # Discord's cap on one message request, all files together (25,000,000 bytes: discord.js
+    # utilities' MessageLimits.MaximumRequestSize); four upscaled images can exceed it even
+    # when each file is under `attachment_limit_bytes`, so the files share it.
+    message_limit_bytes: Annotated[int, Field(ge=1024 * 1024)] = 25_000_000
 
 
 class UpscalerEntry(_Strict):

@@ -1,8 +1,9 @@
 """The job contract between the bot and the workers.
 
 A `Job` is written once by the bot and never changed; what happens to it afterwards (the message
-that shows it, attempts, posted or not) lives in its state hash (see `core.jobqueue`). The schema
-version lets a worker refuse, rather than misread, a job from a newer bot.
+that shows it, attempts, posted or not) lives in its state hash (`core.queue.state.JobState`).
+The schema version lets a worker refuse, rather than misread, a job from a newer bot. The
+interaction token is stored apart from the job, only while Discord accepts it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from core.config import Sampler
 SCHEMA_VERSION = 1
 # Discord lets an interaction token edit its messages for 15 minutes.
 INTERACTION_TOKEN_TTL_S = 15 * 60
+# Edit through the token only while it has comfortably more than this left.
+TOKEN_MARGIN_S = 30.0
 MAX_SEED = 2**32 - 1
 
 
@@ -43,8 +46,9 @@ class Job(BaseModel):
     # Where the request came from and where the result goes.
     application_id: int
     interaction_id: int
-    # Lets the worker edit the interaction's message without the bot; never logged.
-    interaction_token: str = Field(repr=False)
+    # Lets the worker edit the interaction's message without the bot; never logged, never
+    # stored with the job ("" once it has expired: results go to the channel then).
+    interaction_token: str = Field(default="", repr=False)
     guild_id: int | None
     channel_id: int
     user_id: int
@@ -98,8 +102,13 @@ class Job(BaseModel):
     def token_expires_at(self) -> float:
         return self.created_at + INTERACTION_TOKEN_TTL_S
 
+    def token_usable(self, now: float) -> bool:
+        """The interaction token can still edit the job's messages (with a margin)."""
+        return bool(self.interaction_token) and now < self.token_expires_at() - TOKEN_MARGIN_S
+
     def to_json(self) -> str:
-        return self.model_dump_json()
+        """The job as stored: everything but the interaction token."""
+        return self.model_dump_json(exclude={"interaction_token"})
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Job:

@@ -1,7 +1,9 @@
 """Every Redis key the project uses, built in one place.
 
 Everything hangs off one prefix so several bots can share a Redis and an admin can see what is
-ours with `SCAN MATCH ponybot:*`.
+ours with `SCAN MATCH ponybot:*`. The queue's Lua scripts never build a key: they get them
+through KEYS, or read names that were built here and stored as data (the ring holds waiting-list
+keys, a waiting list holds job-hash keys, a job hash names its own list, user set and token key).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     def waiting(self, guild_id: int | str) -> str:
-        """A server's queued job ids, oldest first (DMs are server 0)."""
+        """A server's queued jobs (their hash keys), oldest first (DMs are server 0)."""
         return f"{self.prefix}:waiting:{guild_id}"
 
     @property
     def ring(self) -> str:
-        """Servers with queued jobs, in round-robin order: the head is served next."""
+        """The waiting-list keys of servers that have queued jobs and are not paused, in
+        round-robin order: the head is served next. Paused servers are out of the ring, so
+        they cost the others nothing however many there are."""
         return f"{self.prefix}:ring"
 
     @property
@@ -49,18 +53,31 @@ class Keys:
         """Recent jobs' worker seconds, newest first, for ETAs."""
         return f"{self.prefix}:durations"
 
+    def token(self, job_id: str) -> str:
+        """A job's interaction token, kept only while Discord accepts it (15 min)."""
+        return f"{self.prefix}:token:{job_id}"
+
     @property
     def dead(self) -> str:
         """Dead letters: jobs that failed too often, kept for the admin."""
         return f"{self.prefix}:dead"
 
     def job(self, job_id: str) -> str:
-        """Hash of a job's state: job JSON, entry id, message id, attempts, status."""
+        """Hash of a job's state (`core.queue.state.JobState`)."""
         return f"{self.prefix}:job:{job_id}"
+
+    def job_id(self, job_key: str | bytes) -> str:
+        """The job id in a key built by `job` (waiting lists hold keys)."""
+        text = job_key.decode() if isinstance(job_key, bytes) else job_key
+        return text.removeprefix(f"{self.prefix}:job:")
 
     def guild(self, guild_id: int | None) -> str:
         """Hash of a server's settings: default model, blocked tags, per-user limit."""
         return f"{self.prefix}:guild:{guild_id or 0}"
+
+    def commands_digest(self, application_id: int) -> str:
+        """What the slash commands looked like when last synced (sync only on change)."""
+        return f"{self.prefix}:commands_digest:{application_id}"
 
     def worker(self, name: str) -> str:
         """A worker's heartbeat (JSON, with a TTL)."""

@@ -133,6 +133,11 @@ def cancelled_text(job: Job, *, by_admin: bool = False) -> str:
     return f"🚫 Cancelled {who}".rstrip() + f" — `{job.tags[:200]}`\n-# job {job.id}"
 
 
+def lost_text(job: Job) -> str:
+    return (f"<@{job.user_id}> ⚠️ your job was lost when the queue restarted; nothing will be "
+            f"drawn for it. Please ask again.\n-# job {job.id}")[:_CONTENT_LIMIT]
+
+
 def progress_text(job: Job, step: int, total: int) -> str:
     filled = round(10 * step / max(total, 1))
     bar = "▰" * filled + "▱" * (10 - filled)

@@ -3,10 +3,16 @@
 A result goes into the interaction's own message (the queued message the bot sent), edited with
 the interaction token. When that token has expired (15 min) or the message is gone, the result
 is posted in the channel with the bot token instead, replying to the user with a mention.
+
+Posting twice must never show twice. Editing the same message again shows one result; a channel
+post carries a nonce made from the job id with `enforce_nonce`, so Discord answers a repeat
+within a few minutes with the first message instead of a new one; and a worker that takes over
+a job that may have been posted asks Discord first (`find_posted`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import time
@@ -20,12 +26,13 @@ from core.messages import progress_text
 
 log = logging.getLogger(__name__)
 
-# Edit through the token only while it has comfortably more than this left.
-_TOKEN_MARGIN_S = 30.0
+# How far back in a channel to look for a job's result before posting it again.
+_HISTORY_LOOKBACK = 100
 # Discord error codes that mean "the interaction's message cannot be edited any more".
 _UNKNOWN_WEBHOOK = 10015
 _UNKNOWN_MESSAGE = 10008
 _INVALID_WEBHOOK_TOKEN = 50027
+_REQUEST_TOO_LARGE = 40005
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,13 @@ class Post:
 
 
 class PostFailed(Exception):
-    """Discord refused the post. `permanent` = retrying the same post cannot succeed."""
+    """Discord refused the post. `permanent` = retrying the same post cannot succeed;
+    `too_large` = the request was over Discord's size cap (send smaller files)."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool, too_large: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.too_large = too_large
 
 
 class Poster:
@@ -60,10 +69,12 @@ class Poster:
         # A logged-in but not connected client: REST only, with discord.py's rate limiting.
         self.client = client
 
-    async def deliver(self, job: Job, message_id: int | None, post: Post) -> int:
-        """Put the result in front of the user; returns the id of the message that shows it."""
+    async def deliver(self, job: Job, message_id: int | None, post: Post, *,
+                      nonce: str | None = None) -> int:
+        """Put the result in front of the user; returns the id of the message that shows it.
+        `nonce` (at most 25 characters) makes a repeated channel post return the first one."""
         jlog = JobLog(log, job.id)
-        if message_id is not None and time.time() < job.token_expires_at() - _TOKEN_MARGIN_S:
+        if message_id is not None and job.token_usable(time.time()):
             try:
                 return await self._edit_interaction_message(job, message_id, post)
             except discord.HTTPException as exc:
@@ -71,9 +82,33 @@ class Poster:
                     raise _failed(exc) from exc
                 jlog.info("interaction message not editable (%s); posting in the channel", exc.code)
         try:
-            return await self._post_in_channel(job, message_id, post)
+            return await self._post_in_channel(job, message_id, post, nonce or f"r{job.id}")
         except discord.HTTPException as exc:
             raise _failed(exc) from exc
+
+    async def find_posted(self, job: Job, message_id: int | None) -> int | None:
+        """The message that already shows the job's result, if any: the queued message edited
+        into the result, or a channel post. Raises discord.HTTPException when Discord cannot
+        be asked (the caller tries again later)."""
+        def shows_result(message: discord.Message | discord.WebhookMessage) -> bool:
+            return any(a.filename.startswith(f"pony_{job.id}_") for a in message.attachments)
+
+        if message_id is not None and job.token_usable(time.time()):
+            webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
+                                              client=self.client)
+            try:
+                if shows_result(await webhook.fetch_message(message_id)):
+                    return message_id
+            except discord.HTTPException as exc:
+                if not _token_or_message_gone(exc):
+                    raise
+        channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        asked = dt.datetime.fromtimestamp(job.created_at - 1, tz=dt.UTC)
+        after = discord.Object(discord.utils.time_snowflake(asked))
+        async for message in channel.history(limit=_HISTORY_LOOKBACK, after=after):
+            if message.author.id == self.client.user.id and shows_result(message):  # type: ignore[union-attr]
+                return message.id
+        return None
 
     async def _edit_interaction_message(self, job: Job, message_id: int, post: Post) -> int:
         webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
@@ -88,7 +123,8 @@ class Poster:
         )
         return message.id
 
-    async def _post_in_channel(self, job: Job, message_id: int | None, post: Post) -> int:
+    async def _post_in_channel(self, job: Job, message_id: int | None, post: Post,
+                               nonce: str) -> int:
         channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reference = (
             discord.MessageReference(
@@ -103,6 +139,7 @@ class Poster:
             files=[a.to_file() for a in post.attachments],
             view=post.view,  # type: ignore[arg-type]
             reference=reference,  # type: ignore[arg-type]
+            nonce=nonce,
             allowed_mentions=discord.AllowedMentions(
                 everyone=False, roles=False, users=[discord.Object(job.user_id)]
             ),
@@ -112,7 +149,7 @@ class Poster:
     async def edit_queued(self, job: Job, message_id: int, content: str) -> bool:
         """Update the queued message's text in place (position changes): never posts anew,
         keeps its buttons; False when the token has expired or the edit failed."""
-        if time.time() >= job.token_expires_at() - _TOKEN_MARGIN_S:
+        if not job.token_usable(time.time()):
             return False
         webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
                                           client=self.client)
@@ -138,7 +175,8 @@ class Poster:
     async def tell(self, job: Job, message_id: int | None, content: str) -> None:
         """Best effort notice (failures, cancellations): never raises."""
         try:
-            await self.deliver(job, message_id, Post(content=content, embed=None, attachments=[]))
+            await self.deliver(job, message_id, Post(content=content, embed=None, attachments=[]),
+                               nonce=f"t{job.id}")
         except Exception as exc:
             JobLog(log, job.id).warning("could not tell the user %r: %s", content[:80], exc)
 
@@ -151,6 +189,7 @@ def _token_or_message_gone(exc: discord.HTTPException) -> bool:
 
 def _failed(exc: discord.HTTPException) -> PostFailed:
     # discord.py already retried 5xx and waited out 429s; a 4xx will not get better.
-    permanent = 400 <= exc.status < 500 and exc.status != 429
+    too_large = exc.status == 413 or exc.code == _REQUEST_TOO_LARGE
+    permanent = 400 <= exc.status < 500 and exc.status != 429 and not too_large
     return PostFailed(f"Discord answered {exc.status} (code {exc.code}): {exc.text}",
-                      permanent=permanent)
+                      permanent=permanent, too_large=too_large)

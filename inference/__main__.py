@@ -9,11 +9,10 @@ import logging
 import signal
 import sys
 
-from redis.asyncio import Redis
-
 from core.config import ConfigError, Settings, config_path, load_settings
 from core.discord_endpoints import use_endpoints
 from core.logs import setup_logging
+from core.redis_client import worker_redis
 
 log = logging.getLogger("inference")
 
@@ -29,7 +28,7 @@ async def run_worker(settings: Settings) -> int:
         log.error("no Redis: set REDIS_URL or redis.url (or start everything with `ponybot up`)")
         return 2
     use_endpoints(settings.config.discord)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
+    redis = worker_redis(settings.redis_url, block_s=settings.config.worker.block_ms / 1000)
     client = await logged_in_client(token.get_secret_value())
     worker = Worker(settings, redis, client)
     loop = asyncio.get_running_loop()

@@ -168,9 +168,9 @@ def fit_image(image: Image.Image, parameters: str, *, limit_bytes: int) -> Fitte
 
 def fit_images(images: Iterable[tuple[Image.Image, str]], limit_bytes: int,
                total_limit_bytes: int | None = None) -> list[Fitted]:
-    """fit_image for each (image, parameters) of one message. Discord limits each file, not the
-    message, so total_limit_bytes is only for proxies or hosts that do; when the files exceed
-    it, each is refitted to an equal share."""
+    """fit_image for each (image, parameters) of one message, each under `limit_bytes`; when
+    the files together exceed `total_limit_bytes` (Discord caps a whole request too), each file
+    over an equal share is refitted to that share."""
     items = list(images)
     fitted = [fit_image(image, parameters, limit_bytes=limit_bytes)
               for image, parameters in items]

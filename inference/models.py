@@ -56,6 +56,12 @@ class _Resident:
     size_bytes: int
 
 
+class DeviceFull(Exception):
+    """A model did not fit on the device just now (other models or a big batch held the
+    memory). Not the model's fault: the job is tried again, and the message tells admins what
+    to change if it keeps happening."""
+
+
 def pipeline_bytes(pipe: StableDiffusionPipeline, dtype: torch.dtype) -> int:
     """Bytes of the weights of `pipe`'s UNet, VAE and text encoder once cast to `dtype`
     (floating-point tensors at `dtype`, the others, like position ids, as they are)."""
@@ -206,7 +212,7 @@ class ModelCache:
                 f"models share the device."
             )
             self._failures[resident.model_id] = message
-            raise ModelLoadError(message) from exc
+            raise DeviceFull(message) from exc
         log.info("model %r: on %s in %.2f s (%s; device %s of %s)", resident.model_id,
                  self.placement.device, time.perf_counter() - started,
                  format_bytes(resident.size_bytes),
@@ -267,6 +273,11 @@ class ModelCache:
     def _synchronize(self) -> None:
         if self.placement.device.type == "cuda":
             torch.cuda.synchronize(self.placement.device)
+
+    def free_device_cache(self) -> None:
+        """Give the device's cached blocks back (before retrying after out-of-memory)."""
+        gc.collect()
+        self._empty_device_cache()
 
     def _empty_device_cache(self) -> None:
         if self.placement.device.type == "cuda":

@@ -11,7 +11,7 @@ from core.job import Job, JobKind
 from core.messages import result_embed, result_text, result_view
 from core.poster import Attachment, Post
 from inference.encode import a1111_parameters
-from inference.fit import fit_image
+from inference.fit import fit_images
 from inference.upscale import UpscaleError, UpscalerCache
 
 
@@ -51,16 +51,30 @@ def attachment_limit(config: Config, job: Job) -> int:
     return min(limit, job.attachment_limit) if job.attachment_limit else limit
 
 
+# Room left in a message request for its JSON and the multipart framing around the files.
+_REQUEST_OVERHEAD_BYTES = 256 * 1024
+
+
+def files_budget(config: Config) -> int:
+    """Bytes all the files of one message may have together."""
+    return config.worker.message_limit_bytes - _REQUEST_OVERHEAD_BYTES
+
+
 def fitted_attachments(config: Config, job: Job, images: list[Image], notes: list[str],
-                       upscaled_by: str | None) -> list[Attachment]:
+                       upscaled_by: str | None, *,
+                       total_limit: int | None = None) -> list[Attachment]:
     """Each image a PNG with its parameters, or smaller (WebP, then downscaled) where the PNG
-    would not fit Discord's limit, which `notes` then says."""
+    would not fit Discord's limit per file, or the files together the limit per message
+    (`total_limit`, default `files_budget`); `notes` then say so."""
     model_name = config.model(job.model_id).name
-    limit = attachment_limit(config, job)
+    seeds = job.image_seeds()
+    fitted_all = fit_images(
+        [(image, image_parameters(job, seed, model_name, upscaled_by))
+         for image, seed in zip(images, seeds, strict=True)],
+        limit_bytes=attachment_limit(config, job),
+        total_limit_bytes=files_budget(config) if total_limit is None else total_limit)
     attachments = []
-    for number, (image, seed) in enumerate(zip(images, job.image_seeds(), strict=True), 1):
-        fitted = fit_image(image, image_parameters(job, seed, model_name, upscaled_by),
-                           limit_bytes=limit)
+    for number, (fitted, seed) in enumerate(zip(fitted_all, seeds, strict=True), 1):
         stem = f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "")
         attachments.append(Attachment(filename=fitted.filename(stem), data=fitted.data))
         if fitted.note:
@@ -69,10 +83,12 @@ def fitted_attachments(config: Config, job: Job, images: list[Image], notes: lis
 
 
 def render_post(config: Config, job: Job, images: list[Image], *, elapsed_s: float,
-                notes: list[str], upscaled_by: str | None) -> Post:
+                notes: list[str], upscaled_by: str | None,
+                total_limit: int | None = None) -> Post:
     """The result message that replaces the queued one. Blocking (encoding): call it off the
     event loop."""
-    attachments = fitted_attachments(config, job, images, notes, upscaled_by)
+    attachments = fitted_attachments(config, job, images, notes, upscaled_by,
+                                     total_limit=total_limit)
     return Post(
         content=result_text(job, elapsed_s=elapsed_s, notes=notes),
         embed=result_embed(job, model_name=config.model(job.model_id).name,

@@ -1,7 +1,7 @@
 """The image an upscale (U) or a variation (V) starts from: fetched back from Discord.
 
 Workers keep no images. The earlier job's state hash names the message its result was posted in
-(`result_message_id`, written by `JobQueue.mark_posted`); the worker fetches that message with
+(`result_message_id`, recorded when it was posted); the worker fetches that message with
 the bot token (discord.py's REST client, `GET /channels/{channel}/messages/{message}`) and
 downloads attachment i from the URL Discord gives with it. Discord's attachment URLs are signed
 and expire, so they are never stored: a fresh fetch gives fresh ones. Where the bot token may not
@@ -21,30 +21,26 @@ import discord
 from PIL import Image
 
 from core.job import Job
-from core.jobqueue import JobQueue
-
-# Use the earlier interaction's token only while it has comfortably more than this left.
-_TOKEN_MARGIN_S = 30.0
+from core.queue import QueueView
 
 
 class SourceUnavailable(Exception):
     """The source image cannot be had any more; `str(error)` tells the user why."""
 
 
-async def fetch_source_image(client: discord.Client, queue: JobQueue, job: Job) -> Image.Image:
+async def fetch_source_image(client: discord.Client, queue: QueueView, job: Job) -> Image.Image:
     """Image `job.source_index` of job `job.source_job_id`, decoded (mode as posted)."""
     if job.source_job_id is None or job.source_index is None:
         raise ValueError(f"job {job.id} ({job.kind.value}) names no source image")
     # 1. The earlier job and where its result was posted.
-    state = await queue.status(job.source_job_id)
-    if "job" not in state:
+    state = await queue.state(job.source_job_id)
+    if state is None:
         raise SourceUnavailable(f"the earlier job `{job.source_job_id}` has expired")
-    message_id = state.get("result_message_id")
-    if not message_id:
+    if state.result_message_id is None:
         raise SourceUnavailable(f"the earlier job `{job.source_job_id}` has no posted picture")
-    source = Job.from_json(state["job"])
+    source = state.job()
     # 2. The message, for its attachments' current URLs.
-    message = await _fetch_message(client, source, int(message_id))
+    message = await _fetch_message(client, source, state.result_message_id)
     if message is None:
         raise SourceUnavailable("the picture's message was deleted")
     images = [a for a in message.attachments if (a.content_type or "image/").startswith("image/")]
@@ -69,7 +65,7 @@ async def _fetch_message(
     except discord.NotFound:
         return None
     except discord.Forbidden:
-        if time.time() >= source.token_expires_at() - _TOKEN_MARGIN_S:
+        if not source.token_usable(time.time()):
             raise SourceUnavailable("the bot may not read the picture's channel") from None
     webhook = discord.Webhook.partial(
         source.application_id, source.interaction_token, client=client

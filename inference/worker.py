@@ -1,13 +1,19 @@
 """The inference worker: take jobs from the queue, draw, upscale, post the images, acknowledge.
 
-A job is one of three kinds (`core.job.JobKind`): text to image (`/pony`, 🔁 Re-roll), an
-upscale of an earlier image (U buttons) or an img2img variation of one (V buttons). Earlier
-images are fetched back from their Discord message (`inference.sources`). Every file is fitted
-under Discord's attachment limit (`inference.fit`) and every result carries the buttons.
+`Worker.process` reads top to bottom like a diffusers `__call__`: a batch's life in numbered
+steps, each one call. A job is one of three kinds (`core.job.JobKind`): text to image (`/pony`,
+🔁 Re-roll), an upscale (U buttons) or an img2img variation (V buttons) of an earlier image,
+fetched back from Discord (`inference.sources`).
 
-One worker per GPU. Any number of workers, on any machines that reach Redis, share the queue
-through the consumer group; a worker that dies leaves its jobs pending and another one reclaims
-them when their lease runs out.
+Promises kept here, with the queue's moves (`core.queue.delivery`):
+- exactly once: a job is marked `posting` before its post and `posted` + acknowledged in one
+  step after it; a job taken over in `posting` is checked with Discord before it is drawn
+  again, and channel posts carry a nonce Discord deduplicates;
+- no double work: one lease keeper (`inference.leases`) renews every job held, from take to
+  ack; a job found held by another worker is dropped without posting;
+- Redis blips are waited out (`inference.retrying`): the worker never exits on one;
+- one bad job costs only itself: a failed batch is drawn again one job at a time, and a job
+  taken over from a dead worker is drawn alone (it may be what killed it).
 """
 
 from __future__ import annotations
@@ -19,74 +25,94 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import discord
+import torch
 from PIL.Image import Image
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from core.config import Settings
-from core.heartbeat import WorkerHeartbeat, publish_heartbeat, remove_heartbeat
+from core.heartbeat import (
+    WorkerHeartbeat,
+    publish_heartbeat,
+    read_heartbeats,
+    remove_heartbeat,
+)
 from core.job import Job, JobKind
-from core.jobqueue import Delivery, JobQueue, JobStatus
 from core.keys import Keys
 from core.logs import JobLog
 from core.messages import cancelled_text, failure_text
-from core.poster import Poster, PostFailed
+from core.poster import Post, Poster, PostFailed
+from core.queue import Consumer, Delivery, JobStatus, Outcome
+from inference.background import in_background
 from inference.device import Placement, choose_placement
-from inference.fast_path import chunk_by_images, configure_for_size, images_per_call
+from inference.drawing import draw, pipeline_calls
+from inference.faults import fault_point
 from inference.inventory import Inventory, check_all
+from inference.leases import LeaseKeeper
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
 from inference.progress import ProgressReporter, SamplingCancelled
-from inference.result_post import UpscalerUnavailable, render_post, upscale_images
+from inference.result_post import UpscalerUnavailable, files_budget, render_post, upscale_images
+from inference.retrying import Stopping, is_unavailable, patiently
 from inference.sampling import Sampled, sample_batch
 from inference.sources import SourceUnavailable, fetch_source_image
 from inference.throughput import Throughput
 from inference.upscale import UpscalerCache
-from inference.variation import vary
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 CANCEL_POLL_S = 0.5
-# How long to wait for the bot to record the queued message before posting a new one instead.
-MESSAGE_WAIT_S = 5.0
+# Consumers of departed workers are deleted once idle this long (and never below 10 leases).
+DEPARTED_AFTER_S = 600.0
+TIDY_EVERY_S = 60.0
+# A message Discord calls too large is fitted to half the size, at most this many times.
+SMALLER_POSTS = 4
+
+
+@dataclass
+class Drawn:
+    """One job's images, waiting to be finished."""
+
+    delivery: Delivery
+    sampled: Sampled
+    cancelled: bool
+    timings: dict[str, float]
+    started: float
+
+
+@dataclass(frozen=True)
+class Cancels:
+    one: dict[str, threading.Event]  # job id -> cancelled (or lost)
+    all: threading.Event  # every job of the pipeline call is cancelled: stop sampling
 
 
 class Worker:
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Redis,
-        client: discord.Client,
-        *,
-        name: str | None = None,
-        placement: Placement | None = None,
-        models: ModelCache | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, redis: Redis, client: discord.Client, *,
+                 name: str | None = None, placement: Placement | None = None,
+                 models: ModelCache | None = None) -> None:
         self.settings = settings
         self.config = settings.config
         self.redis = redis
         self.keys = Keys(self.config.redis.key_prefix)
-        self.queue = JobQueue(redis, self.keys, max_attempts=self.config.queue.max_attempts,
-                              result_ttl_s=self.config.queue.result_ttl_s)
-        self.client = client
-        self.poster = Poster(client)
         self.name = name or os.environ.get("PONYBOT_WORKER_NAME") or \
             f"{socket.gethostname()}-{os.getpid()}"
+        self.consumer = Consumer(redis, self.keys, self.name, lease_s=self.config.queue.lease_s,
+                                 result_ttl_s=self.config.queue.result_ttl_s)
+        self.leases = LeaseKeeper(self.consumer, lease_s=self.config.queue.lease_s)
+        self.client = client
+        self.poster = Poster(client)
         self.placement = placement or choose_placement(self.config.worker.device,
                                                        self.config.worker.dtype)
-        self.models = models or ModelCache(
-            self.config, base_dir=settings.path.parent, placement=self.placement
-        )
+        self.models = models or ModelCache(self.config, base_dir=settings.path.parent,
+                                           placement=self.placement)
         self.upscalers = UpscalerCache(base_dir=settings.path.parent,
                                        device=self.placement.device, dtype=self.placement.dtype)
-        self.jobs_done = 0
         self.throughput = Throughput()
+        self.jobs_done = 0
         self.images_done = 0
         self.current: Delivery | None = None
         self._finishing: asyncio.Task[None] | None = None
@@ -97,244 +123,286 @@ class Worker:
 
     async def run(self) -> None:
         await self._check_files()
-        await self.queue.ensure_group()
-        for model_id in self.config.worker.preload:
-            await self._preload(model_id)
-            if self.config.worker.compile_unet and self.placement.device.type == "cuda" \
-                    and model_id in self.models.loaded:
-                await self._warm_up(model_id)
+        await self._preload()
         log.info("worker %s ready on %s", self.name, self.placement.describe())
-        async with self._heartbeat():
+        async with in_background(self._beat(), self.leases.run(), self._tidy()):
             while not self._stopping.is_set():
-                try:
-                    deliveries = await self.next_jobs()
-                except (RedisError, OSError) as exc:
-                    # Redis restarting or unreachable: wait and carry on; pending jobs stay
-                    # pending in Redis and are picked up again when it is back.
-                    log.warning("queue unavailable (%s); retrying in 1 s", exc)
-                    await asyncio.sleep(1.0)
-                    continue
+                together, deliveries = await self.next_jobs()
                 if deliveries:
-                    await self.process_batch(deliveries)
+                    await self.process(deliveries, together=together)
             await self.drain()
+        with contextlib.suppress(Exception):
+            await remove_heartbeat(self.redis, self.keys, self.name)
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def next_jobs(self) -> list[Delivery]:
-        """Jobs whose worker died come first: they have waited longest."""
+    async def next_jobs(self) -> tuple[bool, list[Delivery]]:
+        """(may share a pipeline call, jobs). Jobs whose worker died come first: they have
+        waited longest; each is drawn alone. While Redis is away: nothing, after a pause."""
         worker = self.config.worker
-        reclaimed = await self.queue.reclaim(
-            self.name, min_idle_s=self.config.queue.lease_s, count=worker.max_batch
-        )
-        if reclaimed:
-            return reclaimed
-        return await self.queue.take(
-            self.name, count=worker.max_batch, block_s=worker.block_ms / 1000,
-            preferred_models=self.models.loaded,
-            max_preference_wait_s=worker.max_preference_wait_s,
-        )  # fmt: skip
+        try:
+            reclaimed = await self.consumer.reclaim(count=worker.max_batch)
+            if reclaimed:
+                return False, reclaimed
+            return True, await self.consumer.take(
+                count=worker.max_batch, block_s=worker.block_ms / 1000,
+                preferred_models=self.models.loaded,
+                max_preference_wait_s=worker.max_preference_wait_s)
+        except Exception as exc:
+            if is_unavailable(exc):
+                log.warning("queue unavailable (%s); retrying in 1 s", exc)
+            else:
+                log.exception("taking jobs failed; retrying in 1 s")
+            await asyncio.sleep(1.0)
+            return True, []
 
-    async def process_batch(self, deliveries: list[Delivery]) -> None:
-        """Draw the jobs taken together (one pipeline call for compatible text-to-image jobs),
-        then finish them — upscale, encode, post, ack — while the next batch samples."""
-        live = [d for d in deliveries if await self._still_to_do(d)]
-        compatible: dict[str, list[Delivery]] = {}
-        for delivery in live:  # reclaimed jobs need not be compatible with each other
-            compatible.setdefault(delivery.job.batch_key(), []).append(delivery)
-        groups = []
-        for jobs in compatible.values():
-            first = jobs[0].job
-            cap = images_per_call(self.placement, first.width, first.height, self.config.worker)
-            for indices in chunk_by_images([d.job.count for d in jobs], cap):
-                groups.append([jobs[i] for i in indices])
-        for group in groups:
-            lease = asyncio.create_task(self._renew_leases(group))
-            try:
-                drawn = await self._draw_group(group)
-            except BaseException:
-                lease.cancel()
-                raise
-            if drawn is None:
-                lease.cancel()
-                continue
-            # Overlap: one group finishes while the next one samples; never more than one
-            # waits, so a slow Discord holds the sampler back instead of piling up results.
+    async def process(self, deliveries: list[Delivery], *, together: bool = True) -> None:
+        """A batch's life, step by step."""
+        # 1. Hold: every job taken has its lease renewed until it is finished.
+        for delivery in deliveries:
+            self.leases.hold(delivery)
+            fault_point("after_take", delivery.job_id)
+        # 2. What is left to do: a job that failed too often is given up; one that may have
+        #    been posted by a worker that died is checked with Discord before it is drawn.
+        todo = [d for d in deliveries if await self._still_to_do(d)]
+        # 3. Pipeline calls: compatible jobs together (or each alone, when taken over).
+        calls = pipeline_calls([d.job for d in todo], self.placement, self.config.worker) \
+            if together else [[i] for i in range(len(todo))]
+        for call in calls:
+            # 4-6. Fetch the source image, load the model, sample.
+            drawn = await self._draw([todo[i] for i in call])
+            # 7-11. Finish (upscale, encode, post, record) while the next call samples; never
+            #       more than one waits, so a slow Discord holds the sampler back.
             await self.drain()
-            self._finishing = asyncio.create_task(self._finish_group(group, drawn, lease))
+            self._finishing = asyncio.create_task(self._finish_all(drawn))
 
     async def drain(self) -> None:
-        """Wait for the group being finished, if any."""
+        """Wait for the jobs being finished, if any."""
         if self._finishing is not None:
             await self._finishing
             self._finishing = None
 
+    # --- 2. what is left to do --------------------------------------------------------------
+
     async def _still_to_do(self, delivery: Delivery) -> bool:
-        # 1. A job reclaimed after its post only needs its ack.
-        if delivery.already_posted:
-            JobLog(log, delivery.job.id).info("already posted; acknowledging")
-            await self.queue.ack(delivery)
-            return False
-        # 2. A job that keeps failing (or killing its workers) stops here.
-        if delivery.attempts > self.config.queue.max_attempts:
-            await self.give_up(delivery, f"it failed {delivery.attempts - 1} times")
+        try:
+            if delivery.status is JobStatus.POSTING and await self._posted_already(delivery):
+                return False
+            if delivery.attempts > self.config.queue.max_attempts:
+                await self._give_up(delivery, f"it failed {delivery.attempts - 1} times")
+                return False
+        except Exception as exc:
+            await self._failed(delivery, exc)
             return False
         return True
 
-    async def _draw_group(self, group: list[Delivery]) -> Drawn | None:
-        """Steps 3-5 for jobs that share one pipeline call; None when they all ended here
-        (cancelled or failed, each already handled)."""
-        first = group[0].job
-        for d in group:
-            JobLog(log, d.job.id).info(
+    async def _posted_already(self, delivery: Delivery) -> bool:
+        """For a job taken over in `posting`: True when its result is on Discord (then it is
+        recorded, not drawn again). A job whose check fails is left for a later takeover."""
+        job = delivery.job
+        found = await self.poster.find_posted(job, await delivery.message())
+        if found is None:
+            JobLog(log, job.id).info("taken over while posting; not on Discord: drawing it")
+            return False
+        JobLog(log, job.id).info("taken over while posting; already posted as %s", found)
+        await self._record(delivery, await patiently(
+            lambda: delivery.posted(found), "record the post", stopping=self._stopping))
+        return True
+
+    # --- 4-6. draw --------------------------------------------------------------------------
+
+    async def _draw(self, call: list[Delivery]) -> list[Drawn]:
+        """The images of the jobs of one pipeline call; [] for those that ended here. When a
+        call of several jobs fails, each is drawn again alone: only a job that fails on its own
+        is charged for it."""
+        try:
+            return await self._draw_once(call)
+        except SamplingCancelled:
+            for delivery in call:
+                await self._cancelled(delivery)
+            return []
+        except Exception as exc:
+            if len(call) == 1:
+                await self._failed(call[0], exc)
+                return []
+            log.warning("a call of %d jobs failed (%r); drawing each alone", len(call), exc)
+            await asyncio.to_thread(self.models.free_device_cache)
+            return [drawn for delivery in call for drawn in await self._draw([delivery])]
+
+    async def _draw_once(self, call: list[Delivery]) -> list[Drawn]:
+        first = call[0].job
+        for d in call:
+            JobLog(log, d.job_id).info(
                 "start %s attempt=%d model=%s steps=%d count=%d size=%dx%d batch=%d",
                 d.job.kind.value, d.attempts, d.job.model_id, d.job.steps, d.job.count,
-                d.job.width, d.job.height, len(group))
-        self.current = group[0]
+                d.job.width, d.job.height, len(call))
+        self.current = call[0]
         started = time.perf_counter()
         try:
-            async with self._cancellation(group) as cancels:
-                # 3. The earlier image a U or V button starts from, fetched back from Discord.
+            async with self._watch_cancels(call) as cancels:
+                # 4. The earlier image a U or V button starts from, fetched back from Discord.
                 source = await self._source_image(first)
                 fetched = time.perf_counter()
-                # 4. Load the model (cached after the first job); an upscale needs none.
+                # 5. The model (cached after the first job); an upscale needs none.
                 pipe = None if first.kind is JobKind.UPSCALE else \
                     await self.models.get(first.model_id)
                 loaded = time.perf_counter()
-                # 5. Draw, off the event loop so heartbeats, leases and progress edits flow;
-                #    the sampler stops early only when every job of the call is cancelled.
+                # 6. Sample, off the event loop so leases, heartbeats and progress flow; the
+                #    sampler stops early only when every job of the call is cancelled.
                 reporter = ProgressReporter(
-                    self._progress_editor(group), interval_s=self.config.worker.progress_interval_s,
+                    self._progress_editor(call), interval_s=self.config.worker.progress_interval_s,
                     enabled=self.config.worker.progress and pipe is not None,
                     cancel=cancels.all, logger=JobLog(log, first.id))
                 async with reporter:
-                    results = await asyncio.to_thread(self._draw, pipe, [d.job for d in group],
-                                                      source, reporter.pipeline_kwargs())
+                    results = await asyncio.to_thread(
+                        draw, pipe, [d.job for d in call], source, self.config.worker,
+                        reporter.pipeline_kwargs())
                 sampled = time.perf_counter()
-        except SamplingCancelled:
-            for delivery in group:
-                await self._cancelled(delivery)
-            return None
-        except Exception as exc:
-            for delivery in group:
-                await self._failed(delivery, exc)
-            return None
         finally:
             self.current = None
+        fault_point("after_sample", first.id)
         if pipe is not None:
-            self.throughput.record(sampled - loaded, sum(d.job.count for d in group))
-        return Drawn(results=results, cancelled=[cancels.one[d.job.id].is_set() for d in group],
-                     timings={"fetch": fetched - started, "load": loaded - fetched,
-                              "sample": sampled - loaded}, started=started)
+            self.throughput.record(sampled - loaded, sum(d.job.count for d in call))
+        timings = {"fetch": fetched - started, "load": loaded - fetched, "sample": sampled - loaded}
+        return [Drawn(d, result, cancels.one[d.job_id].is_set(), timings, started)
+                for d, result in zip(call, results, strict=True)]
 
-    async def _finish_group(self, group: list[Delivery], drawn: Drawn,
-                            lease: asyncio.Task[None]) -> None:
-        try:
-            for delivery, result, cancelled in zip(group, drawn.results, drawn.cancelled,
-                                                   strict=True):
-                if cancelled or await self.queue.cancel_requested(delivery.job.id):
-                    await self._cancelled(delivery)
-                    continue
-                try:
-                    await self._finish(delivery, result, drawn)
-                except Exception as exc:
-                    await self._failed(delivery, exc)
-        finally:
-            lease.cancel()
+    # --- 7-11. finish -----------------------------------------------------------------------
 
-    async def _finish(self, delivery: Delivery, drawn: Sampled, batch: Drawn) -> None:
-        job = delivery.job
+    async def _finish_all(self, drawn: list[Drawn]) -> None:
+        for item in drawn:
+            try:
+                await self._finish(item)
+            except Exception as exc:
+                await self._failed(item.delivery, exc)
+
+    async def _finish(self, item: Drawn) -> None:
+        delivery, job = item.delivery, item.delivery.job
+        jlog = JobLog(log, job.id)
+        if delivery.lost.is_set():
+            jlog.warning("another worker holds this job now; not posting it")
+            self.leases.release(delivery)
+            return
+        if item.cancelled or job.id in await patiently(
+                lambda: self.consumer.cancel_requested([job.id]), "check for a cancel",
+                stopping=self._stopping):
+            await self._cancelled(delivery)
+            return
         finishing = time.perf_counter()
-        notes = [drawn.note] if drawn.note else []
-        # 6. Upscale: the U buttons, and `/pony upscale:true`.
-        images, upscaled_by = await self._upscale(job, drawn.images, notes)
+        notes = [item.sampled.note] if item.sampled.note else []
+        # 7. Upscale: the U buttons, and `/pony upscale:true`.
+        images, upscaled_by = await self._upscale(job, item.sampled.images, notes)
         upscaled = time.perf_counter()
-        # 7. Encode, every file fitted under Discord's attachment limit.
-        post = await asyncio.to_thread(
-            render_post, self.config, job, images,
-            elapsed_s=batch.timings["sample"] + upscaled - finishing, notes=notes,
-            upscaled_by=upscaled_by)
-        encoded = time.perf_counter()
-        # 8. Post, then record it before the ack: a reclaim never posts twice.
-        await self.queue.mark_posting(job.id)
-        message_id = await self.poster.deliver(job, await self._message_id(delivery), post)
+        # 8. Mark it `posting`: from here a crash may or may not have reached Discord.
+        outcome = await patiently(delivery.posting, "mark posting", stopping=self._stopping)
+        if outcome in (Outcome.LOST, Outcome.ILLEGAL):
+            jlog.warning("not posting: the job is %s here (%s)", outcome.value, delivery.status)
+            self.leases.release(delivery)
+            return
+        if outcome is Outcome.GONE:  # Redis lost it: nobody else has it; the user still gets it
+            jlog.warning("the queue lost this job's state; posting it anyway")
+        fault_point("before_post", job.id)
+        # 9-10. Encode (every file and the whole message under Discord's limits) and post.
+        message_id, encode_s = await self._post(delivery, images, notes, upscaled_by,
+                                                elapsed_s=item.timings["sample"]
+                                                + upscaled - finishing)
         posted = time.perf_counter()
-        await self.queue.mark_posted(job.id, message_id, {
-            **batch.timings,
-            "upscale": upscaled - finishing,
-            "encode": encoded - upscaled,
-            "post": posted - encoded,
-        })  # fmt: skip
-        await self.queue.ack(delivery, worker_seconds=posted - batch.started)
+        fault_point("after_post", job.id)
+        # 11. Record it and acknowledge, in one step; a Redis error here is waited out,
+        #     never answered by doing the job again.
+        outcome = await patiently(lambda: delivery.posted(
+            message_id, timings={**item.timings, "upscale": upscaled - finishing,
+                                 "encode": encode_s,
+                                 "post": posted - upscaled - encode_s},
+            worker_seconds=posted - item.started), "record the post", stopping=self._stopping)
+        await self._record(delivery, outcome)
+        fault_point("after_finish", job.id)
         self.jobs_done += 1
         self.images_done += len(images)
-        JobLog(log, job.id).info("posted message=%s sample=%.2fs upscale=%.2fs total=%.2fs",
-                                 message_id, batch.timings["sample"], upscaled - finishing,
-                                 posted - batch.started)
+        jlog.info("posted message=%s sample=%.2fs upscale=%.2fs total=%.2fs", message_id,
+                  item.timings["sample"], upscaled - finishing, posted - item.started)
+
+    async def _post(self, delivery: Delivery, images: list[Image], notes: list[str],
+                    upscaled_by: str | None, *, elapsed_s: float) -> tuple[int, float]:
+        """(message id, seconds spent encoding). A message Discord calls too large is fitted
+        again to half the size: a job never fails for size."""
+        job = delivery.job
+        budget = files_budget(self.config)
+        encode_s = 0.0
+        for attempt in range(SMALLER_POSTS + 1):
+            started = time.perf_counter()
+            post: Post = await asyncio.to_thread(
+                render_post, self.config, job, images, elapsed_s=elapsed_s, notes=list(notes),
+                upscaled_by=upscaled_by, total_limit=budget)
+            encode_s += time.perf_counter() - started
+            try:
+                return await self.poster.deliver(job, await delivery.message(), post), encode_s
+            except PostFailed as exc:
+                if not exc.too_large or attempt == SMALLER_POSTS:
+                    raise
+                budget = sum(len(a.data) for a in post.attachments) // 2
+                JobLog(log, job.id).warning("Discord: message too large; refitting to %d bytes",
+                                            budget)
+        raise AssertionError("unreachable")
+
+    # --- endings ----------------------------------------------------------------------------
+
+    async def _record(self, delivery: Delivery, outcome: Outcome) -> None:
+        if not outcome.done and outcome is not Outcome.GONE:
+            JobLog(log, delivery.job_id).warning("could not record the post: %s", outcome.value)
+        self.leases.release(delivery)
 
     async def _cancelled(self, delivery: Delivery) -> None:
         job = delivery.job
         JobLog(log, job.id).info("cancelled while running")
-        await self.poster.tell(job, await self._message_id(delivery), cancelled_text(job))
-        await self.queue.ack(delivery, status=JobStatus.CANCELLED)
+        if not delivery.lost.is_set():
+            await self.poster.tell(job, await delivery.message(), cancelled_text(job))
+            await patiently(delivery.cancelled, "record the cancel", stopping=self._stopping)
+        self.leases.release(delivery)
 
     async def _failed(self, delivery: Delivery, exc: Exception) -> None:
         """A job that failed: given up when retrying cannot help, else back to the queue."""
         job = delivery.job
         jlog = JobLog(log, job.id)
-        if isinstance(exc, ModelLoadError):
-            jlog.error("model failed to load: %s", exc)
-            await self.give_up(delivery, f"the model {job.model_id!r} could not be loaded")
-        elif isinstance(exc, SourceUnavailable | UpscalerUnavailable):
-            await self.give_up(delivery, str(exc))
-        elif isinstance(exc, PostFailed) and exc.permanent:
-            jlog.error("post refused for good: %s", exc)
-            await self.give_up(delivery, "Discord refused the result")
-        else:
-            jlog.warning("failed on attempt %d, will retry: %r", delivery.attempts, exc,
-                         exc_info=not isinstance(exc, PostFailed))
-            await self.queue.release(self.name, delivery)
+        try:
+            if isinstance(exc, Stopping):
+                jlog.warning("stopping while Redis is away: the job is left for another worker")
+            elif isinstance(exc, ModelLoadError):
+                jlog.error("model failed to load: %s", exc)
+                await self._give_up(delivery, f"the model {job.model_id!r} could not be loaded")
+            elif isinstance(exc, SourceUnavailable | UpscalerUnavailable):
+                await self._give_up(delivery, str(exc))
+            elif isinstance(exc, PostFailed) and exc.permanent:
+                jlog.error("post refused for good: %s", exc)
+                await self._give_up(delivery, "Discord refused the result")
+            else:
+                jlog.warning("failed on attempt %d, will retry: %r", delivery.attempts, exc,
+                             exc_info=not isinstance(exc, PostFailed))
+                if isinstance(exc, torch.OutOfMemoryError):
+                    await asyncio.to_thread(self.models.free_device_cache)
+                await patiently(delivery.retry, "give the job back", stopping=self._stopping)
+        except Stopping:
+            jlog.warning("stopping while Redis is away: the job is left for another worker")
+        finally:
+            self.leases.release(delivery)
 
-    async def give_up(self, delivery: Delivery, reason: str) -> None:
+    async def _give_up(self, delivery: Delivery, reason: str) -> None:
         job = delivery.job
         JobLog(log, job.id).error("dead-lettered: %s", reason)
-        await self.poster.tell(job, await self._message_id(delivery), failure_text(job, reason))
-        await self.queue.dead_letter(delivery, reason)
+        if not delivery.lost.is_set():
+            await self.poster.tell(job, await delivery.message(), failure_text(job, reason))
+            await patiently(lambda: delivery.give_up(reason), "dead-letter",
+                            stopping=self._stopping)
+        self.leases.release(delivery)
 
-    # --- steps ------------------------------------------------------------------------------
+    # --- steps' helpers ---------------------------------------------------------------------
 
     async def _source_image(self, job: Job) -> Image | None:
         """The image an upscale or a variation starts from; None for text to image."""
         if job.kind is JobKind.GENERATE:
             return None
-        return await fetch_source_image(self.client, self.queue, job)
-
-    def _draw(self, pipe: Any, jobs: list[Job], source: Image | None,
-              pipeline_kwargs: dict[str, Any]) -> list[Sampled]:
-        """The jobs' images before upscaling (runs in a thread)."""
-        job = jobs[0]
-        if pipe is not None:
-            configure_for_size(pipe, job.width, job.height, self.config.worker)
-        if job.kind is JobKind.GENERATE:
-            return sample_batch(pipe, jobs, **pipeline_kwargs)
-        assert source is not None and len(jobs) == 1
-        if job.kind is JobKind.VARIATION:
-            return [vary(pipe, job, source, **pipeline_kwargs)]
-        # An upscale starts from the source as it is.
-        return [Sampled(images=[source], tokens=0, negative_tokens=0, chunks=1, note=None)]
-
-    def _progress_editor(self, group: list[Delivery]) -> Callable[[int, int, bytes | None],
-                                                                   Awaitable[None]]:
-        """Shows "sampling n/N" and the preview on every queued message of the call."""
-
-        async def edit(step: int, total: int, preview: bytes | None) -> None:
-            for delivery in group:
-                message_id = await self._message_id(delivery)
-                if message_id is not None:
-                    await self.poster.show_progress(delivery.job, message_id, step, total,
-                                                    preview)
-
-        return edit
+        return await fetch_source_image(self.client, self.consumer.view, job)
 
     async def _upscale(self, job: Job, images: list[Image],
                        notes: list[str]) -> tuple[list[Image], str | None]:
@@ -346,86 +414,81 @@ class Worker:
         try:
             return await asyncio.to_thread(upscale_images, self.config, self.upscalers, images)
         except UpscalerUnavailable as exc:
+            log.error("upscaler unavailable: %s (%r)", exc, exc.__cause__)
             if job.kind is JobKind.UPSCALE:
                 raise
             notes.append(f"not upscaled: {exc}")
             return images, None
 
-    async def _message_id(self, delivery: Delivery) -> int | None:
-        """The queued message's id; the bot records it right after answering, which can be
-        a moment after a fast worker picked the job up."""
-        if delivery.message_id is not None:
-            return delivery.message_id
-        deadline = delivery.job.created_at + MESSAGE_WAIT_S
-        while True:
-            recorded = (await self.queue.status(delivery.job.id)).get("message_id")
-            if recorded:
-                return int(recorded)
-            if time.time() >= deadline:
-                return None
-            await asyncio.sleep(0.05)
+    def _progress_editor(self, call: list[Delivery]) -> Callable[[int, int, bytes | None],
+                                                                  Awaitable[None]]:
+        """Shows "sampling n/N" and the preview on every queued message of the call."""
+
+        async def edit(step: int, total: int, preview: bytes | None) -> None:
+            for delivery in call:
+                message_id = await delivery.message()
+                if message_id is not None:
+                    await self.poster.show_progress(delivery.job, message_id, step, total,
+                                                    preview)
+
+        return edit
+
+    @contextlib.asynccontextmanager
+    async def _watch_cancels(self, call: list[Delivery]) -> AsyncIterator[Cancels]:
+        """Events set when someone cancels a running job (`/queue cancel`, the button) or when
+        its lease turns out lost; the sampler checks `all` at every step, each job's own event
+        after sampling."""
+        cancels = Cancels(one={d.job_id: threading.Event() for d in call},
+                          all=threading.Event())
+
+        async def watch() -> None:
+            while not cancels.all.is_set():
+                await asyncio.sleep(CANCEL_POLL_S)
+                try:
+                    asked = await self.consumer.cancel_requested([d.job_id for d in call])
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        log.exception("cancel check failed")
+                    continue
+                for d in call:
+                    if d.job_id in asked or d.lost.is_set():
+                        cancels.one[d.job_id].set()
+                if all(e.is_set() for e in cancels.one.values()):
+                    cancels.all.set()
+
+        async with in_background(watch()):
+            yield cancels
+
+    async def _preload(self) -> None:
+        for model_id in self.config.worker.preload:
+            try:
+                await self.models.get(model_id)
+            except ModelLoadError as exc:
+                # A broken model must not take the others down with it.
+                log.error("model %s failed to load: %s", model_id, exc)
+                continue
+            if self.config.worker.compile_unet and self.placement.device.type == "cuda":
+                await self._warm_up(model_id)
 
     async def _warm_up(self, model_id: str) -> None:
         """Compile the UNet for the default size before the first user waits for it."""
         dims = self.config.sizes[self.config.defaults.size]
-        job = Job(application_id=0, interaction_id=0, interaction_token="", guild_id=None,
-                  channel_id=0, user_id=0, model_id=model_id, tags="warm-up", prompt="pony",
-                  negative_prompt="", seed=0, steps=2, cfg=7.5,
-                  sampler=self.config.defaults.sampler, width=dims.width, height=dims.height)
+        job = Job(application_id=0, interaction_id=0, guild_id=None, channel_id=0, user_id=0,
+                  model_id=model_id, tags="warm-up", prompt="pony", negative_prompt="", seed=0,
+                  steps=2, cfg=7.5, sampler=self.config.defaults.sampler, width=dims.width,
+                  height=dims.height)
         started = time.perf_counter()
         pipe = await self.models.get(model_id)
         await asyncio.to_thread(sample_batch, pipe, [job])
         log.info("model %s: UNet compiled and warmed up in %.1f s", model_id,
                  time.perf_counter() - started)
 
-    async def _preload(self, model_id: str) -> None:
-        try:
-            await self.models.get(model_id)
-        except ModelLoadError as exc:
-            # A broken model must not take the others down with it.
-            log.error("model %s failed to load: %s", model_id, exc)
+    # --- background -------------------------------------------------------------------------
 
-    async def _renew_leases(self, group: list[Delivery]) -> None:
-        """Renew the jobs' lease until they are finished, so long jobs are not reclaimed."""
-        entry_ids = [d.entry_id for d in group]
+    async def _beat(self) -> None:
         while True:
-            await asyncio.sleep(self.config.queue.lease_s / 3)
-            with contextlib.suppress(RedisError, OSError):
-                await self.queue.renew(self.name, entry_ids)
-
-    @contextlib.asynccontextmanager
-    async def _cancellation(self, group: list[Delivery]) -> AsyncIterator[Cancels]:
-        """Events set when someone cancels a running job (`/queue cancel`, the button); the
-        sampler checks `all` at every step, each job's own event after sampling."""
-        cancels = Cancels(one={d.job.id: threading.Event() for d in group},
-                          all=threading.Event())
-
-        async def watch() -> None:
-            while not cancels.all.is_set():
-                await asyncio.sleep(CANCEL_POLL_S)
-                with contextlib.suppress(RedisError, OSError):
-                    for job_id, event in cancels.one.items():
-                        if not event.is_set() and await self.queue.cancel_requested(job_id):
-                            event.set()
-                if all(e.is_set() for e in cancels.one.values()):
-                    cancels.all.set()
-
-        async with _background(watch()):
-            yield cancels
-
-    @contextlib.asynccontextmanager
-    async def _heartbeat(self) -> AsyncIterator[None]:
-        async def beat() -> None:
-            while True:
-                await self.publish_heartbeat()
-                await asyncio.sleep(HEARTBEAT_S)
-
-        try:
-            async with _background(beat()):
-                yield
-        finally:
-            with contextlib.suppress(Exception):
-                await remove_heartbeat(self.redis, self.keys, self.name)
+            await self.publish_heartbeat()
+            await asyncio.sleep(HEARTBEAT_S)
 
     async def _check_files(self) -> None:
         """Which models and upscalers this worker can use (no weights loaded); logged at
@@ -442,22 +505,29 @@ class Worker:
         beat = WorkerHeartbeat(
             **self.inventory.heartbeat_fields(),  # type: ignore[arg-type]
             load_s=self.models.load_seconds,
-            name=self.name,
-            host=socket.gethostname(),
-            device=self.placement.describe(),
-            loaded=self.models.loaded,
-            failed=self.models.failures,
-            current_job=self.current.job.id if self.current else None,
-            jobs_done=self.jobs_done,
-            images_done=self.images_done,
+            name=self.name, host=socket.gethostname(), device=self.placement.describe(),
+            loaded=self.models.loaded, failed=self.models.failures,
+            current_job=self.current.job_id if self.current else None,
+            jobs_done=self.jobs_done, images_done=self.images_done,
             images_per_s=self.throughput.images_per_s(),
-            busy_fraction=self.throughput.busy_fraction(),
-            at=time.time(),
-        )
+            busy_fraction=self.throughput.busy_fraction(), at=time.time(),
+        )  # fmt: skip
         try:
             await publish_heartbeat(self.redis, self.keys, beat, ttl_s=HEARTBEAT_S * 3)
         except Exception as exc:  # Redis blips must not kill the worker.
             log.warning("heartbeat failed: %s", exc)
+
+    async def _tidy(self) -> None:
+        """Forget the consumers of workers that are gone (each process is a new consumer)."""
+        while True:
+            await asyncio.sleep(TIDY_EVERY_S)
+            try:
+                live = {beat.name for beat in await read_heartbeats(self.redis, self.keys)}
+                idle_s = max(DEPARTED_AFTER_S, 10 * self.config.queue.lease_s)
+                for name in await self.consumer.forget_departed(live, idle_s=idle_s):
+                    log.info("forgot departed worker %s", name)
+            except Exception as exc:
+                log.warning("tidying the consumer group failed: %s", exc)
 
 
 async def logged_in_client(token: str) -> discord.Client:
@@ -466,30 +536,3 @@ async def logged_in_client(token: str) -> discord.Client:
     await client.login(token)
     return client
 
-
-@dataclass(frozen=True)
-class Cancels:
-    one: dict[str, threading.Event]  # job id -> cancelled
-    all: threading.Event  # every job of the pipeline call is cancelled: stop sampling
-
-
-@dataclass
-class Drawn:
-    """A group's images, waiting to be finished."""
-
-    results: list[Sampled]
-    cancelled: list[bool]
-    timings: dict[str, float]
-    started: float
-
-
-@contextlib.asynccontextmanager
-async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run `coro` while the block runs; cancel it after."""
-    task = asyncio.create_task(coro)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -8,6 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from core.config import CaptionProfile, Config, ModelEntry, Sampler, Secrets, Settings
 from core.discord_endpoints import use_endpoints
 from core.job import Job
+from core.keys import Keys
+from core.queue import Consumer, JobStatus, Producer, QueueView
+from core.redis_client import worker_redis
 from ponybot_cli.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -54,8 +58,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    # Restart-surviving tests may have restarted the server: always talk to its current port.
-    client = Redis.from_url(redis_server.url)
+    # Restart-surviving tests restart the server: a client that reconnects, as workers have.
+    client = worker_redis(redis_server.url, block_s=0)
     await client.flushall()
     yield client
     await client.aclose()
@@ -175,12 +179,12 @@ async def bot(settings: Settings, fake: FakeDiscord, redis: Redis) -> AsyncItera
 
 @contextlib.asynccontextmanager
 async def running_bot(settings: Settings, fake: FakeDiscord) -> AsyncIterator[object]:
-    from bot.__main__ import redis_client
     from bot.app import PonyBot
+    from core.redis_client import bot_redis
 
     assert settings.redis_url
     use_endpoints(settings.config.discord)
-    bot = PonyBot(settings, redis_client(settings.redis_url))
+    bot = PonyBot(settings, bot_redis(settings.redis_url))
     await bot.login(BOT_TOKEN)
     task = asyncio.create_task(bot.connect(reconnect=False))
     try:
@@ -191,6 +195,42 @@ async def running_bot(settings: Settings, fake: FakeDiscord) -> AsyncIterator[ob
         await bot.close()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, 5)
+
+
+# --- What users see ---------------------------------------------------------------------------
+
+
+def results_shown(fake: FakeDiscord, job_id: str) -> int:
+    """How many messages show job `job_id`'s result, in any channel: the queued message once
+    it carries the images (editing it again with the same result shows nothing new), plus
+    every channel post with them."""
+    return sum(1 for message in fake.messages.values()
+               if not message.deleted and any(a.filename.startswith(f"pony_{job_id}_")
+                                              for a in message.attachments))
+
+
+def queued_job_id(itx: object) -> str:
+    """The job id a queued message's Cancel button carries (`pony:cancel:<job>`)."""
+    original = itx.original  # type: ignore[attr-defined]
+    [custom_id] = [c["custom_id"] for row in original.components for c in row["components"]]
+    return str(custom_id).rsplit(":", 1)[-1]
+
+
+async def until_finished(redis: Redis, job_ids: list[str], *,
+                         within_s: float = 90) -> list[JobStatus]:
+    """Wait until every job is recorded as finished (posted, cancelled or dead) and nothing is
+    left pending; their statuses."""
+    view = QueueView(redis, Keys())
+    deadline = time.monotonic() + within_s
+    while True:
+        states = await view.states(job_ids)
+        now = [s.status if s else None for s in states.values()]
+        if all(s is not None and s.finished for s in states.values()) \
+                and await redis.xlen(Keys().stream) == 0:
+            return now  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not finished within {within_s} s: {now}")
+        await asyncio.sleep(0.05)
 
 
 # --- Worker ------------------------------------------------------------------------------------
@@ -233,20 +273,22 @@ async def start_worker(settings: Settings, model_cache: object,
         use_settings = settings_ or settings
         assert use_settings.redis_url
         client = await logged_in_client(BOT_TOKEN)
-        worker_redis = Redis.from_url(use_settings.redis_url)
-        worker = Worker(use_settings, worker_redis, client, name=name,
+        # The production client: timeouts, health checks, reconnects after a restart.
+        client_redis = worker_redis(use_settings.redis_url,
+                                    block_s=use_settings.config.worker.block_ms / 1000)
+        worker = Worker(use_settings, client_redis, client, name=name,
                         models=model_cache)  # type: ignore[arg-type]
         handle = RunningWorker(worker, asyncio.create_task(worker.run()))
-        running.append((handle, client, worker_redis))
+        running.append((handle, client, client_redis))
         return handle
 
     yield start
-    for handle, client, worker_redis in running:
+    for handle, client, client_redis in running:
         handle.worker.stop()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(handle.task, 10)
         await client.close()  # type: ignore[attr-defined]
-        await worker_redis.aclose()
+        await client_redis.aclose()
 
 
 # --- Worker processes --------------------------------------------------------------------------
@@ -293,9 +335,40 @@ score_tag = "scr100"
     return path
 
 
-def spawn_worker(config_path: Path, redis_url: str, name: str) -> subprocess.Popen[bytes]:
+def spawn_worker(config_path: Path, redis_url: str, name: str, *,
+                 faults: str = "") -> subprocess.Popen[bytes]:
+    """`python -m inference` as a real process; `faults` is its PONYBOT_FAULTS
+    (inference/faults.py)."""
     env = dict(os.environ, DISCORD_TOKEN=BOT_TOKEN, REDIS_URL=redis_url,
                PONYBOT_WORKER_NAME=name, HF_HUB_OFFLINE="1", PONYBOT_LOG_LEVEL="WARNING",
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PONYBOT_FAULTS=faults)
     return subprocess.Popen([sys.executable, "-m", "inference", "--config", str(config_path)],
                             env=env, stdin=subprocess.DEVNULL)
+
+
+# --- The queue ---------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueParts:
+    """The queue's three sides over one Redis, the way the bot and the workers hold them."""
+
+    redis: Redis
+    keys: Keys
+    producer: Producer
+    view: QueueView
+
+    def consumer(self, name: str = "w", *, lease_s: float = 60.0) -> Consumer:
+        return Consumer(self.redis, self.keys, name, lease_s=lease_s, result_ttl_s=600)
+
+    async def unfinished(self) -> int:
+        """Jobs queued (in any server, paused or not) or running."""
+        snap = await self.view.snapshot(all_guilds=True)
+        return len(snap.queued) + len(snap.running)
+
+
+@pytest.fixture
+def queue(redis: Redis) -> QueueParts:
+    keys = Keys("test")
+    return QueueParts(redis, keys, Producer(redis, keys, result_ttl_s=600),
+                      QueueView(redis, keys))

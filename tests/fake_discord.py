@@ -26,8 +26,11 @@ Discord rules the fake enforces (status and JSON error code):
 * Webhook (interaction token) routes: unknown token or more than 15 min after creation on
   the fake clock -> 401 / 50027; unknown message (e.g. ``@original`` before a callback
   created it) -> 404 / 10008; wrong application id -> 404 / 10015.
-* Unknown channel -> 404 / 10003; any uploaded file over 10 MiB -> 413 / 40005; empty
-  message -> 400 / 50006; over-long content / embeds -> 400 / 50035.
+* Unknown channel -> 404 / 10003; any uploaded file over 10 MiB, or a request body over
+  25,000,000 bytes (Discord's whole-request cap, whatever each file's size) -> 413 / 40005;
+  empty message -> 400 / 50006; over-long content / embeds -> 400 / 50035.
+* A channel message with ``nonce`` and ``enforce_nonce`` returns the message the same author
+  created with that nonce in the last few minutes (``NONCE_WINDOW_S``), creating nothing.
 
 Design choices (documented because tests depend on them):
 
@@ -84,6 +87,11 @@ __all__ = [
 API_PREFIX = "/api/v10"
 DISCORD_EPOCH_MS = 1420070400000
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# Discord's cap on a whole message request (files and JSON together), as discord.js utilities
+# record it (MessageLimits.MaximumRequestSize); bigger bodies get 413 / 40005.
+MAX_REQUEST_BYTES = 25_000_000
+# How long Discord remembers a nonce for `enforce_nonce` ("the past few minutes").
+NONCE_WINDOW_S = 5 * 60
 ACK_WINDOW_S = 3.0
 TOKEN_LIFETIME_S = 15 * 60
 HEARTBEAT_INTERVAL_MS = 41250
@@ -593,6 +601,10 @@ class FakeDiscord:
         self.channels: dict[int, _Channel] = {}
         self.users: dict[int, dict[str, Any]] = {}
         self.messages: dict[int, FakeMessage] = {}
+        # Discord's whole-request cap; tests lower it to reach it with small pictures.
+        self.max_request_bytes = MAX_REQUEST_BYTES
+        # (channel id, nonce) -> the message created with it, for `enforce_nonce`.
+        self._nonces: dict[tuple[int, str], FakeMessage] = {}
         self.attachments: dict[int, FakeAttachment] = {}
         self.interactions: dict[int, FakeInteraction] = {}
         self._by_token: dict[str, FakeInteraction] = {}
@@ -1551,6 +1563,8 @@ class FakeDiscord:
             # Checked after reading everything so the client sees a clean 413 reply.
             if any(len(u.data) > MAX_UPLOAD_BYTES for u in uploads):
                 raise _ApiError(413, 40005, "Request entity too large")
+            if sum(len(u.data) for u in uploads) > self.max_request_bytes:
+                raise _ApiError(413, 40005, "Request entity too large")
         else:
             raw = await request.read()
             if raw:
@@ -1980,7 +1994,14 @@ class FakeDiscord:
     async def _post_channel_message(self, request: web.Request, cid: str) -> web.Response:
         ch = self._channel(cid)
         payload, uploads = await self._read_body(request)
+        nonce = payload.get("nonce")
+        if nonce is not None and payload.get("enforce_nonce"):
+            seen = self._nonces.get((ch.id, str(nonce)))
+            if seen is not None and self.clock.time() - seen.created_at < NONCE_WINDOW_S:
+                return _json_response(self._message_json(seen))
         msg = self._create_message(ch.id, payload, uploads, via="bot", flags_mask=_SETTABLE_FLAGS)
+        if nonce is not None:
+            self._nonces[(ch.id, str(nonce))] = msg
         return _json_response(self._message_json(msg))
 
     def _channel_message(self, cid: str, mid: str) -> FakeMessage:

@@ -49,7 +49,7 @@ async def until(read, expected, within: float = 30.0) -> None:
 
 
 async def queued_ids(redis) -> list[str]:
-    return [i.decode() for i in await redis.lrange(Keys().waiting(GUILD_ID), 0, -1)]
+    return [Keys().job_id(k) for k in await redis.lrange(Keys().waiting(GUILD_ID), 0, -1)]
 
 
 @pytest.mark.parametrize("command", ["show", "pause", "resume", "clear", "workers"])
@@ -78,13 +78,13 @@ async def test_show_lists_the_servers_queue_in_order_with_positions(fake, redis)
     lines = [f"#{n} `{i}`" for n, i in zip((1, 3, 4), ids, strict=True)]
     assert all(line in text for line in lines)
     assert [text.index(line) for line in lines] == sorted(text.index(line) for line in lines)
-    other = [i.decode() for i in await redis.lrange(Keys().waiting(OTHER_GUILD_ID), 0, -1)]
+    other = [Keys().job_id(k) for k in await redis.lrange(Keys().waiting(OTHER_GUILD_ID), 0, -1)]
     assert other[0] not in text
 
 
 async def test_only_owners_see_every_servers_queue(fake, redis):
     await pony(fake, channel_id=OTHER_CHANNEL_ID, user_id=OTHER_USER_ID)
-    [other] = [i.decode() for i in await redis.lrange(Keys().waiting(OTHER_GUILD_ID), 0, -1)]
+    [other] = [Keys().job_id(k) for k in await redis.lrange(Keys().waiting(OTHER_GUILD_ID), 0, -1)]
     refused = await queue_cmd(fake, "show", {"everything": True}, as_="admin")
     assert "owners" in refused.original.content
     seen = await queue_cmd(fake, "show", {"everything": True}, as_="owner")
@@ -185,11 +185,12 @@ async def test_a_queued_message_shows_its_new_position_when_it_moves_up(fake, bo
         [button] = [c for row in itx.original.components for c in row["components"]]
         await (await fake.click(itx.original.id, button["custom_id"], user_id=USER_ID)) \
             .wait_response()
-    bot.position_updater.min_gap_s = 0
+    positions = bot.get_cog("PositionsCog")
+    positions.min_gap_s = 0
 
-    assert await bot.position_updater.update_once() == 1
+    assert await positions.update_positions() == 1
     assert "next up" in last.original.content
-    assert await bot.position_updater.update_once() == 0  # nothing moved since
+    assert await positions.update_positions() == 0  # nothing moved since
 
 
 async def test_a_late_server_waits_at_most_one_job_behind_a_busy_one(fake, redis, start_worker):

@@ -1,0 +1,111 @@
+"""The bot's side of the queue: enqueue (with positions and the per-user cap), record the
+message that shows a job, cancel, clear, pause and resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from core.job import INTERACTION_TOKEN_TTL_S, Job
+from core.keys import Keys
+from core.queue.scripts import Scripts
+from core.queue.state import JobStatus, sources
+from core.queue.views import text
+
+GLOBAL = "*"
+# The token key outlives Discord's 15 minutes a little, for clocks that disagree.
+TOKEN_KEEP_S = INTERACTION_TOKEN_TTL_S + 60
+
+
+class UserLimitReached(Exception):
+    def __init__(self, job_ids: list[str], limit: int) -> None:
+        super().__init__(f"user has {len(job_ids)} jobs (limit {limit})")
+        self.job_ids = job_ids
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    position: int  # 1 = next to start (among servers that are not paused); 0 = held by a pause
+    paused: bool  # the server (or everything) is paused: the job waits for a resume
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    job: Job | None
+    # What the job was doing: queued (now removed), running (asked to stop at the next step),
+    # or already finished / unknown.
+    was: str
+    message_id: int | None = None
+
+
+class Producer:
+    def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.result_ttl_s = result_ttl_s
+        self.scripts = Scripts(redis)
+
+    async def enqueue(self, job: Job, *, user_limit: int | None = None) -> Enqueued:
+        """Queue the job behind its server's others; raises UserLimitReached over the cap.
+        Safe to call again for the same job (a retry after a lost reply queues it once)."""
+        k = self.keys
+        reply = await self.scripts.enqueue(
+            keys=[k.job(job.id), k.waiting(job.guild_key), k.ring,
+                  k.user_jobs(job.guild_id, job.user_id), k.wake, k.paused, k.token(job.id)],
+            args=[job.id, job.to_json(), job.guild_key, job.user_id, job.model_id,
+                  job.batch_key(), "" if user_limit is None else user_limit,
+                  job.interaction_token, TOKEN_KEEP_S],
+        )  # fmt: skip
+        if int(reply[0]) == -1:
+            raise UserLimitReached(sorted(text(i) for i in reply[1]), user_limit or 0)
+        return Enqueued(position=int(reply[0]), paused=bool(int(reply[1])))
+
+    async def record_message(self, job_id: str, message_id: int, *, position: int) -> None:
+        """The Discord message that shows the job (for the worker to edit), and the position
+        it shows."""
+        await self.scripts.set_fields(keys=[self.keys.job(job_id)], args=[
+            "message_id", message_id, "shown_position", position, "shown_at", f"{time.time():.3f}",
+        ])  # fmt: skip
+
+    async def record_shown_position(self, job_id: str, position: int) -> None:
+        await self.scripts.set_fields(keys=[self.keys.job(job_id)], args=[
+            "shown_position", position, "shown_at", f"{time.time():.3f}"])  # fmt: skip
+
+    async def cancel(self, job_id: str) -> Cancelled:
+        """Remove a queued job, or ask its worker to stop a running one at the next step."""
+        was, job_json, message, *token = await self.scripts.cancel(
+            keys=[self.keys.job(job_id), self.keys.ring],
+            args=[self.result_ttl_s, sources(JobStatus.CANCELLED)],
+        )
+        job = Job.from_json(job_json).model_copy(
+            update={"interaction_token": text(token[0]) if token else ""}) if job_json else None
+        message = text(message)
+        return Cancelled(job=job, was=text(was), message_id=int(message) if message else None)
+
+    async def clear(self, guild_id: int | None, user_id: int | None = None) -> list[Cancelled]:
+        """Cancel a server's queued jobs (one user's, or everyone's)."""
+        cancelled = []
+        for key in await self.redis.lrange(self.keys.waiting(guild_id or 0), 0, -1):
+            job_id = self.keys.job_id(key)
+            if user_id is not None:
+                owner = await self.redis.hget(key, "user")
+                if owner is None or int(owner) != user_id:
+                    continue
+            result = await self.cancel(job_id)
+            if result.was == JobStatus.QUEUED:
+                cancelled.append(result)
+        return cancelled
+
+    async def pause(self, guild_id: int | None) -> None:
+        """Pause one server (its jobs stay queued, others keep flowing), or all with None."""
+        member = GLOBAL if guild_id is None else str(guild_id)
+        await self.scripts.pause(keys=[self.keys.paused, self.keys.ring,
+                                       self.keys.waiting(guild_id or 0)], args=[member])
+
+    async def resume(self, guild_id: int | None) -> None:
+        member = GLOBAL if guild_id is None else str(guild_id)
+        await self.scripts.resume(keys=[self.keys.paused, self.keys.ring, self.keys.wake,
+                                        self.keys.waiting(guild_id or 0)], args=[member])
