@@ -14,12 +14,13 @@ On the CPU only SDPA applies, which changes no pixel.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from core.config import WorkerConfig
+from core.config import Config, WorkerConfig
 from inference.device import Placement
 
 log = logging.getLogger(__name__)
@@ -85,3 +86,19 @@ def chunk_by_images(counts: list[int], cap: int) -> list[list[int]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def warm_up(pipe: StableDiffusionPipeline, model_id: str, config: Config) -> float:
+    """Compile the UNet for the default size before the first user waits for it (with
+    `worker.compile_unet`); returns the seconds it took."""
+    from core.job import Job
+    from inference.sampling import sample_batch
+
+    dims = config.sizes[config.defaults.size]
+    job = Job(application_id=0, interaction_id=0, guild_id=None, channel_id=0, user_id=0,
+              model_id=model_id, tags="warm-up", prompt="pony", negative_prompt="", seed=0,
+              steps=2, cfg=7.5, sampler=config.defaults.sampler, width=dims.width,
+              height=dims.height)
+    started = time.perf_counter()
+    sample_batch(pipe, [job])
+    return time.perf_counter() - started

@@ -28,6 +28,7 @@ import gc
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +159,19 @@ class ModelCache:
             self._failures.pop(model_id, None)
             assert resident.pipe is not None
             return resident.pipe
+
+    async def preload(self, model_ids: Iterable[str]) -> list[str]:
+        """Load these models before the first job; returns those that loaded. A broken model
+        is logged and recorded and does not take the others down with it."""
+        loaded = []
+        for model_id in model_ids:
+            try:
+                await self.get(model_id)
+            except (ModelLoadError, DeviceFull) as exc:
+                log.error("model %s failed to load: %s", model_id, exc)
+                continue
+            loaded.append(model_id)
+        return loaded
 
     def _entry(self, model_id: str) -> ModelEntry:
         try:

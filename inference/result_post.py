@@ -44,6 +44,22 @@ def upscale_images(config: Config, upscalers: UpscalerCache,
     return [upscaler.upscale(image) for image in images], f"{entry.name} ×{upscaler.scale}"
 
 
+def upscale_for(config: Config, upscalers: UpscalerCache, job: Job, images: list[Image],
+                notes: list[str]) -> tuple[list[Image], str | None]:
+    """The images through the configured upscaler when the job asks for it, and the
+    upscaler's description. An upscale job without one raises UpscalerUnavailable (it is
+    given up); a picture asked with `upscale:true` is posted as drawn, with a note."""
+    if job.kind is not JobKind.UPSCALE and not job.upscale:
+        return images, None
+    try:
+        return upscale_images(config, upscalers, images)
+    except UpscalerUnavailable as exc:
+        if job.kind is JobKind.UPSCALE:
+            raise
+        notes.append(f"not upscaled: {exc}")
+        return images, None
+
+
 def attachment_limit(config: Config, job: Job) -> int:
     """Bytes one file may have: the smaller of the configured limit and what Discord said with
     the interaction."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
+from core.keys import Keys
+from core.queue import JobStatus, QueueView
 from tests.conftest import CHANNEL_ID, GUILD_ID, USER_ID, running_bot
 
 
@@ -29,3 +32,22 @@ def test_the_bot_process_never_imports_the_ml_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+async def test_a_job_whose_answer_failed_is_taken_back_out_of_the_queue(fake, bot, redis):
+    """The user saw "the application did not respond", not a queued message: nothing may run
+    for them behind their back."""
+    fake.inject("POST", r"^/interactions/\d+/[^/]+/callback$", 404)
+    await fake.invoke("pony", {"tags": "pony"}, guild_id=GUILD_ID, channel_id=CHANNEL_ID,
+                      user_id=USER_ID)
+    keys = Keys()
+    view = QueueView(redis, keys)
+    for _ in range(200):
+        ids = [keys.job_id(k) async for k in redis.scan_iter(match=keys.job("*"))]
+        states = [s for s in (await view.states(ids)).values() if s]
+        if states and states[0].status is JobStatus.CANCELLED:
+            break
+        await asyncio.sleep(0.02)
+    assert [s.status for s in states] == [JobStatus.CANCELLED]
+    snapshot = await view.snapshot(all_guilds=True)
+    assert snapshot.queued == [] and snapshot.running == []
