@@ -3,9 +3,9 @@
 Sleep-only workers (no model) take jobs and finish them, once through our queue (Lua
 round-robin take over per-server lists into a consumer group, state hash, per-user sets, the
 `posting` and `posted` moves) and once through a raw XADD / XREADGROUP / XACK loop. Prints
-enqueue->pickup p50/p99 with jobs arriving one at a time, and drain throughput (jobs/s) for 1
-and 4 workers, plus the ratios; then our pickup again with 1,000 paused servers holding jobs
-(a paused server must cost the others nothing).
+enqueue->pickup p50/p99 (until a worker holds the job) with jobs arriving one at a time, and
+drain throughput (jobs/s) for 1 and 4 workers, plus the ratios; then our pickup again with
+1,000 paused servers holding jobs (a paused server must cost the others nothing).
 
     python bench/queue.py [--jobs 400] [--work-ms 0] [--servers 20] [--paused 1000]
 """
@@ -17,7 +17,7 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 # This file's folder must not be on the path: `bench/queue.py` would shadow the stdlib `queue`.
@@ -64,22 +64,22 @@ class Ours:
             await self.producer.enqueue(job(i, self.paused, first_server=1_000_000))
             await self.producer.pause(1_000_000 + i)
 
-    async def put(self, i: int, servers: int) -> str:
-        j = job(i, servers)
+    async def put(self, j: Job) -> None:
         await self.producer.enqueue(j)
-        return j.id
 
-    async def worker(self, name: str, done: Callable[[str], Awaitable[bool]],
-                     stop: asyncio.Event, work_s: float) -> None:
+    async def worker(self, name: str, picked_up: Callable[[str], None],
+                     finished: Callable[[str], None], stop: asyncio.Event,
+                     work_s: float) -> None:
         redis = Redis.from_url(_url)
         consumer = Consumer(redis, KEYS, name, lease_s=60, result_ttl_s=60)
         while not stop.is_set():
             for delivery in await consumer.take(count=1, block_s=0.05):
+                picked_up(delivery.job.id)
                 if work_s:
                     await asyncio.sleep(work_s)
                 await delivery.posting()
                 await delivery.posted(1)
-                await done(delivery.job.id)
+                finished(delivery.job.id)
         await redis.aclose()
 
 
@@ -93,23 +93,23 @@ class Raw:
         await self.redis.flushdb()
         await self.redis.xgroup_create("raw", WORKER_GROUP, id="0", mkstream=True)
 
-    async def put(self, i: int, servers: int) -> str:
-        j = job(i, servers)
+    async def put(self, j: Job) -> None:
         await self.redis.xadd("raw", {"job": j.to_json(), "id": j.id})
-        return j.id
 
-    async def worker(self, name: str, done: Callable[[str], Awaitable[bool]],
-                     stop: asyncio.Event, work_s: float) -> None:
+    async def worker(self, name: str, picked_up: Callable[[str], None],
+                     finished: Callable[[str], None], stop: asyncio.Event,
+                     work_s: float) -> None:
         redis = Redis.from_url(_url)
         while not stop.is_set():
             reply = await redis.xreadgroup(WORKER_GROUP, name, {"raw": ">"}, count=1, block=50)
             for entry_id, fields in reply[0][1] if reply else []:
                 Job.from_json(fields[b"job"])  # the same parsing work as ours
+                picked_up(fields[b"id"].decode())
                 if work_s:
                     await asyncio.sleep(work_s)
                 await redis.xack("raw", WORKER_GROUP, entry_id)
                 await redis.xdel("raw", entry_id)
-                await done(fields[b"id"].decode())
+                finished(fields[b"id"].decode())
         await redis.aclose()
 
 
@@ -122,29 +122,30 @@ async def run(system: Ours | Raw, *, jobs: int, workers: int, servers: int, work
     put_at: dict[str, float] = {}
     pickup: list[float] = []
     remaining = jobs
-    finished = asyncio.Event()
+    all_done = asyncio.Event()
 
-    async def done(job_id: str) -> bool:
-        nonlocal remaining
+    def picked_up(job_id: str) -> None:
         pickup.append(time.perf_counter() - put_at[job_id])
+
+    def finished(job_id: str) -> None:
+        nonlocal remaining
         remaining -= 1
         if remaining <= 0:
-            finished.set()
-        return finished.is_set()
+            all_done.set()
 
     # Workers stop between takes when told (a cancelled one could be left inside a blocking
     # read, and the bench would never end).
-    tasks = [asyncio.create_task(system.worker(f"w{i}", done, finished, work_s))
+    tasks = [asyncio.create_task(system.worker(f"w{i}", picked_up, finished, all_done, work_s))
              for i in range(workers)]
     await asyncio.sleep(0.2)
     start = time.perf_counter()
     for i in range(jobs):
-        t = time.perf_counter()
-        job_id = await system.put(i, servers)
-        put_at[job_id] = t
+        j = job(i, servers)
+        put_at[j.id] = time.perf_counter()
+        await system.put(j)
         if paced:
             await asyncio.sleep(0.005)
-    await asyncio.wait_for(finished.wait(), 120)
+    await asyncio.wait_for(all_done.wait(), 120)
     elapsed = time.perf_counter() - start
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     return pickup, jobs / elapsed

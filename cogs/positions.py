@@ -1,6 +1,7 @@
 """Queued messages stay true while they wait: a position is edited when it moves meaningfully
-(throttled per message and per cycle, so a long queue never floods Discord), and a message whose
-job the queue lost (Redis came back empty) says so instead of waiting for ever."""
+(throttled per message and per cycle, so a long queue never floods Discord), and a user whose
+job the queue lost (Redis came back empty) is told privately to ask again. The notice is a
+message of its own, never an edit: if the job did run after all, its result is not covered."""
 
 from __future__ import annotations
 
@@ -111,8 +112,8 @@ class PositionsCog(commands.Cog):
             if watched.last_seen is not JobStatus.QUEUED:
                 continue
             JobLog(log, job_id).warning("lost by the queue (Redis came back without it)")
-            await self.poster.tell(watched.job, watched.message_id, lost_text(watched.job))
-            told += 1
+            if await self.poster.whisper(watched.job, lost_text(watched.job)):
+                told += 1
         return told
 
 

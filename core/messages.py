@@ -134,8 +134,10 @@ def cancelled_text(job: Job, *, by_admin: bool = False) -> str:
 
 
 def lost_text(job: Job) -> str:
-    return (f"<@{job.user_id}> ⚠️ your job was lost when the queue restarted; nothing will be "
-            f"drawn for it. Please ask again.\n-# job {job.id}")[:_CONTENT_LIMIT]
+    # Said privately and without touching the job's message: the bot cannot see whether a
+    # worker still had the job when Redis forgot it.
+    return (f"⚠️ The queue restarted and lost track of your job `{job.tags[:200]}`: if no "
+            f"picture appears for it, please ask again.\n-# job {job.id}")[:_CONTENT_LIMIT]
 
 
 def progress_text(job: Job, step: int, total: int) -> str:

@@ -94,8 +94,7 @@ class Poster:
             return any(a.filename.startswith(f"pony_{job.id}_") for a in message.attachments)
 
         if message_id is not None and job.token_usable(time.time()):
-            webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
-                                              client=self.client)
+            webhook = self._interaction_webhook(job)
             try:
                 if shows_result(await webhook.fetch_message(message_id)):
                     return message_id
@@ -110,9 +109,16 @@ class Poster:
                 return message.id
         return None
 
-    async def _edit_interaction_message(self, job: Job, message_id: int, post: Post) -> int:
+    def _interaction_webhook(self, job: Job) -> discord.Webhook:
+        """The interaction's token as the application webhook it is (it may send ephemeral
+        messages; discord.py's partial webhooks default to the incoming kind)."""
         webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
                                           client=self.client)
+        webhook.type = discord.WebhookType.application
+        return webhook
+
+    async def _edit_interaction_message(self, job: Job, message_id: int, post: Post) -> int:
+        webhook = self._interaction_webhook(job)
         message = await webhook.edit_message(
             message_id,
             content=post.content,
@@ -151,8 +157,7 @@ class Poster:
         keeps its buttons; False when the token has expired or the edit failed."""
         if not job.token_usable(time.time()):
             return False
-        webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
-                                          client=self.client)
+        webhook = self._interaction_webhook(job)
         try:
             await webhook.edit_message(message_id, content=content,
                                        allowed_mentions=discord.AllowedMentions.none())
@@ -165,12 +170,25 @@ class Poster:
                             preview: bytes | None) -> None:
         """"sampling n/N" and a small preview on the queued message; keeps its Cancel button.
         Raises on failure: the progress reporter counts failures and gives up on the job."""
-        webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
-                                          client=self.client)
+        webhook = self._interaction_webhook(job)
         files = [Attachment("progress.jpg", preview).to_file()] if preview else []
         await webhook.edit_message(message_id, content=progress_text(job, step, total),
                                    attachments=files,
                                    allowed_mentions=discord.AllowedMentions.none())
+
+    async def whisper(self, job: Job, content: str) -> bool:
+        """A message only the user sees (an ephemeral followup through the interaction token),
+        leaving the job's own message as it is; False when the token is gone or it failed."""
+        if not job.token_usable(time.time()):
+            return False
+        webhook = self._interaction_webhook(job)
+        try:
+            await webhook.send(content, ephemeral=True,
+                               allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            JobLog(log, job.id).info("could not tell the user privately: %s", exc)
+            return False
+        return True
 
     async def tell(self, job: Job, message_id: int | None, content: str) -> None:
         """Best effort notice (failures, cancellations): never raises."""

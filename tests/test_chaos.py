@@ -83,7 +83,8 @@ async def test_redis_coming_back_empty_is_survived_and_waiting_users_are_told(
     # by the worker that holds it; the worker takes new jobs by itself.
     assert await positions.tell_lost() == 2
     for itx in waiting:
-        assert "was lost when the queue restarted" in itx.original.content
+        [notice] = itx.followups
+        assert notice.ephemeral and "lost track of your job" in notice.content
     await fake.wait_for(lambda: results_shown(fake, running_id) == 1, timeout=90)
     await fake.wait_for(lambda: results_shown(fake, after_id) == 1, timeout=90)
     assert not worker.task.done()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from core.job import Job
 from core.keys import WORKER_GROUP, Keys
@@ -38,20 +38,26 @@ class Consumer:
         """The next jobs by the queue policy (round-robin across servers, FIFO within, paused
         servers skipped, a loaded model preferred within a bound), up to `count` compatible
         ones; waits up to `block_s` for a wake-up when there are none."""
-        deliveries = await self._take_now(count, preferred_models, max_preference_wait_s)
+        keys, args = self._take_call(count, preferred_models, max_preference_wait_s)
+        deliveries = await self._deliveries(await self.scripts.take(keys=keys, args=args))
         if deliveries or block_s <= 0:
             return deliveries
-        await self.redis.blpop([self.keys.wake], timeout=block_s)
-        return await self._take_now(count, preferred_models, max_preference_wait_s)
-
-    async def _take_now(self, count: int, preferred: Sequence[str],
-                        max_wait: float) -> list[Delivery]:
-        rows = await self.scripts.take(
-            keys=[self.keys.ring, self.keys.paused, self.keys.stream],
-            args=[self.group, self.name, count, max_wait, RING_LOOKAHEAD,
-                  JobStatus.QUEUED.value, JobStatus.RUNNING.value, *preferred],
-        )  # fmt: skip
+        # Wait for a wake-up and take in one round trip: Redis runs the take right after the
+        # wait ends on the same connection. (The script is loaded: it just ran.)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.blpop([self.keys.wake], timeout=block_s)
+            pipe.evalsha(self.scripts.take.sha, len(keys), *keys, *args)
+            try:
+                _, rows = await pipe.execute()
+            except NoScriptError:  # Redis restarted while we waited
+                rows = await self.scripts.take(keys=keys, args=args)
         return await self._deliveries(rows)
+
+    def _take_call(self, count: int, preferred: Sequence[str],
+                   max_wait: float) -> tuple[list[str], list[object]]:
+        return ([self.keys.ring, self.keys.paused, self.keys.stream],
+                [self.group, self.name, count, max_wait, RING_LOOKAHEAD,
+                 JobStatus.QUEUED.value, JobStatus.RUNNING.value, *preferred])
 
     async def reclaim(self, *, count: int) -> list[Delivery]:
         """Jobs whose worker stopped renewing their lease (it died or hung). A paused server's
