@@ -16,25 +16,22 @@ import asyncio
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# The repo root replaces this file's folder: `bench/queue.py` would shadow the stdlib `queue`.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from redis.asyncio import Redis
 
-from core.config import Secrets, Settings
-from core.discord_endpoints import use_endpoints
-from core.keys import Keys
-from core.queue import QueueView
 from ponybot_cli.redis_server import RedisServer
-from tests import conftest as t
-from tests.fake_discord import FakeDiscord
-from tests.tiny_models import build_tiny_pipeline
+from ponybot_core.config import Secrets, Settings
+from ponybot_core.discord_endpoints import use_endpoints
+from ponybot_core.keys import Keys
+from ponybot_core.queue import QueueView
+from ponybot_testkit import world as t
+from ponybot_testkit.fake_discord import FakeDiscord
+from ponybot_testkit.tiny_models import build_tiny_pipeline
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -33,20 +33,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# The repo root replaces the script's own folder (sys.path[0], bench/), whose file names
-# (queue.py...) would shadow stdlib modules.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from core.config import Config, ModelEntry, ModelFormat, WorkerConfig
 from inference.convert import convert
 from inference.device import Placement, choose_placement
 from inference.loading import ModelLoadError, load_from
 from inference.models import GIB, ModelCache, format_bytes, pipeline_bytes
+from ponybot_core.config import Config, ModelEntry, ModelFormat, WorkerConfig
 
 Row = tuple[str, list[float] | str]
 
@@ -122,7 +119,7 @@ def prepare(
 ) -> tuple[ModelEntry, Path | None, Path]:
     """(entry, .ckpt or None, .safetensors single file) inside `work`."""
     if model is None:
-        from tests.tiny_models import (
+        from ponybot_testkit.tiny_models import (
             build_tiny_pipeline,
             build_tiny_single_file,
             tiny_single_file_config,

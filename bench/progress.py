@@ -24,25 +24,20 @@ import asyncio
 import itertools
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# The repo root instead of bench/ itself: bench/queue.py would shadow the standard `queue`.
-_BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
-sys.path.insert(0, str(_BENCH_DIR.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
 import inference.progress as progress
-from core.config import ModelEntry
 from inference.loading import load_pipeline
 from inference.progress import ProgressReporter
-from tests.tiny_models import build_tiny_pipeline
+from ponybot_core.config import ModelEntry
+from ponybot_testkit.tiny_models import build_tiny_pipeline
 
 MODES = ("none", "progress", "every")
 HTTP_S = 0.05

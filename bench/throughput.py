@@ -15,25 +15,22 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# The repo root replaces this file's folder: `bench/queue.py` would shadow the stdlib `queue`.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from concurrent.futures import Future, ThreadPoolExecutor  # imports `queue`: after the fix
 
 import torch
 
-from core.config import ModelEntry, Sampler
-from core.job import Job
 from inference.device import choose_placement
 from inference.encode import encode_png
 from inference.loading import load_pipeline
 from inference.sampling import sample_batch
+from ponybot_core.config import ModelEntry, Sampler
+from ponybot_core.job import Job
 
 
 def jobs(n: int, size: int, steps: int, start: int) -> list[Job]:
@@ -57,7 +54,7 @@ def load(args: argparse.Namespace, workdir: Path):
     else:
         path = Path(args.model) if args.model else None
         if path is None:
-            from tests.tiny_models import build_tiny_pipeline
+            from ponybot_testkit.tiny_models import build_tiny_pipeline
             path = build_tiny_pipeline(workdir / "tiny")
             label = "tiny test model"
         else:

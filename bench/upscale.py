@@ -17,29 +17,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-# The repo root on the path; bench/ itself off it, or bench/queue.py shadows the standard
-# library's queue module (which torch imports).
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-sys.path.insert(0, str(_BENCH.parent))
-
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from core.config import UpscalerEntry
 from inference.device import choose_placement
 from inference.encode import encode_png
 from inference.fit import LOSSY_QUALITIES, encode_webp, fit_image
 from inference.upscale import Upscaler, load_upscaler
-from tests.tiny_esrgan import realesrgan_state_dict, save_pth
+from ponybot_core.config import UpscalerEntry
+from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
 
 PARAMETERS = ("twilight sparkle, unicorn, solo, scr100\nNegative prompt: explicit\n"
               "Steps: 20, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: bench")

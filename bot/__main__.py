@@ -8,10 +8,10 @@ import logging
 import sys
 
 from bot.app import PonyBot
-from core.config import ConfigError, config_path, load_settings
-from core.discord_endpoints import use_endpoints
-from core.logs import setup_logging
-from core.redis_client import bot_redis
+from ponybot_core.config import ConfigError, config_path, load_settings
+from ponybot_core.discord_endpoints import use_endpoints
+from ponybot_core.logs import setup_logging
+from ponybot_core.redis_client import bot_redis
 
 log = logging.getLogger("bot")
 

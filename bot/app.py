@@ -12,9 +12,9 @@ from discord.ext import commands
 from redis.asyncio import Redis
 
 from bot.errors import QueueUnavailable, UserFacingError
-from core.config import Settings
-from core.keys import Keys
-from core.queue import Producer, QueueView
+from ponybot_core.config import Settings
+from ponybot_core.keys import Keys
+from ponybot_core.queue import Producer, QueueView
 
 log = logging.getLogger(__name__)
 

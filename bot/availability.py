@@ -16,10 +16,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.errors import QueueUnavailable, UserFacingError
-from core.config import Config
-from core.heartbeat import WorkerHeartbeat, last_beat_at, read_heartbeats
-from core.job import Job, JobKind
-from core.keys import Keys
+from ponybot_core.config import Config
+from ponybot_core.heartbeat import WorkerHeartbeat, last_beat_at, read_heartbeats
+from ponybot_core.job import Job, JobKind
+from ponybot_core.keys import Keys
 
 
 async def check_job(redis: Redis, keys: Keys, config: Config, job: Job) -> list[str]:

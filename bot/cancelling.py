@@ -8,9 +8,9 @@ import discord
 
 from bot.errors import UserFacingError
 from bot.permissions import is_owner, is_server_admin
-from core.messages import cancelled_text
-from core.poster import Poster
-from core.queue import Cancelled, JobStatus
+from ponybot_core.messages import cancelled_text
+from ponybot_core.poster import Poster
+from ponybot_core.queue import Cancelled, JobStatus
 
 if TYPE_CHECKING:
     from bot.app import PonyBot

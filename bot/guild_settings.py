@@ -23,8 +23,8 @@ from redis.exceptions import WatchError
 
 from bot import tags
 from bot.errors import UserFacingError
-from core.config import Config, ModelEntry
-from core.keys import Keys
+from ponybot_core.config import Config, ModelEntry
+from ponybot_core.keys import Keys
 
 log = logging.getLogger(__name__)
 

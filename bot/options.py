@@ -10,8 +10,8 @@ from discord import app_commands
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from bot.errors import UserFacingError
-from core.config import Config, ModelEntry, Sampler, Size
-from core.job import MAX_SEED
+from ponybot_core.config import Config, ModelEntry, Sampler, Size
+from ponybot_core.job import MAX_SEED
 
 
 class PonyOptions(BaseModel):

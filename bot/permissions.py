@@ -6,7 +6,7 @@ from __future__ import annotations
 import discord
 
 from bot.errors import UserFacingError
-from core.config import Config
+from ponybot_core.config import Config
 
 
 def is_owner(config: Config, user_id: int) -> bool:

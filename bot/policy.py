@@ -27,7 +27,7 @@ import discord
 
 from bot.errors import UserFacingError
 from bot.tags import Rating, config_tag, fold, squash, write_tag
-from core.config import Config
+from ponybot_core.config import Config
 
 REFUSED_OUTSIDE_AGE_RESTRICTED = (Rating.QUESTIONABLE, Rating.EXPLICIT)
 _WORD = re.compile(r"[^\W_]+")

@@ -21,11 +21,11 @@ from bot import availability, guild_settings
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
 from bot.views import queued_view
-from core.config import Config
-from core.job import Job
-from core.logs import JobLog
-from core.messages import queued_text
-from core.queue import JobStatus, UserLimitReached
+from ponybot_core.config import Config
+from ponybot_core.job import Job
+from ponybot_core.logs import JobLog
+from ponybot_core.messages import queued_text
+from ponybot_core.queue import JobStatus, UserLimitReached
 
 if TYPE_CHECKING:
     from bot.app import PonyBot

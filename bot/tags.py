@@ -12,7 +12,8 @@ content/articles/stable-diffusion-training-notes/index.md @ 129cc1a). So: NFKC a
 `_` read as a space, single spaces, namespaced tags as `ns:value` (`by=x` and `artist=x` read
 as `artist:x`), ratings by their name however they are punctuated (`Explicit!`,
 `rating:explicit`). Nothing about a particular model is written here: its `CaptionProfile`
-(core/config.py, filled in config.toml with the evidence) says how its captions were written.
+(ponybot_core/config.py, filled in config.toml with the evidence) says how its captions were
+written.
 
 Rendering follows the training code's caption builder (translunar-diffusion
 data/metadata/metadata.py @ 06e6206): tags from `non_caption_tags` were removed, the score tag
@@ -46,7 +47,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from bot import clip_tokens
-from core.config import CaptionProfile, Limits, LongPrompts, ModelEntry
+from ponybot_core.config import CaptionProfile, Limits, LongPrompts, ModelEntry
 
 # Discord caps an option at 6000 characters; anything longer is not a real prompt.
 MAX_INPUT_CHARS = 10_000

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from bot.cancelling import cancel_job
 from bot.errors import QueueUnavailable, UserFacingError
-from core.custom_ids import Action, custom_id, template
+from ponybot_core.custom_ids import Action, custom_id, template
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
 
 Discord only hides whole top-level commands by permission, and `/model list` is for everyone,
 so the admin subcommands check Manage Server themselves. The settings live in
-`bot.guild_settings`; live worker state comes from their heartbeats (`core.heartbeat`).
+`bot.guild_settings`; live worker state comes from their heartbeats (`ponybot_core.heartbeat`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from bot import availability, guild_settings, policy, tags
 from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings, SettingsUnavailable
 from bot.options import model_choices
-from core.config import CaptionProfile, Config, LongPrompts, ModelEntry
-from core.heartbeat import WorkerHeartbeat, read_heartbeats
+from ponybot_core.config import CaptionProfile, Config, LongPrompts, ModelEntry
+from ponybot_core.heartbeat import WorkerHeartbeat, read_heartbeats
 
 if TYPE_CHECKING:
     from bot.app import PonyBot

@@ -16,8 +16,8 @@ from bot import guild_settings, policy, tags
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.options import PonyOptions, model_choices, resolve_generation
 from bot.submit import request_fields, submit
-from core.config import Config, ModelEntry
-from core.job import MAX_SEED, Job
+from ponybot_core.config import Config, ModelEntry
+from ponybot_core.job import MAX_SEED, Job
 
 if TYPE_CHECKING:
     from bot.app import PonyBot

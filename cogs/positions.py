@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from discord.ext import commands, tasks
 
-from core.job import Job
-from core.logs import JobLog
-from core.messages import lost_text, queued_text
-from core.poster import Poster
-from core.queue import JobStatus
+from ponybot_core.job import Job
+from ponybot_core.logs import JobLog
+from ponybot_core.messages import lost_text, queued_text
+from ponybot_core.poster import Poster
+from ponybot_core.queue import JobStatus
 
 if TYPE_CHECKING:
     from bot.app import PonyBot

@@ -13,7 +13,7 @@ from bot import guild_settings
 from bot.cancelling import cancel_job, tell_cancelled
 from bot.permissions import is_owner, require_owner, require_server_admin
 from bot.views import CancelButton
-from core.heartbeat import read_heartbeats
+from ponybot_core.heartbeat import read_heartbeats
 
 if TYPE_CHECKING:
     from bot.app import PonyBot

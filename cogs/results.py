@@ -1,7 +1,7 @@
 """The buttons under every result: 🔁 Re-roll, U1–Un (upscale), V1–Vn (variation), 🗑 Delete.
 
-Workers post the buttons (`core.messages.result_view`); the bot answers them here. Each is a
-`discord.ui.DynamicItem` whose template comes from `core.custom_ids`, so a click on a result
+Workers post the buttons (`ponybot_core.messages.result_view`); the bot answers them here. Each is a
+`discord.ui.DynamicItem` whose template comes from `ponybot_core.custom_ids`, so a click on a result
 posted days ago, across any number of restarts, still finds its job: the parameters are read
 back from the job's state hash, which is kept `queue.result_ttl_s` after the job finished.
 
@@ -28,10 +28,10 @@ from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
 from bot.permissions import is_owner, is_server_admin
 from bot.submit import request_fields, submit
-from core.custom_ids import Action, custom_id, template
-from core.job import MAX_SEED, Job, JobKind, new_job_id
-from core.logs import JobLog
-from core.queue import JobState, JobStatus
+from ponybot_core.custom_ids import Action, custom_id, template
+from ponybot_core.job import MAX_SEED, Job, JobKind, new_job_id
+from ponybot_core.logs import JobLog
+from ponybot_core.queue import JobState, JobStatus
 
 if TYPE_CHECKING:
     from bot.app import PonyBot

@@ -9,10 +9,10 @@ import logging
 import signal
 import sys
 
-from core.config import ConfigError, Settings, config_path, load_settings
-from core.discord_endpoints import use_endpoints
-from core.logs import setup_logging
-from core.redis_client import worker_redis
+from ponybot_core.config import ConfigError, Settings, config_path, load_settings
+from ponybot_core.discord_endpoints import use_endpoints
+from ponybot_core.logs import setup_logging
+from ponybot_core.redis_client import worker_redis
 
 log = logging.getLogger("inference")
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from core.config import Config
-from core.heartbeat import WorkerHeartbeat, publish_heartbeat, read_heartbeats
-from core.keys import Keys
-from core.queue import Consumer
 from inference.inventory import Inventory, check_all
+from ponybot_core.config import Config
+from ponybot_core.heartbeat import WorkerHeartbeat, publish_heartbeat, read_heartbeats
+from ponybot_core.keys import Keys
+from ponybot_core.queue import Consumer
 
 log = logging.getLogger(__name__)
 

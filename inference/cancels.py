@@ -10,9 +10,9 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from core.queue import Consumer, Delivery
 from inference.background import in_background
 from inference.retrying import is_unavailable
+from ponybot_core.queue import Consumer, Delivery
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import torch
 
-from core.config import Config, ModelEntry, ModelFormat
 from inference.loading import ModelLoadError, load_from, unsafe_pickle_globals
 from inference.model_files import (
     converted_diffusers_path,
@@ -43,6 +42,7 @@ from inference.model_files import (
     resolve_path,
     sd1_layout_problem,
 )
+from ponybot_core.config import Config, ModelEntry, ModelFormat
 
 Target = Literal["safetensors", "diffusers"]
 Report = Callable[[str], None]

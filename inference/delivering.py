@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from PIL.Image import Image
 
-from core.config import Config
-from core.logs import JobLog
-from core.poster import Post, Poster, PostFailed
-from core.queue import Delivery
 from inference.result_post import files_budget, render_post
+from ponybot_core.config import Config
+from ponybot_core.logs import JobLog
+from ponybot_core.poster import Post, Poster, PostFailed
+from ponybot_core.queue import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from PIL.Image import Image
 
-from core.config import WorkerConfig
-from core.job import Job, JobKind
 from inference.device import Placement
 from inference.fast_path import chunk_by_images, configure_for_size, images_per_call
 from inference.faults import fault_point
 from inference.sampling import Sampled, sample_batch
 from inference.variation import vary
+from ponybot_core.config import WorkerConfig
+from ponybot_core.job import Job, JobKind
 
 
 def draw(pipe: Any, jobs: Sequence[Job], source: Image | None, config: WorkerConfig,

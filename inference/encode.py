@@ -7,7 +7,7 @@ import io
 from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
 
-from core.job import Job
+from ponybot_core.job import Job
 
 
 def a1111_parameters(job: Job, seed: int, *, model_name: str) -> str:

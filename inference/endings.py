@@ -10,16 +10,16 @@ import logging
 
 import torch
 
-from core.logs import JobLog
-from core.messages import cancelled_text, failure_text
-from core.poster import Poster, PostFailed
-from core.queue import Delivery, Outcome
 from inference.leases import LeaseKeeper
 from inference.loading import ModelLoadError
 from inference.models import ModelCache
 from inference.result_post import UpscalerUnavailable
 from inference.retrying import Stopping, patiently
 from inference.sources import SourceUnavailable
+from ponybot_core.logs import JobLog
+from ponybot_core.messages import cancelled_text, failure_text
+from ponybot_core.poster import Poster, PostFailed
+from ponybot_core.queue import Delivery, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from core.config import Config, WorkerConfig
 from inference.device import Placement
+from ponybot_core.config import Config, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def chunk_by_images(counts: list[int], cap: int) -> list[list[int]]:
 def warm_up(pipe: StableDiffusionPipeline, model_id: str, config: Config) -> float:
     """Compile the UNet for the default size before the first user waits for it (with
     `worker.compile_unet`); returns the seconds it took."""
-    from core.job import Job
     from inference.sampling import sample_batch
+    from ponybot_core.job import Job
 
     dims = config.sizes[config.defaults.size]
     job = Job(application_id=0, interaction_id=0, guild_id=None, channel_id=0, user_id=0,

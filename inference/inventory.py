@@ -21,7 +21,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from core.config import Config, ModelEntry, ModelFormat, UpscalerEntry
 from inference.model_files import (
     converted_copy,
     converted_safetensors_path,
@@ -29,6 +28,7 @@ from inference.model_files import (
     resolve_path,
     sd1_layout_problem,
 )
+from ponybot_core.config import Config, ModelEntry, ModelFormat, UpscalerEntry
 
 # Components a diffusers folder must hold weights for (the safety checker is never loaded).
 _WEIGHTED = ("unet", "vae", "text_encoder")
@@ -82,7 +82,8 @@ class Inventory(BaseModel):
         return problems
 
     def heartbeat_fields(self) -> dict[str, object]:
-        """What a worker's heartbeat says about its files (`core.heartbeat.WorkerHeartbeat`)."""
+        """What a worker's heartbeat says about its files
+        (`ponybot_core.heartbeat.WorkerHeartbeat`)."""
         return {"serves": self.usable_models(), "upscalers": self.usable_upscalers(),
                 "unavailable": self.unavailable()}
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from core.logs import JobLog
-from core.queue import Consumer, Delivery
 from inference.retrying import is_unavailable
+from ponybot_core.logs import JobLog
+from ponybot_core.queue import Consumer, Delivery
 
 log = logging.getLogger(__name__)
 

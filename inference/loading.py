@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from core.config import ModelEntry, ModelFormat, Sampler
 from inference.model_files import (
     CONVERTED_DIFFUSERS_SUFFIX,
     converted_copy,
@@ -42,6 +41,7 @@ from inference.model_files import (
     sd1_layout_problem,
 )
 from inference.samplers import SEED_DDIM_CONFIG, make_scheduler
+from ponybot_core.config import ModelEntry, ModelFormat, Sampler
 
 log = logging.getLogger(__name__)
 

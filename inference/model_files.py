@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from core.config import ModelFormat
+from ponybot_core.config import ModelFormat
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from core.config import Config, ModelEntry
 from inference.device import Placement
 from inference.fast_path import prepare
 from inference.loading import ModelLoadError, load_pipeline
+from ponybot_core.config import Config, ModelEntry
 
 log = logging.getLogger(__name__)
 

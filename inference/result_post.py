@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from PIL.Image import Image
 
-from core.config import Config
-from core.job import Job, JobKind
-from core.messages import result_embed, result_text, result_view
-from core.poster import Attachment, Post
 from inference.encode import a1111_parameters
 from inference.fit import fit_images
 from inference.upscale import UpscaleError, UpscalerCache
+from ponybot_core.config import Config
+from ponybot_core.job import Job, JobKind
+from ponybot_core.messages import result_embed, result_text, result_view
+from ponybot_core.poster import Attachment, Post
 
 
 class UpscalerUnavailable(Exception):

@@ -23,7 +23,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from core.config import Sampler
+from ponybot_core.config import Sampler
 
 # The pony-diffusion model card's scheduler: DDIM on the SD 1.x training schedule.
 SEED_DDIM_CONFIG: dict[str, Any] = {

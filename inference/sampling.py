@@ -15,9 +15,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL.Image import Image
 
-from core.job import Job
 from inference.prompt_embeds import encode
 from inference.samplers import apply_sampler
+from ponybot_core.job import Job
 
 
 @dataclass(frozen=True)

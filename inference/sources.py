@@ -20,8 +20,8 @@ import time
 import discord
 from PIL import Image
 
-from core.job import Job
-from core.queue import QueueView
+from ponybot_core.job import Job
+from ponybot_core.queue import QueueView
 
 
 class SourceUnavailable(Exception):

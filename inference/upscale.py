@@ -36,8 +36,8 @@ from spandrel import (
     canonicalize_state_dict,
 )
 
-from core.config import UpscalerEntry
 from inference.model_files import resolve_path
+from ponybot_core.config import UpscalerEntry
 
 log = logging.getLogger(__name__)
 

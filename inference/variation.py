@@ -20,10 +20,10 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from core.job import Job, JobKind
 from inference.prompt_embeds import encode
 from inference.samplers import apply_sampler
 from inference.sampling import Sampled, generators
+from ponybot_core.job import Job, JobKind
 
 
 def img2img_view(pipe: StableDiffusionPipeline) -> StableDiffusionImg2ImgPipeline:

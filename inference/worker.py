@@ -4,7 +4,7 @@
 steps, each one call. A job is text to image (`/pony`, 🔁 Re-roll), an upscale (U buttons) or a
 variation (V buttons) of an earlier image fetched back from Discord (`inference.sources`).
 
-Promises kept here, with the queue's moves (`core.queue.delivery`):
+Promises kept here, with the queue's moves (`ponybot_core.queue.delivery`):
 - exactly once: a job is marked `posting` before its post and `posted` + acknowledged in one
   step after it; a job taken over in `posting` is checked with Discord before it is drawn
   again (`Poster.find_posted`), and channel posts carry a nonce Discord deduplicates;
@@ -30,13 +30,6 @@ from dataclasses import dataclass
 import discord
 from redis.asyncio import Redis
 
-from core.config import Settings
-from core.heartbeat import remove_heartbeat
-from core.job import JobKind
-from core.keys import Keys
-from core.logs import JobLog
-from core.poster import Poster
-from core.queue import Consumer, Delivery, JobStatus, Outcome
 from inference.background import in_background
 from inference.beats import Beats, tidy
 from inference.cancels import watch_cancels
@@ -55,6 +48,13 @@ from inference.sampling import Sampled
 from inference.sources import fetch_source_image
 from inference.throughput import Throughput
 from inference.upscale import UpscalerCache
+from ponybot_core.config import Settings
+from ponybot_core.heartbeat import remove_heartbeat
+from ponybot_core.job import JobKind
+from ponybot_core.keys import Keys
+from ponybot_core.logs import JobLog
+from ponybot_core.poster import Poster
+from ponybot_core.queue import Consumer, Delivery, JobStatus, Outcome
 
 log = logging.getLogger(__name__)
 

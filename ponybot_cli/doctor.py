@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.config import ConfigError, Settings, config_path, load_settings
-from core.discord_endpoints import use_endpoints
-from core.logs import masked_url, setup_logging
 from inference.inventory import check_all, human_size
 from ponybot_cli.redis_server import redis_server_binary
 from ponybot_cli.settings import redis_url
+from ponybot_core.config import ConfigError, Settings, config_path, load_settings
+from ponybot_core.discord_endpoints import use_endpoints
+from ponybot_core.logs import masked_url, setup_logging
 
 MIN_REDIS = (6, 2)
 # SD 1.x: UNet 859.5 M, VAE 83.7 M, CLIP ViT-L/14 text encoder 123.1 M parameters.

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 from bot.errors import UserFacingError
 from bot.options import PonyOptions, resolve_generation
-from core.config import Settings, Size
-from core.job import MAX_SEED, Job
 from inference.inventory import check_model
 from ponybot_cli.settings import load_or_explain
+from ponybot_core.config import Settings, Size
+from ponybot_core.job import MAX_SEED, Job
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -10,12 +10,12 @@ import asyncio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.config import Settings
-from core.heartbeat import WorkerHeartbeat, read_heartbeats
-from core.keys import Keys
 from inference.inventory import check_all
 from ponybot_cli import pull
 from ponybot_cli.settings import load_or_explain, redis_url
+from ponybot_core.config import Settings
+from ponybot_core.heartbeat import WorkerHeartbeat, read_heartbeats
+from ponybot_core.keys import Keys
 
 _FAILURE_CHARS = 60
 

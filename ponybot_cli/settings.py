@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from core.config import ConfigError, Settings, config_path, load_settings
-from core.logs import setup_logging
 from ponybot_cli.redis_server import running_url
+from ponybot_core.config import ConfigError, Settings, config_path, load_settings
+from ponybot_core.logs import setup_logging
 
 
 def load_or_explain(cli_value: str | None) -> Settings | None:

@@ -20,12 +20,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from core.config import Settings
-from core.logs import masked_url
 from inference.inventory import check_all
 from ponybot_cli.children import die_with_parent
 from ponybot_cli.redis_server import RedisServer
 from ponybot_cli.settings import load_or_explain
+from ponybot_core.config import Settings
+from ponybot_core.logs import masked_url
 
 log = logging.getLogger("ponybot")
 

@@ -20,30 +20,16 @@ from redis.asyncio import Redis
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from core.config import CaptionProfile, Config, ModelEntry, Sampler, Secrets, Settings
-from core.discord_endpoints import use_endpoints
-from core.job import Job
-from core.keys import Keys
-from core.queue import Consumer, JobStatus, Producer, QueueView
-from core.redis_client import worker_redis
 from ponybot_cli.redis_server import RedisServer
+from ponybot_core.config import ModelEntry, Secrets, Settings
+from ponybot_core.keys import Keys
+from ponybot_core.queue import Consumer, JobStatus, Producer, QueueView
+from ponybot_core.redis_client import worker_redis
+from ponybot_testkit.fake_discord import FakeDiscord
+from ponybot_testkit.world import BOT_TOKEN, OWNER_ID, fake_world, running_bot, tiny_config
 
 if TYPE_CHECKING:
     from inference.worker import Worker
-    from tests.fake_discord import FakeDiscord
-
-BOT_TOKEN = "test-bot-token"
-APPLICATION_ID = 1_000_000_000_000_001
-BOT_USER_ID = 1_000_000_000_000_001
-OWNER_ID = 2_000_000_000_000_001
-GUILD_ID = 3_000_000_000_000_001
-OTHER_GUILD_ID = 3_000_000_000_000_002
-CHANNEL_ID = 4_000_000_000_000_001
-NSFW_CHANNEL_ID = 4_000_000_000_000_002
-OTHER_CHANNEL_ID = 4_000_000_000_000_003
-USER_ID = 5_000_000_000_000_001
-OTHER_USER_ID = 5_000_000_000_000_002
-
 
 # --- Redis -------------------------------------------------------------------------------------
 
@@ -89,55 +75,11 @@ def tiny_pipe(tiny_pipeline_dir: Path) -> object:
                          base_dir=tiny_pipeline_dir.parent)
 
 
-def make_job(**overrides: object) -> Job:
-    """A valid job for the tiny model; tests override what they are about."""
-    fields: dict[str, object] = dict(
-        application_id=1, interaction_id=2, interaction_token="tok", guild_id=3, channel_id=4,
-        user_id=5, model_id="tiny", tags="pony", prompt="pony, solo", negative_prompt="",
-        seed=1, steps=2, cfg=7.5, sampler=Sampler.DDIM, width=64, height=64,
-    )
-    fields.update(overrides)
-    return Job.model_validate(fields)
-
-
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_models import build_tiny_pipeline
+    from ponybot_testkit.tiny_models import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "tiny-pony")
-
-
-def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides: object) -> Config:
-    """The project's config shape with the tiny model and tiny sizes, talking to the fake."""
-    raw: dict[str, object] = {
-        "default_model": "tiny",
-        "models": [
-            ModelEntry(id="tiny", name="Tiny Pony", path=pipeline_dir,
-                       description="random weights for tests",
-                       caption=CaptionProfile(score_tag="scr100",
-                                              sfw_negative_tags=["explicit"])).model_dump(),
-            ModelEntry(id="tiny-v2", name="Tiny Pony V2", path=pipeline_dir,
-                       caption=CaptionProfile(separator=" ", underscores=True, replacements=[
-                           ("twilight sparkle", "twilight"), ("artist:", "by="), (":", "=")],
-                       )).model_dump(),
-        ],
-        "defaults": {"steps": 2, "cfg": 7.5, "sampler": "ddim", "size": "square", "count": 1},
-        "sizes": {
-            "square": {"width": 64, "height": 64},
-            "portrait": {"width": 64, "height": 96},
-            "landscape": {"width": 96, "height": 64},
-        },
-        # Progress edits are tested on their own (test_live_progress.py): elsewhere they would
-        # make what a message shows depend on how fast this machine samples.
-        "worker": {"device": "cpu", "max_batch": 1, "block_ms": 100, "progress": False},
-        "queue": {"max_attempts": 3, "lease_s": 2.0, "result_ttl_s": 3600, "user_limit": 50},
-        "discord": {"owners": [OWNER_ID]},
-    }
-    if fake is not None:
-        raw["discord"] = {"api_base": fake.api_base, "gateway_url": fake.gateway_url,
-                          "owners": [OWNER_ID]}
-    raw.update(overrides)
-    return Config.model_validate(raw)
 
 
 @pytest.fixture
@@ -155,17 +97,7 @@ def settings(tmp_path: Path, tiny_pipeline_dir: Path, fake: FakeDiscord,
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
-    from tests.fake_discord import FakeDiscord
-
-    fake = FakeDiscord(bot_token=BOT_TOKEN, application_id=APPLICATION_ID,
-                       bot_user_id=BOT_USER_ID, owner_id=OWNER_ID)
-    fake.add_guild(GUILD_ID, name="Ponyville", owner_id=OWNER_ID)
-    fake.add_channel(GUILD_ID, CHANNEL_ID, name="general", nsfw=False)
-    fake.add_channel(GUILD_ID, NSFW_CHANNEL_ID, name="after-dark", nsfw=True)
-    fake.add_guild(OTHER_GUILD_ID, name="Canterlot", owner_id=OTHER_USER_ID)
-    fake.add_channel(OTHER_GUILD_ID, OTHER_CHANNEL_ID, name="art", nsfw=False)
-    fake.add_user(USER_ID, name="applebloom")
-    fake.add_user(OTHER_USER_ID, name="scootaloo")
+    fake = fake_world()
     await fake.start()
     yield fake
     await fake.close()
@@ -177,24 +109,6 @@ async def bot(settings: Settings, fake: FakeDiscord, redis: Redis) -> AsyncItera
         yield running
 
 
-@contextlib.asynccontextmanager
-async def running_bot(settings: Settings, fake: FakeDiscord) -> AsyncIterator[object]:
-    from bot.app import PonyBot
-    from core.redis_client import bot_redis
-
-    assert settings.redis_url
-    use_endpoints(settings.config.discord)
-    bot = PonyBot(settings, bot_redis(settings.redis_url))
-    await bot.login(BOT_TOKEN)
-    task = asyncio.create_task(bot.connect(reconnect=False))
-    try:
-        await fake.wait_for_bot(timeout=10)
-        await fake.wait_for_commands(timeout=10)
-        yield bot
-    finally:
-        await bot.close()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, 5)
 
 
 # --- What users see ---------------------------------------------------------------------------

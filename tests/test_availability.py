@@ -12,13 +12,13 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bot.availability import no_worker_note, why_not_served
-from core.config import Config, Settings
-from core.custom_ids import Action, custom_id
-from core.discord_endpoints import use_endpoints
-from core.heartbeat import WorkerHeartbeat, publish_heartbeat, read_heartbeats
-from core.job import JobKind
-from core.keys import Keys
-from tests.conftest import CHANNEL_ID, GUILD_ID, USER_ID, make_job
+from ponybot_core.config import Config, Settings
+from ponybot_core.custom_ids import Action, custom_id
+from ponybot_core.discord_endpoints import use_endpoints
+from ponybot_core.heartbeat import WorkerHeartbeat, publish_heartbeat, read_heartbeats
+from ponybot_core.job import JobKind
+from ponybot_core.keys import Keys
+from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, USER_ID, make_job
 
 KEYS = Keys("ponybot")
 
@@ -132,7 +132,7 @@ async def test_a_worker_publishes_which_models_it_can_serve_from_its_first_beat(
 
 
 def test_upscaling_is_refused_when_no_worker_has_an_upscaler(tiny_pipeline_dir: Path) -> None:
-    from tests.conftest import tiny_config
+    from ponybot_testkit.world import tiny_config
 
     config = tiny_config(tiny_pipeline_dir)
     beats = [WorkerHeartbeat(name="a", host="h", device="cpu", at=0, serves=["tiny"],

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inference.sampling import sample_batch, sample_with_info
-from tests.conftest import make_job
+from ponybot_testkit.world import make_job
 
 
 @pytest.fixture

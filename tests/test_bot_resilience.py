@@ -6,9 +6,9 @@ import asyncio
 import subprocess
 import sys
 
-from core.keys import Keys
-from core.queue import JobStatus, QueueView
-from tests.conftest import CHANNEL_ID, GUILD_ID, USER_ID, running_bot
+from ponybot_core.keys import Keys
+from ponybot_core.queue import JobStatus, QueueView
+from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, USER_ID, running_bot
 
 
 async def test_unreachable_redis_is_reported_and_the_bot_keeps_running(fake, settings, redis):

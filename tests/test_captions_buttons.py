@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import Config, Settings, UpscalerEntry
-from core.custom_ids import Action, custom_id
-from tests.conftest import GUILD_ID, NSFW_CHANNEL_ID, USER_ID
+from ponybot_core.config import Config, Settings, UpscalerEntry
+from ponybot_core.custom_ids import Action, custom_id
+from ponybot_testkit.world import GUILD_ID, NSFW_CHANNEL_ID, USER_ID
 
 MANAGE_GUILD = 1 << 5
 BUTTONS = [(Action.REROLL, None), (Action.UPSCALE, 0), (Action.VARY, 0)]
@@ -17,7 +17,7 @@ BUTTONS = [(Action.REROLL, None), (Action.UPSCALE, 0), (Action.VARY, 0)]
 
 @pytest.fixture(scope="session")
 def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> UpscalerEntry:
-    from tests.tiny_esrgan import realesrgan_state_dict, save_pth
+    from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
 
     path = save_pth(realesrgan_state_dict(), tmp_path_factory.mktemp("esrgan") / "tiny-x4.pth")
     return UpscalerEntry(id="tiny-esrgan", name="Tiny ESRGAN", path=path)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from bot.errors import UserFacingError
 from bot.options import PonyOptions
 from cogs.pony import render_prompt
-from core.config import ModelEntry, load_config
+from ponybot_core.config import ModelEntry, load_config
 
 SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")
 MODELS = [SHIPPED.model(i) for i in ("pony-diffusion", "v1", "v2")]

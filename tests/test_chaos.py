@@ -8,19 +8,14 @@ import asyncio
 
 import pytest
 
-from core.config import Settings
-from core.keys import Keys
-from core.queue import JobStatus, QueueView
 from inference import faults
 from inference.models import DeviceFull
-from tests.conftest import (
-    CHANNEL_ID,
-    USER_ID,
-    queued_job_id,
-    results_shown,
-    until_finished,
-)
-from tests.redis_faults import Faults
+from ponybot_core.config import Settings
+from ponybot_core.keys import Keys
+from ponybot_core.queue import JobStatus, QueueView
+from ponybot_testkit.redis_faults import Faults
+from ponybot_testkit.world import CHANNEL_ID, USER_ID
+from tests.conftest import queued_job_id, results_shown, until_finished
 
 pytestmark = pytest.mark.usefixtures("bot")
 

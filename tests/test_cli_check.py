@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Secrets, Settings, load_config
 from ponybot_cli import doctor
 from ponybot_cli.doctor import Finding, check_device, check_files, check_redis, diagnose
 from ponybot_cli.redis_server import RedisServer, free_port
-from tests.conftest import BOT_TOKEN
+from ponybot_core.config import Secrets, Settings, load_config
+from ponybot_testkit.world import BOT_TOKEN
 
 
 def write_config(folder: Path, pipeline_dir: Path, fake, *, default: str = "tiny",

@@ -13,13 +13,13 @@ from PIL import Image
 
 from bot.options import PonyOptions, resolve_generation
 from cogs.pony import render_prompt
-from core.config import load_config
-from core.job import Job
 from inference.device import choose_placement
 from inference.models import ModelCache
 from inference.result_post import image_parameters
 from inference.sampling import sample_batch
 from ponybot_cli.main import main
+from ponybot_core.config import load_config
+from ponybot_core.job import Job
 
 
 def write_config(folder: Path, pipeline_dir: Path, upscaler: Path | None = None) -> Path:
@@ -106,7 +106,7 @@ def test_draw_writes_what_the_bot_would_post_and_says_what_the_model_saw(
 
 def test_draw_upscales_through_the_configured_upscaler(
         tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.tiny_esrgan import realesrgan_state_dict, save_pth
+    from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
 
     upscaler = save_pth(realesrgan_state_dict(), tmp_path / "tiny-x4.pth")
     config_path = write_config(tmp_path, tiny_pipeline_dir, upscaler)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from core.heartbeat import WorkerHeartbeat, publish_heartbeat
-from core.keys import Keys
 from ponybot_cli.main import main
 from ponybot_cli.redis_server import RedisServer
+from ponybot_core.heartbeat import WorkerHeartbeat, publish_heartbeat
+from ponybot_core.keys import Keys
 
 
 def write_config(folder: Path, pipeline_dir: Path) -> Path:

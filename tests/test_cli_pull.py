@@ -1,5 +1,5 @@
 """`ponybot models pull`: the real huggingface_hub client, run as the CLI, against a hub the
-tests own on loopback (tests/fake_hub.py). Nothing is downloaded from outside."""
+tests own on loopback (ponybot_testkit/fake_hub.py). Nothing is downloaded from outside."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ModelEntry
-from tests.fake_hub import FakeHub
+from ponybot_core.config import ModelEntry
+from ponybot_testkit.fake_hub import FakeHub
 
 REPO = "AstraliteHeart/pony-diffusion"
 # What StableDiffusionPipeline loads from the tiny pipeline's folder, safetensors chosen.

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from core.heartbeat import read_heartbeats
-from core.keys import Keys
-from tests.conftest import BOT_TOKEN
+from ponybot_core.heartbeat import read_heartbeats
+from ponybot_core.keys import Keys
+from ponybot_testkit.world import BOT_TOKEN
 
 
 def write_config(folder: Path, pipeline_dir: Path, fake) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, ModelFormat, Secrets, config_path, load_config
+from ponybot_core.config import ConfigError, ModelFormat, Secrets, config_path, load_config
 from tests.translunar_reference import METADATA_PARAMS, TAG_SEPARATOR
 
 REPO = Path(__file__).resolve().parent.parent

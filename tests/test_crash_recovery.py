@@ -9,8 +9,9 @@ import signal
 
 import pytest
 
-from core.keys import Keys
-from tests.conftest import CHANNEL_ID, USER_ID, spawn_worker, write_config_toml
+from ponybot_core.keys import Keys
+from ponybot_testkit.world import CHANNEL_ID, USER_ID
+from tests.conftest import spawn_worker, write_config_toml
 
 pytestmark = pytest.mark.usefixtures("bot")
 

@@ -12,12 +12,11 @@ import asyncio
 
 import pytest
 
-from core.keys import Keys
-from core.queue import JobStatus, QueueView
 from inference import faults
+from ponybot_core.keys import Keys
+from ponybot_core.queue import JobStatus, QueueView
+from ponybot_testkit.world import CHANNEL_ID, USER_ID
 from tests.conftest import (
-    CHANNEL_ID,
-    USER_ID,
     queued_job_id,
     results_shown,
     spawn_worker,

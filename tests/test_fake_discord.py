@@ -1,4 +1,4 @@
-"""Proves that tests/fake_discord.py behaves like Discord for a real discord.py bot.
+"""Proves that ponybot_testkit/fake_discord behaves like Discord for a real discord.py bot.
 
 One module-scoped fixture starts the fake, points discord.py at it (Route.BASE and
 DiscordWebSocket.DEFAULT_GATEWAY, the same two assignments the project makes), logs a real
@@ -26,7 +26,7 @@ from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from tests.fake_discord import MAX_UPLOAD_BYTES, FakeDiscord, snowflake_time
+from ponybot_testkit.fake_discord import MAX_UPLOAD_BYTES, FakeDiscord, snowflake_time
 
 TOKEN = "test-token"
 APP_ID = 1100000000000000001

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.config import WorkerConfig
 from inference.device import choose_placement
 from inference.fast_path import chunk_by_images, configure_for_size, images_per_call, prepare
 from inference.sampling import sample_with_info
-from tests.conftest import make_job
+from ponybot_core.config import WorkerConfig
+from ponybot_testkit.world import make_job
 
 
 @pytest.fixture

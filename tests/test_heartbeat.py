@@ -8,7 +8,7 @@ import time
 
 from redis.asyncio import Redis
 
-from core.heartbeat import (
+from ponybot_core.heartbeat import (
     FORGET_AFTER_S,
     WorkerHeartbeat,
     last_beat_at,
@@ -16,7 +16,7 @@ from core.heartbeat import (
     read_heartbeats,
     remove_heartbeat,
 )
-from core.keys import Keys
+from ponybot_core.keys import Keys
 
 KEYS = Keys("ponybot")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from core.config import Config, ModelEntry, UpscalerEntry
 from inference.inventory import check_all, check_model, check_upscaler
 from inference.model_files import converted_safetensors_path
-from tests.tiny_models import build_tiny_single_file
+from ponybot_core.config import Config, ModelEntry, UpscalerEntry
+from ponybot_testkit.tiny_models import build_tiny_single_file
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_the_converted_copy_is_what_gets_checked_even_with_the_ckpt_gone(
 
 
 def test_upscalers_are_checked_too(tmp_path: Path) -> None:
-    from tests.tiny_esrgan import realesrgan_state_dict, save_pth
+    from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
 
     present = save_pth(realesrgan_state_dict(), tmp_path / "x4.pth")
     ok = check_upscaler(UpscalerEntry(id="x4", name="x4", path=present), tmp_path)

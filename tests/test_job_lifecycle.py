@@ -9,10 +9,11 @@ import itertools
 
 import pytest
 
-from core.job import Job
-from core.queue import Delivery, JobStatus, Outcome
-from core.queue.state import LEGAL
-from tests.conftest import QueueParts, make_job
+from ponybot_core.job import Job
+from ponybot_core.queue import Delivery, JobStatus, Outcome
+from ponybot_core.queue.state import LEGAL
+from ponybot_testkit.world import make_job
+from tests.conftest import QueueParts
 
 A, B = 100, 200
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CHANNEL_ID, USER_ID
+from ponybot_testkit.world import CHANNEL_ID, USER_ID
 
 pytestmark = pytest.mark.usefixtures("bot")
 

@@ -28,7 +28,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTokenizer
 
-from core.config import Config, ModelEntry, Sampler
 from inference import convert as convert_cli
 from inference.convert import convert
 from inference.loading import (
@@ -38,7 +37,8 @@ from inference.loading import (
     load_pipeline,
 )
 from inference.samplers import SEED_DDIM_CONFIG, apply_sampler, make_scheduler
-from tests.tiny_models import (
+from ponybot_core.config import Config, ModelEntry, Sampler
+from ponybot_testkit.tiny_models import (
     build_tiny_ckpt_with_unsafe_pickle,
     build_tiny_pipeline,
     build_tiny_single_file,

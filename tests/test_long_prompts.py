@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import Sampler
-from core.job import Job
 from inference.prompt_embeds import encode, split_chunks, tokenize
 from inference.sampling import generators, sample, sample_with_info
+from ponybot_core.config import Sampler
+from ponybot_core.job import Job
 
 CPU = torch.device("cpu")
 TAGS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.messages import code_block
+from ponybot_core.messages import code_block
 
 
 def test_a_code_block_cannot_be_closed_by_the_text():

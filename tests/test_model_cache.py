@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core.config import Config, ModelEntry
 from inference import models
 from inference.device import Placement, choose_placement
 from inference.loading import ModelLoadError
 from inference.models import GIB, ModelCache, device_budget_bytes, pipeline_bytes
-from tests.conftest import tiny_config
+from ponybot_core.config import Config, ModelEntry
+from ponybot_testkit.world import tiny_config
 
 # The tiny pipeline weighs ~43 MiB in float32: one fits in this budget, two do not.
 ONE_MODEL_GB = 0.06

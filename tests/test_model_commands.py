@@ -13,12 +13,12 @@ from redis.asyncio import Redis
 
 from bot.guild_settings import GuildSettings
 from cogs.models import _describe
-from core import heartbeat
-from core.config import Settings, load_config
-from core.heartbeat import WorkerHeartbeat
-from core.job import Job
-from core.keys import Keys
-from tests.conftest import (
+from ponybot_core import heartbeat
+from ponybot_core.config import Settings, load_config
+from ponybot_core.heartbeat import WorkerHeartbeat
+from ponybot_core.job import Job
+from ponybot_core.keys import Keys
+from ponybot_testkit.world import (
     CHANNEL_ID,
     GUILD_ID,
     NSFW_CHANNEL_ID,

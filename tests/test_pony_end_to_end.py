@@ -9,13 +9,8 @@ import pytest
 from PIL import Image
 from redis.asyncio import Redis
 
-from core.keys import Keys
-from tests.conftest import (
-    CHANNEL_ID,
-    GUILD_ID,
-    NSFW_CHANNEL_ID,
-    USER_ID,
-)
+from ponybot_core.keys import Keys
+from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, NSFW_CHANNEL_ID, USER_ID
 
 pytestmark = pytest.mark.usefixtures("bot")
 

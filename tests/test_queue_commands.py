@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from core.keys import Keys
-from tests.conftest import (
+from ponybot_core.keys import Keys
+from ponybot_testkit.world import (
     CHANNEL_ID,
     GUILD_ID,
     OTHER_CHANNEL_ID,

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from core.job import Job
-from core.queue import Consumer, UserLimitReached
-from tests.conftest import QueueParts, make_job
+from ponybot_core.job import Job
+from ponybot_core.queue import Consumer, UserLimitReached
+from ponybot_testkit.world import make_job
+from tests.conftest import QueueParts
 
 A, B, C = 100, 200, 300  # servers
 

@@ -33,13 +33,13 @@ from hypothesis.stateful import (
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError
 
-from core.keys import Keys
-from core.queue import Consumer, Delivery, JobStatus, Producer, QueueView
-from core.queue.state import FINAL
-from core.redis_client import worker_redis
 from ponybot_cli.redis_server import RedisServer
-from tests.conftest import make_job
-from tests.redis_faults import Faults
+from ponybot_core.keys import Keys
+from ponybot_core.queue import Consumer, Delivery, JobStatus, Producer, QueueView
+from ponybot_core.queue.state import FINAL
+from ponybot_core.redis_client import worker_redis
+from ponybot_testkit.redis_faults import Faults
+from ponybot_testkit.world import make_job
 
 T = TypeVar("T")
 GUILDS = (1, 2, 3)

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import Config, Settings, UpscalerEntry
-from core.custom_ids import Action, custom_id, result_buttons, template
-from core.job import Job, JobKind
-from core.keys import Keys
-from core.queue import Producer, QueueView
 from inference.fit import read_parameters
 from inference.upscale import load_upscaler
-from tests.conftest import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, USER_ID, running_bot
+from ponybot_core.config import Config, Settings, UpscalerEntry
+from ponybot_core.custom_ids import Action, custom_id, result_buttons, template
+from ponybot_core.job import Job, JobKind
+from ponybot_core.keys import Keys
+from ponybot_core.queue import Producer, QueueView
+from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, USER_ID, running_bot
 
 MANAGE_GUILD = 1 << 5
 ADMIN_ID = 5_000_000_000_000_009
@@ -29,7 +29,7 @@ ADMIN_ID = 5_000_000_000_000_009
 
 @pytest.fixture(scope="session")
 def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> UpscalerEntry:
-    from tests.tiny_esrgan import realesrgan_state_dict, save_pth
+    from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
 
     path = save_pth(realesrgan_state_dict(), tmp_path_factory.mktemp("esrgan") / "tiny-x4.pth")
     return UpscalerEntry(id="tiny-esrgan", name="Tiny ESRGAN", path=path)

@@ -28,7 +28,7 @@ from bot.tags import (
     render,
     validate,
 )
-from core.config import CaptionProfile, Limits, LongPrompts, ModelEntry, load_config
+from ponybot_core.config import CaptionProfile, Limits, LongPrompts, ModelEntry, load_config
 
 SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")
 V1 = SHIPPED.model("v1")

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import UpscalerEntry
 from inference.upscale import (
     UpscaleError,
     Upscaler,
@@ -21,7 +20,8 @@ from inference.upscale import (
     load_upscaler,
     tile_spans,
 )
-from tests.tiny_esrgan import (
+from ponybot_core.config import UpscalerEntry
+from ponybot_testkit.tiny_esrgan import (
     TINY_RRDB_RECEPTIVE_RADIUS,
     TinyUpscalers,
     build_tiny_upscalers,

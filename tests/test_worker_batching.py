@@ -9,8 +9,8 @@ import io
 import pytest
 from PIL import Image
 
-from core.keys import Keys
-from tests.conftest import CHANNEL_ID, USER_ID
+from ponybot_core.keys import Keys
+from ponybot_testkit.world import CHANNEL_ID, USER_ID
 
 pytestmark = pytest.mark.usefixtures("bot")
 

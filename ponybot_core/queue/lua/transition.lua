@@ -1,5 +1,5 @@
 -- Move a job from one status to another, if the caller still holds it and the move is legal
--- (the table of legal moves is `core.queue.state.LEGAL`; the caller passes its part).
+-- (the table of legal moves is `ponybot_core.queue.state.LEGAL`; the caller passes its part).
 -- KEYS: 1 job hash, 2 stream, 3 ring, 4 paused set, 5 dead-letter stream, 6 durations list
 -- ARGV: 1 group, 2 lease ('' = the holder is not checked), 3 new status,
 --       4 statuses it may come from (comma-separated), 5 effect: '' | 'end' | 'requeue',

@@ -10,7 +10,7 @@
 argument and apply each move as a compare-and-set, so a job never moves backwards: `posting`
 ("maybe posted": the result may have reached Discord) and `posted` are never downgraded, and a
 running job goes back to `queued` only when its worker gives it back (a retry, or a reclaim
-while its server is paused). Nothing outside `core.queue` reads a job hash: it reads a
+while its server is paused). Nothing outside `ponybot_core.queue` reads a job hash: it reads a
 `JobState`.
 """
 
@@ -21,7 +21,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from core.job import Job
+from ponybot_core.job import Job
 
 
 class JobStatus(StrEnum):
@@ -73,7 +73,8 @@ OptionalFloat = Annotated[float | None, BeforeValidator(_optional_int)]
 
 
 class JobState(BaseModel):
-    """What Redis knows about one job (see core/queue/lua/*.lua for who writes each field)."""
+    """What Redis knows about one job (ponybot_core/queue/lua/*.lua say who writes each
+    field)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 

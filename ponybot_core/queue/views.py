@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from core.job import Job
-from core.keys import Keys
-from core.queue.state import JobState
+from ponybot_core.job import Job
+from ponybot_core.keys import Keys
+from ponybot_core.queue.state import JobState
 
 GLOBAL = "*"
 

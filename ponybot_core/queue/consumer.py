@@ -9,12 +9,12 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from core.job import Job
-from core.keys import WORKER_GROUP, Keys
-from core.queue.delivery import Delivery, Outcome
-from core.queue.scripts import Scripts
-from core.queue.state import JobStatus, kept_on_takeover
-from core.queue.views import QueueView, text
+from ponybot_core.job import Job
+from ponybot_core.keys import WORKER_GROUP, Keys
+from ponybot_core.queue.delivery import Delivery, Outcome
+from ponybot_core.queue.scripts import Scripts
+from ponybot_core.queue.state import JobStatus, kept_on_takeover
+from ponybot_core.queue.views import QueueView, text
 
 # How many servers the take script looks at to find a job for a loaded model.
 RING_LOOKAHEAD = 64

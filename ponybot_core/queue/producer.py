@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from core.job import INTERACTION_TOKEN_TTL_S, Job
-from core.keys import Keys
-from core.queue.scripts import Scripts
-from core.queue.state import JobStatus, sources
-from core.queue.views import text
+from ponybot_core.job import INTERACTION_TOKEN_TTL_S, Job
+from ponybot_core.keys import Keys
+from ponybot_core.queue.scripts import Scripts
+from ponybot_core.queue.state import JobStatus, sources
+from ponybot_core.queue.views import text
 
 GLOBAL = "*"
 # The token key outlives Discord's 15 minutes a little, for clocks that disagree.

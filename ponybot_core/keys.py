@@ -63,7 +63,7 @@ class Keys:
         return f"{self.prefix}:dead"
 
     def job(self, job_id: str) -> str:
-        """Hash of a job's state (`core.queue.state.JobState`)."""
+        """Hash of a job's state (`ponybot_core.queue.state.JobState`)."""
         return f"{self.prefix}:job:{job_id}"
 
     def job_id(self, job_key: str | bytes) -> str:

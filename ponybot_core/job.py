@@ -1,9 +1,10 @@
 """The job contract between the bot and the workers.
 
 A `Job` is written once by the bot and never changed; what happens to it afterwards (the message
-that shows it, attempts, posted or not) lives in its state hash (`core.queue.state.JobState`).
-The schema version lets a worker refuse, rather than misread, a job from a newer bot. The
-interaction token is stored apart from the job, only while Discord accepts it.
+that shows it, attempts, posted or not) lives in its state hash
+(`ponybot_core.queue.state.JobState`). The schema version lets a worker refuse, rather than
+misread, a job from a newer bot. The interaction token is stored apart from the job, only while
+Discord accepts it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import Sampler
+from ponybot_core.config import Sampler
 
 SCHEMA_VERSION = 1
 # Discord lets an interaction token edit its messages for 15 minutes.

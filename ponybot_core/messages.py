@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import discord
 
-from core.custom_ids import result_buttons
-from core.job import Job, JobKind
+from ponybot_core.custom_ids import result_buttons
+from ponybot_core.job import Job, JobKind
 
 # Discord caps message content at 2000 characters and an embed description at 4096.
 _CONTENT_LIMIT = 2000
@@ -104,14 +104,15 @@ def result_embed(job: Job, *, model_name: str, upscaled_by: str | None = None) -
 
 class _SentView(discord.ui.View):
     """Buttons a worker sends but never answers: the bot's DynamicItems match their custom_ids
-    (core.custom_ids), so discord.py in the worker must not keep the view waiting for clicks."""
+    (ponybot_core.custom_ids), so discord.py in the worker must not keep the view waiting for
+    clicks."""
 
     def is_dispatchable(self) -> bool:
         return False
 
 
 def result_view(job: Job, *, can_upscale: bool) -> discord.ui.View:
-    """The result's buttons: U1–Un, V1–Vn, 🔁 Re-roll, 🗑 Delete (see core.custom_ids)."""
+    """The result's buttons: U1–Un, V1–Vn, 🔁 Re-roll, 🗑 Delete (see ponybot_core.custom_ids)."""
     view = _SentView(timeout=None)
     for button in result_buttons(job, can_upscale=can_upscale):
         view.add_item(discord.ui.Button(

@@ -2,8 +2,9 @@
 
 The delivery holds the worker's lease on the job: each move is a compare-and-set in Redis that
 succeeds only while this worker still holds the job (another worker may have taken it over
-after this one stopped renewing) and only along `core.queue.state.LEGAL`. A move that finds the
-job held by someone else answers `LOST`, and the worker drops the job without posting.
+after this one stopped renewing) and only along `ponybot_core.queue.state.LEGAL`. A move that
+finds the job held by someone else answers `LOST`, and the worker drops the job without
+posting.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from core.job import Job
-from core.queue.state import JobStatus, sources
-from core.queue.views import text
+from ponybot_core.job import Job
+from ponybot_core.queue.state import JobStatus, sources
+from ponybot_core.queue.views import text
 
 if TYPE_CHECKING:
-    from core.queue.consumer import Consumer
+    from ponybot_core.queue.consumer import Consumer
 
 # How long to wait for the bot to record the queued message before posting a new one instead.
 MESSAGE_WAIT_S = 5.0

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import discord
 
-from core.job import Job
-from core.logs import JobLog
-from core.messages import progress_text
+from ponybot_core.job import Job
+from ponybot_core.logs import JobLog
+from ponybot_core.messages import progress_text
 
 log = logging.getLogger(__name__)
 

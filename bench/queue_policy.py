@@ -7,29 +7,25 @@ enqueue->pickup p50/p99 (until a worker holds the job) with jobs arriving one at
 drain throughput (jobs/s) for 1 and 4 workers, plus the ratios; then our pickup again with
 1,000 paused servers holding jobs (a paused server must cost the others nothing).
 
-    python bench/queue.py [--jobs 400] [--work-ms 0] [--servers 20] [--paused 1000]
+    python bench/queue_policy.py [--jobs 400] [--work-ms 0] [--servers 20] [--paused 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-# This file's folder must not be on the path: `bench/queue.py` would shadow the stdlib `queue`.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 from redis.asyncio import Redis
 
-from core.config import Sampler
-from core.job import Job
-from core.keys import WORKER_GROUP, Keys
-from core.queue import Consumer, Producer
 from ponybot_cli.redis_server import RedisServer
+from ponybot_core.config import Sampler
+from ponybot_core.job import Job
+from ponybot_core.keys import WORKER_GROUP, Keys
+from ponybot_core.queue import Consumer, Producer
 
 KEYS = Keys("bench")
 
@@ -172,7 +168,7 @@ async def main(jobs: int, work_ms: float, servers: int, paused: int) -> None:
                            paced=False)
         held_row = (pct(latency, 50), pct(latency, 99), one)
         await redis.aclose()
-    print(f"bench/queue.py  jobs={jobs} servers={servers} work={work_ms:g} ms/job "
+    print(f"bench/queue_policy.py  jobs={jobs} servers={servers} work={work_ms:g} ms/job "
           f"(sleep-only workers, one process, redis-server {server.port})")
     print(f"{'':34} {'pickup p50':>11} {'pickup p99':>11} {'jobs/s 1w':>10} {'jobs/s 4w':>10}")
     for name, (p50, p99, one, four) in rows.items():

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.job import Job, JobKind
+from ponybot_core.job import Job, JobKind
 
 PREFIX = "pony"
 # Discord's limits: a custom_id is at most 100 characters; 5 buttons per row, 5 rows.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from core.keys import Keys
+from ponybot_core.keys import Keys
 
 # Names of workers gone for longer than this are dropped from the set (bounded size: a new
 # name per worker process).

@@ -7,18 +7,18 @@
 - `state` — the job's life as a state machine, the legal moves written once;
 - `lua/` — each atomic step as a script that gets every key through KEYS.
 
-Layout (every key from `core.keys`): one waiting list per server and a ring of the lists that
-have jobs and are not paused (served round-robin, FIFO within); running jobs in a stream with
-the consumer group `workers`, so a dead worker's jobs stay pending and are taken over when
-their lease runs out; one hash per job; a dead-letter stream. The multi-key scripts want one
-Redis (or Sentinel), not Redis Cluster.
+Layout (every key from `ponybot_core.keys`): one waiting list per server and a ring of the
+lists that have jobs and are not paused (served round-robin, FIFO within); running jobs in a
+stream with the consumer group `workers`, so a dead worker's jobs stay pending and are taken
+over when their lease runs out; one hash per job; a dead-letter stream. The multi-key scripts
+want one Redis (or Sentinel), not Redis Cluster.
 """
 
-from core.queue.consumer import Consumer
-from core.queue.delivery import Delivery, Outcome
-from core.queue.producer import Cancelled, Enqueued, Producer, UserLimitReached
-from core.queue.state import JobState, JobStatus
-from core.queue.views import QueueView, Snapshot
+from ponybot_core.queue.consumer import Consumer
+from ponybot_core.queue.delivery import Delivery, Outcome
+from ponybot_core.queue.producer import Cancelled, Enqueued, Producer, UserLimitReached
+from ponybot_core.queue.state import JobState, JobStatus
+from ponybot_core.queue.views import QueueView, Snapshot
 
 __all__ = ["Cancelled", "Consumer", "Delivery", "Enqueued", "JobState", "JobStatus", "Outcome",
            "Producer", "QueueView", "Snapshot", "UserLimitReached"]

@@ -11,7 +11,7 @@ import discord.gateway
 import discord.http
 import yarl
 
-from core.config import DiscordConfig
+from ponybot_core.config import DiscordConfig
 
 
 def use_endpoints(config: DiscordConfig) -> None:
