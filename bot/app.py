@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 from redis.asyncio import Redis
 
-from bot.errors import QueueUnavailable, UserFacingError
+from bot.answering import send_ephemeral, what_to_say
 from ponybot_core.config import Settings
 from ponybot_core.keys import Keys
 from ponybot_core.queue import Producer, QueueView
@@ -76,30 +76,9 @@ class PonyBot(commands.Bot):
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        if isinstance(cause, QueueUnavailable):
-            log.warning("command %s refused, queue unavailable: %r", interaction.command,
-                        cause.__cause__)
-            message = str(cause)
-        elif isinstance(cause, UserFacingError):
-            message = str(cause)
-        elif isinstance(cause, app_commands.CheckFailure):
-            message = str(cause) or "You are not allowed to use this command here."
-        else:
-            log.exception("command %s failed", interaction.command, exc_info=cause)
-            message = "Something went wrong on our side; nothing was queued. Please try again."
-        await send_ephemeral(interaction, message)
+        await send_ephemeral(interaction, what_to_say(interaction, error))
 
     async def close(self) -> None:
         await super().close()
         await self.redis.aclose()
 
-
-async def send_ephemeral(interaction: discord.Interaction, message: str) -> None:
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(message, ephemeral=True)
-        else:
-            await interaction.response.send_message(message, ephemeral=True)
-    except discord.HTTPException:
-        log.warning("could not tell the user: %s", message)

@@ -7,10 +7,17 @@ anything, so these checks are the truth; each failure names the option and the a
 from __future__ import annotations
 
 from discord import app_commands
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bot.errors import UserFacingError
-from ponybot_core.config import Config, ModelEntry, Sampler, Size
+from ponybot_core.config import Config, Limits, ModelEntry, Sampler, Size
 from ponybot_core.job import MAX_SEED
 
 
@@ -33,37 +40,13 @@ class PonyOptions(BaseModel):
             raise ValueError(f"`seed` must be between 0 and {MAX_SEED} (you gave {value}).")
         return value
 
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, value: int | None, info: ValidationInfo) -> int | None:
-        limits = _config(info).limits
-        if value is not None and not limits.steps_min <= value <= limits.steps_max:
-            raise ValueError(
-                f"`steps` must be between {limits.steps_min} and {limits.steps_max} "
-                f"(you gave {value})."
-            )
-        return value
-
-    @field_validator("cfg")
-    @classmethod
-    def _cfg(cls, value: float | None, info: ValidationInfo) -> float | None:
-        limits = _config(info).limits
-        if value is not None and not limits.cfg_min <= value <= limits.cfg_max:
-            raise ValueError(
-                f"`cfg` must be between {limits.cfg_min:g} and {limits.cfg_max:g} "
-                f"(you gave {value:g})."
-            )
-        return value
-
-    @field_validator("count")
-    @classmethod
-    def _count(cls, value: int | None, info: ValidationInfo) -> int | None:
-        limits = _config(info).limits
-        if value is not None and not 1 <= value <= limits.count_max:
-            raise ValueError(
-                f"`count` must be between 1 and {limits.count_max} (you gave {value})."
-            )
-        return value
+    @model_validator(mode="after")
+    def _within_limits(self, info: ValidationInfo) -> PonyOptions:
+        problem = out_of_limits(_config(info).limits, steps=self.steps, cfg=self.cfg,
+                                count=self.count)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @field_validator("size")
     @classmethod
@@ -91,6 +74,20 @@ class PonyOptions(BaseModel):
             first = exc.errors()[0]
             message = str(first.get("ctx", {}).get("error") or first["msg"])
             raise UserFacingError(message.removeprefix("Value error, ")) from exc
+
+
+def out_of_limits(limits: Limits, *, steps: int | None, cfg: float | None, count: int | None,
+                  given: str = "you gave") -> str | None:
+    """The first of steps, cfg and count outside the configured limits, said for the user;
+    None when all are within (or not given). The one range check for /pony and buttons."""
+    if steps is not None and not limits.steps_min <= steps <= limits.steps_max:
+        return (f"`steps` must be between {limits.steps_min} and {limits.steps_max} "
+                f"({given} {steps}).")
+    if cfg is not None and not limits.cfg_min <= cfg <= limits.cfg_max:
+        return f"`cfg` must be between {limits.cfg_min:g} and {limits.cfg_max:g} ({given} {cfg:g})."
+    if count is not None and not 1 <= count <= limits.count_max:
+        return f"`count` must be between 1 and {limits.count_max} ({given} {count})."
+    return None
 
 
 class Generation(BaseModel):

@@ -14,15 +14,20 @@ def is_owner(config: Config, user_id: int) -> bool:
 
 
 def is_server_admin(interaction: discord.Interaction) -> bool:
-    return interaction.guild_id is not None and interaction.permissions.manage_guild
+    """Manage Server here (administrators have it too)."""
+    permissions = interaction.permissions
+    return interaction.guild_id is not None and (
+        permissions.manage_guild or permissions.administrator)
 
 
-def require_server_admin(interaction: discord.Interaction) -> int:
-    """The server id, if the user may manage this server's queue; raises otherwise."""
+def require_server_admin(interaction: discord.Interaction, action: str = "do this") -> int:
+    """The server id, if the user may manage this server (its queue, its settings); raises
+    a UserFacingError naming `action` otherwise."""
     if interaction.guild_id is None:
-        raise UserFacingError("This only works in a server.")
-    if not interaction.permissions.manage_guild:
-        raise UserFacingError("You need the Manage Server permission for this.")
+        raise UserFacingError(
+            "This works in a server, not in direct messages; run it in one of its channels.")
+    if not is_server_admin(interaction):
+        raise UserFacingError(f"You need the Manage Server permission to {action}.")
     return interaction.guild_id
 
 

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from bot import availability, guild_settings
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
+from bot.options import out_of_limits
 from bot.views import queued_view
 from ponybot_core.config import Config
 from ponybot_core.job import Job
@@ -57,21 +58,10 @@ def check_against_config(config: Config, job: Job) -> str:
             f"The model `{job.model_id}` is no longer available on this bot; "
             "use /pony to pick another."
         ) from None
-    limits = config.limits
-    if not limits.steps_min <= job.steps <= limits.steps_max:
-        raise UserFacingError(
-            f"`steps` must now be between {limits.steps_min} and "
-            f"{limits.steps_max} (this job has {job.steps})."
-        )
-    if not limits.cfg_min <= job.cfg <= limits.cfg_max:
-        raise UserFacingError(
-            f"`cfg` must now be between {limits.cfg_min:g} and "
-            f"{limits.cfg_max:g} (this job has {job.cfg:g})."
-        )
-    if not 1 <= job.count <= limits.count_max:
-        raise UserFacingError(
-            f"`count` must now be between 1 and {limits.count_max} (this job has {job.count})."
-        )
+    problem = out_of_limits(config.limits, steps=job.steps, cfg=job.cfg, count=job.count,
+                            given="this job has")
+    if problem:
+        raise UserFacingError(problem.replace("must be", "must now be", 1))
     return entry.name
 
 

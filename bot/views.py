@@ -1,45 +1,27 @@
-"""Buttons that keep working after a restart: the job id lives in the custom_id."""
+"""The Cancel button on a queued message; it keeps working after a restart (the job id lives in
+its custom_id)."""
 
 from __future__ import annotations
 
-import logging
-import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
-from redis.exceptions import RedisError
 
+from bot.buttons import JobButton
 from bot.cancelling import cancel_job
-from bot.errors import QueueUnavailable, UserFacingError
-from ponybot_core.custom_ids import Action, custom_id, template
-
-log = logging.getLogger(__name__)
+from ponybot_core.custom_ids import Action
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-                   template=template(Action.CANCEL)):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.secondary,
-                                           emoji="✖️", custom_id=custom_id(Action.CANCEL, job_id)))
-        self.job_id = job_id
-
+class CancelButton(JobButton, action=Action.CANCEL):
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str], /) -> CancelButton:
-        return cls(match["job_id"])
+    def look(cls, index: int | None) -> dict[str, Any]:
+        return {"label": "Cancel", "emoji": "✖️", "style": discord.ButtonStyle.secondary}
 
-    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
-        # Component errors do not reach the app-command error handler: answer here.
-        try:
-            text = await cancel_job(interaction.client, interaction, self.job_id)
-        except UserFacingError as exc:
-            text = str(exc)
-        except (RedisError, OSError) as exc:
-            log.warning("cancel of job=%s refused, queue unavailable: %r", self.job_id, exc)
-            text = str(QueueUnavailable())
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        text = await cancel_job(bot, interaction, self.job_id)
         await interaction.response.send_message(text, ephemeral=True)
 
 

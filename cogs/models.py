@@ -28,6 +28,7 @@ from bot import availability, guild_settings, policy, tags
 from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings, SettingsUnavailable
 from bot.options import model_choices
+from bot.permissions import require_server_admin
 from ponybot_core.config import CaptionProfile, Config, LongPrompts, ModelEntry
 from ponybot_core.heartbeat import WorkerHeartbeat, read_heartbeats
 
@@ -98,7 +99,7 @@ class ModelsCog(
     @app_commands.command(name="set", description="Set this server's default model for /pony")
     @app_commands.describe(model="a model from /model list")
     async def set_default(self, interaction: discord.Interaction, model: str) -> None:
-        guild_id = _managed_guild(interaction, "change this server's default model")
+        guild_id = require_server_admin(interaction, "change this server's default model")
         entry = _entry(self.bot.config, model)
         with _settings_store():
             await guild_settings.set_model(self.bot.redis, self.bot.keys, guild_id, entry.id)
@@ -114,7 +115,7 @@ class ModelsCog(
     @app_commands.command(name="block", description="Refuse /pony prompts with these tags here")
     @app_commands.describe(tags="derpibooru tags, comma-separated: gore, artist:someone")
     async def block(self, interaction: discord.Interaction, tags: str) -> None:
-        guild_id = _managed_guild(interaction, "block tags on this server")
+        guild_id = require_server_admin(interaction, "block tags on this server")
         wanted = _tags_to_change(tags, "block")
         with _settings_store():
             blocked = await guild_settings.block(self.bot.redis, self.bot.keys, guild_id, wanted)
@@ -129,7 +130,7 @@ class ModelsCog(
     @app_commands.command(name="unblock", description="Allow tags that were blocked here")
     @app_commands.describe(tags="blocked tags to allow again, comma-separated")
     async def unblock(self, interaction: discord.Interaction, tags: str) -> None:
-        guild_id = _managed_guild(interaction, "unblock tags on this server")
+        guild_id = require_server_admin(interaction, "unblock tags on this server")
         wanted = _tags_to_change(tags, "unblock")
         with _settings_store():
             lifted, blocked = await guild_settings.unblock(
@@ -271,19 +272,6 @@ def _settings_store() -> Iterator[None]:
     except (RedisError, OSError) as exc:
         log.warning("server settings unavailable: %r", exc)
         raise SettingsUnavailable() from exc
-
-
-def _managed_guild(interaction: discord.Interaction, action: str) -> int:
-    """The server id, if the user may change its settings (Manage Server)."""
-    if interaction.guild_id is None:
-        raise UserFacingError(
-            "Server settings are changed in the server, not in direct "
-            "messages; run this command in one of its channels."
-        )
-    permissions = interaction.permissions
-    if not (permissions.manage_guild or permissions.administrator):
-        raise UserFacingError(f"You need the Manage Server permission to {action}.")
-    return interaction.guild_id
 
 
 def _entry(config: Config, model_id: str) -> ModelEntry:

@@ -13,22 +13,20 @@ and the worker edits that message into the new result with the click's token.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import discord
 from redis.exceptions import RedisError
 
 from bot import guild_settings, policy
-from bot.app import send_ephemeral
+from bot.buttons import JobButton
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
 from bot.permissions import is_owner, is_server_admin
 from bot.submit import request_fields, submit
-from ponybot_core.custom_ids import Action, custom_id, template
+from ponybot_core.custom_ids import Action
 from ponybot_core.job import MAX_SEED, Job, JobKind, new_job_id
 from ponybot_core.logs import JobLog
 from ponybot_core.queue import JobState, JobStatus
@@ -37,8 +35,6 @@ if TYPE_CHECKING:
     from bot.app import PonyBot
 
 log = logging.getLogger(__name__)
-
-Button = discord.ui.Button[discord.ui.View]
 
 
 # --- what each button does -------------------------------------------------------------------
@@ -203,108 +199,43 @@ async def _delete_message(bot: PonyBot, message: discord.Message, job: Job | Non
         raise UserFacingError("Discord did not let me delete that message.") from exc
 
 
-async def _answer(interaction: discord.Interaction, action: Awaitable[None]) -> None:
-    """Run a button's action; component errors never reach the app-command error handler,
-    so every failure is answered here, privately."""
-    try:
-        await action
-    except UserFacingError as exc:
-        await send_ephemeral(interaction, str(exc))
-    except (RedisError, OSError) as exc:
-        log.warning("button %s refused, queue unavailable: %r",
-                    (interaction.data or {}).get("custom_id"), exc)
-        await send_ephemeral(interaction, str(QueueUnavailable()))
-    except Exception:
-        log.exception("button %s failed", (interaction.data or {}).get("custom_id"))
-        await send_ephemeral(
-            interaction, "Something went wrong on our side; nothing was queued. Please try again."
-        )
-
-
 # --- the persistent buttons ------------------------------------------------------------------
 
 
-class RerollButton(discord.ui.DynamicItem[Button], template=template(Action.REROLL)):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Re-roll", emoji="🔁", custom_id=custom_id(Action.REROLL, job_id)
-            )
-        )
-        self.job_id = job_id
-
+class RerollButton(JobButton, action=Action.REROLL):
     @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
-    ) -> RerollButton:
-        return cls(match["job_id"])
+    def look(cls, index: int | None) -> dict[str, Any]:
+        return {"label": "Re-roll", "emoji": "🔁"}
 
-    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await _answer(interaction, reroll(interaction.client, interaction, self.job_id))
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        await reroll(bot, interaction, self.job_id)
 
 
-class UpscaleButton(discord.ui.DynamicItem[Button], template=template(Action.UPSCALE)):
-    def __init__(self, job_id: str, index: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=f"U{index + 1}", custom_id=custom_id(Action.UPSCALE, job_id, index)
-            )
-        )
-        self.job_id = job_id
-        self.index = index
-
+class UpscaleButton(JobButton, action=Action.UPSCALE):
     @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
-    ) -> UpscaleButton:
-        return cls(match["job_id"], int(match["index"]))
+    def look(cls, index: int | None) -> dict[str, Any]:
+        return {"label": f"U{(index or 0) + 1}"}
 
-    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await _answer(
-            interaction, upscale(interaction.client, interaction, self.job_id, self.index)
-        )
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        await upscale(bot, interaction, self.job_id, self.index or 0)
 
 
-class VaryButton(discord.ui.DynamicItem[Button], template=template(Action.VARY)):
-    def __init__(self, job_id: str, index: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=f"V{index + 1}", custom_id=custom_id(Action.VARY, job_id, index)
-            )
-        )
-        self.job_id = job_id
-        self.index = index
-
+class VaryButton(JobButton, action=Action.VARY):
     @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
-    ) -> VaryButton:
-        return cls(match["job_id"], int(match["index"]))
+    def look(cls, index: int | None) -> dict[str, Any]:
+        return {"label": f"V{(index or 0) + 1}"}
 
-    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await _answer(interaction, vary(interaction.client, interaction, self.job_id, self.index))
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        await vary(bot, interaction, self.job_id, self.index or 0)
 
 
-class DeleteButton(discord.ui.DynamicItem[Button], template=template(Action.DELETE)):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Delete",
-                emoji="🗑️",
-                style=discord.ButtonStyle.danger,
-                custom_id=custom_id(Action.DELETE, job_id),
-            )
-        )
-        self.job_id = job_id
-
+class DeleteButton(JobButton, action=Action.DELETE):
     @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: Button, match: re.Match[str], /
-    ) -> DeleteButton:
-        return cls(match["job_id"])
+    def look(cls, index: int | None) -> dict[str, Any]:
+        return {"label": "Delete", "emoji": "🗑️", "style": discord.ButtonStyle.danger}
 
-    async def callback(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await _answer(interaction, delete(interaction.client, interaction, self.job_id))
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        await delete(bot, interaction, self.job_id)
 
 
 RESULT_BUTTONS = (RerollButton, UpscaleButton, VaryButton, DeleteButton)

@@ -1,0 +1,57 @@
+"""One way to answer a failed command or click: the user is told privately what went wrong, and
+the log keeps the why. discord.py sends app-command errors to `tree.on_error`, but only logs the
+errors of `DynamicItem` callbacks, so both go through `answer_errors`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import discord
+from discord import app_commands
+from redis.exceptions import RedisError
+
+from bot.errors import QueueUnavailable, UserFacingError
+
+log = logging.getLogger(__name__)
+
+OUR_FAULT = "Something went wrong on our side; nothing was queued. Please try again."
+
+
+def what_to_say(interaction: discord.Interaction, error: BaseException) -> str:
+    """The sentence for the user; logs what they are not told."""
+    what = interaction.command.qualified_name if interaction.command else \
+        (interaction.data or {}).get("custom_id")
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, RedisError | OSError):
+        error = QueueUnavailable()
+    if isinstance(error, QueueUnavailable):
+        log.warning("%s refused, queue unavailable: %r", what, error.__cause__ or error)
+        return str(error)
+    if isinstance(error, UserFacingError):
+        return str(error)
+    if isinstance(error, app_commands.CheckFailure):
+        return str(error) or "You are not allowed to use this command here."
+    log.error("%s failed", what, exc_info=error)
+    return OUR_FAULT
+
+
+async def send_ephemeral(interaction: discord.Interaction, message: str) -> None:
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not tell the user: %s", message)
+
+
+@contextlib.asynccontextmanager
+async def answer_errors(interaction: discord.Interaction) -> AsyncIterator[None]:
+    """Run a button's action; any failure is answered privately (see `what_to_say`)."""
+    try:
+        yield
+    except Exception as exc:
+        await send_ephemeral(interaction, what_to_say(interaction, exc))
