@@ -26,8 +26,8 @@ from concurrent.futures import Future, ThreadPoolExecutor  # imports `queue`: af
 import torch
 
 from inference.device import choose_placement
-from inference.encode import encode_png
 from inference.loading import load_pipeline
+from inference.png_parameters import png_with_parameters
 from inference.sampling import sample_batch
 from ponybot_core.config import ModelEntry, Sampler
 from ponybot_core.job import Job
@@ -73,7 +73,7 @@ def sync(device: torch.device) -> None:
 def finish(images: list, post_s: float) -> None:
     """What the worker does after sampling: PNG encoding and the upload to Discord."""
     for image in images:
-        encode_png(image, "parameters")
+        png_with_parameters(image, "parameters")
     time.sleep(post_s)
 
 

@@ -28,8 +28,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from inference.device import choose_placement
-from inference.encode import encode_png
 from inference.fit import LOSSY_QUALITIES, encode_webp, fit_image
+from inference.png_parameters import png_with_parameters
 from inference.upscale import Upscaler, load_upscaler
 from ponybot_core.config import UpscalerEntry
 from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
@@ -93,7 +93,7 @@ def bench_upscaler(label: str, path: Path, args: argparse.Namespace, sizes: list
 
 def bench_fit(name: str, image: Image.Image) -> None:
     print(f"\nfit {name} {image.width}x{image.height} against {LIMIT / 2**20:g} MiB:")
-    steps = [("PNG (compress_level 4)", lambda: encode_png(image, PARAMETERS)),
+    steps = [("PNG (compress_level 4)", lambda: png_with_parameters(image, PARAMETERS)),
              ("WebP lossless", lambda: encode_webp(image, PARAMETERS, quality=None))]
     steps += [(f"WebP quality {q}", lambda q=q: encode_webp(image, PARAMETERS, quality=q))
               for q in LOSSY_QUALITIES]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image
 
-from inference.encode import encode_png
+from inference.png_parameters import png_with_parameters
 
 LOSSY_QUALITIES = (95, 90, 85, 80)
 DOWNSCALE_QUALITY = 90
@@ -125,7 +125,7 @@ def fit_image(image: Image.Image, parameters: str, *, limit_bytes: int) -> Fitte
     dropped = "" if keep else "; the parameters were left out"
 
     # 1. PNG with the parameters chunk.
-    png = encode_png(image, parameters if keep else "")
+    png = png_with_parameters(image, parameters if keep else "")
     if len(png) <= limit_bytes:
         note = None if keep else f"the parameters were left out to fit the {limit} limit"
         return _fitted(png, image, quality=None, lossless=True, parameters_kept=keep, note=note)

@@ -40,7 +40,7 @@ from inference.model_files import (
     resolve_path,
     sd1_layout_problem,
 )
-from inference.samplers import SEED_DDIM_CONFIG, make_scheduler
+from inference.schedulers import SEED_DDIM_CONFIG, make_scheduler
 from ponybot_core.config import ModelEntry, ModelFormat, Sampler
 
 log = logging.getLogger(__name__)

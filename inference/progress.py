@@ -121,7 +121,7 @@ def latents_to_preview(latents: torch.Tensor, *, max_side: int = PREVIEW_MAX_SID
     return image.resize(size, Image.Resampling.BILINEAR) if size != image.size else image
 
 
-def encode_preview(image: Image.Image) -> bytes:
+def jpeg_of(image: Image.Image) -> bytes:
     """JPEG bytes for a Discord attachment (`PREVIEW_FILENAME`)."""
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
@@ -129,7 +129,7 @@ def encode_preview(image: Image.Image) -> bytes:
 
 
 def preview_jpeg(latents: torch.Tensor) -> bytes:
-    return encode_preview(latents_to_preview(latents))
+    return jpeg_of(latents_to_preview(latents))
 
 
 # ---------------------------------------------------------------------------------------------

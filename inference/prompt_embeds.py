@@ -140,7 +140,7 @@ def _repeat(embeds: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode(
+def encode_prompts(
     pipe: StableDiffusionPipeline,
     prompt: str,
     negative_prompt: str | None = None,

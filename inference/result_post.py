@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from PIL.Image import Image
 
-from inference.encode import a1111_parameters
 from inference.fit import fit_images
+from inference.png_parameters import a1111_parameters
 from inference.upscale import UpscaleError, UpscalerCache
 from ponybot_core.config import Config
 from ponybot_core.job import Job, JobKind

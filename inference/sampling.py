@@ -1,8 +1,8 @@
 """Sampling one job's images with its own seeded generators.
 
 The prompts are encoded here (`inference.prompt_embeds`), not by the pipeline, so prompts longer
-than CLIP's 75 tokens are used whole (in chunks) instead of being cut; `sample_with_info` says
-how long the prompt was so the worker can tell the user.
+than CLIP's 75 tokens are used whole (in chunks) instead of being cut; each job's `Sampled` says
+how long its prompt was so the worker can tell the user.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL.Image import Image
 
-from inference.prompt_embeds import encode
-from inference.samplers import apply_sampler
+from inference.prompt_embeds import encode_prompts
+from inference.schedulers import set_scheduler
 from ponybot_core.job import Job
 
 
@@ -53,9 +53,9 @@ def sample_batch(
     first = jobs[0]
     assert len({j.batch_key() for j in jobs}) == 1, "sample_batch needs compatible jobs"
     # 1. A fresh scheduler for the jobs' sampler, on the model's noise schedule.
-    apply_sampler(pipe, first.sampler)
+    set_scheduler(pipe, first.sampler)
     # 2. Encode each job's prompts, already repeated once per image.
-    encoded = [encode(pipe, j.prompt, j.negative_prompt, j.count) for j in jobs]
+    encoded = [encode_prompts(pipe, j.prompt, j.negative_prompt, j.count) for j in jobs]
     # 3. One call per prompt length: embeddings of different lengths cannot share a batch.
     images: dict[int, list[Image]] = {}
     for length in sorted({e.prompt_embeds.shape[1] for e in encoded}):
@@ -81,15 +81,3 @@ def sample_batch(
                 chunks=e.chunks, note=e.note())
         for i, e in enumerate(encoded)
     ]
-
-
-def sample_with_info(
-    pipe: StableDiffusionPipeline, job: Job, **pipeline_kwargs: Any
-) -> Sampled:
-    """Draw `job.count` images of `job` and say how its prompt was encoded."""
-    return sample_batch(pipe, [job], **pipeline_kwargs)[0]
-
-
-def sample(pipe: StableDiffusionPipeline, job: Job, **pipeline_kwargs: Any) -> list[Image]:
-    """Just the images of `sample_with_info`."""
-    return sample_with_info(pipe, job, **pipeline_kwargs).images

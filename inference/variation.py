@@ -20,9 +20,9 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from inference.prompt_embeds import encode
-from inference.samplers import apply_sampler
+from inference.prompt_embeds import encode_prompts
 from inference.sampling import Sampled, generators
+from inference.schedulers import set_scheduler
 from ponybot_core.job import Job, JobKind
 
 
@@ -65,11 +65,11 @@ def vary(
         raise ValueError(f"job {job.id} is a {job.kind.value} job, not a variation with a strength")
     # 2. An img2img view of the loaded weights, with a fresh scheduler for the job's sampler.
     img2img = img2img_view(pipe)
-    apply_sampler(img2img, job.sampler)
+    set_scheduler(img2img, job.sampler)
     # 3. The starting image at the job's size, once per image.
     image = starting_image(source, job.width, job.height)
     # 4. Encode the prompts, already repeated once per image.
-    encoded = encode(img2img, job.prompt, job.negative_prompt, job.count)
+    encoded = encode_prompts(img2img, job.prompt, job.negative_prompt, job.count)
     # 5. Noise the source to `strength` and denoise: one generator per image.
     result = img2img(
         prompt_embeds=encoded.prompt_embeds,

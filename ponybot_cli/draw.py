@@ -162,7 +162,7 @@ async def draw(settings: Settings, job: Job) -> tuple[list[Image], str | None, s
 def write_pngs(settings: Settings, job: Job, images: list[Image], upscaled_by: str | None,
                out: Path) -> list[Path]:
     """One PNG per image, named and annotated like the bot's attachments."""
-    from inference.encode import encode_png
+    from inference.png_parameters import png_with_parameters
     from inference.result_post import image_parameters
 
     model_name = settings.config.model(job.model_id).name
@@ -170,6 +170,7 @@ def write_pngs(settings: Settings, job: Job, images: list[Image], upscaled_by: s
     paths = []
     for image, seed in zip(images, job.image_seeds(), strict=True):
         path = out / (f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "") + ".png")
-        path.write_bytes(encode_png(image, image_parameters(job, seed, model_name, upscaled_by)))
+        parameters = image_parameters(job, seed, model_name, upscaled_by)
+        path.write_bytes(png_with_parameters(image, parameters))
         paths.append(path)
     return paths

@@ -120,10 +120,6 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def __enter__(self) -> RedisServer:
         self.start()
         return self

@@ -1,5 +1,5 @@
-"""Connection errors injected into a real Redis client, before a call is sent or after Redis
-ran it (the reply lost on the way back): what a network blip or a restart does to a client."""
+"""Faults of a real Redis: connection errors injected into a client, before a call is sent or
+after Redis ran it (the reply lost on the way back), and a server restarted."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError
+
+from ponybot_cli.redis_server import RedisServer
 
 
 @dataclass
@@ -39,3 +41,9 @@ class Faults:
 
         client.execute_command = execute_command  # type: ignore[method-assign]
         return client
+
+
+def restart(server: RedisServer) -> None:
+    """Stop (SIGTERM: the AOF is complete) and start again on the same port and data."""
+    server.stop()
+    server.start()

@@ -36,7 +36,7 @@ from diffusers.loaders.single_file_utils import (
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from inference.samplers import SEED_DDIM_CONFIG
+from inference.schedulers import SEED_DDIM_CONFIG
 
 SD1_CONFIG = Path(__file__).resolve().parent.parent / "inference" / "sd1_config"
 SD1_TOKENIZER = SD1_CONFIG / "tokenizer"

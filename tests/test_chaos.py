@@ -13,7 +13,7 @@ from inference.models import DeviceFull
 from ponybot_core.config import Settings
 from ponybot_core.keys import Keys
 from ponybot_core.queue import JobStatus, QueueView
-from ponybot_testkit.redis_faults import Faults
+from ponybot_testkit.redis_faults import Faults, restart
 from ponybot_testkit.world import CHANNEL_ID, USER_ID
 from tests.conftest import queued_job_id, results_shown, until_finished
 
@@ -49,7 +49,7 @@ async def test_a_redis_restart_mid_run_loses_and_doubles_nothing(fake, redis, re
     ids = [queued_job_id(i) for i in itxs]
     await start_worker()
     await until_running(redis, ids[0])
-    await asyncio.to_thread(redis_server.restart)  # SIGTERM: the AOF is complete
+    await asyncio.to_thread(restart, redis_server)  # SIGTERM: the AOF is complete
     assert await until_finished(redis, ids) == [JobStatus.POSTED] * 4
     assert [results_shown(fake, i) for i in ids] == [1] * 4
 
@@ -158,6 +158,6 @@ async def test_after_a_redis_restart_the_first_pony_is_queued_not_refused(fake, 
     """Break 8: the bot's first commands after a restart hit a dead pooled connection and
     were refused as "queue unavailable"."""
     await pony(fake)  # the bot's pool now holds a connection to this server
-    await asyncio.to_thread(redis_server.restart)
+    await asyncio.to_thread(restart, redis_server)
     itx = await pony(fake, seed=5)
     assert not itx.ephemeral and "Queued" in itx.original.content

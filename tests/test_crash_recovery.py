@@ -10,6 +10,7 @@ import signal
 import pytest
 
 from ponybot_core.keys import Keys
+from ponybot_testkit.redis_faults import restart
 from ponybot_testkit.world import CHANNEL_ID, USER_ID
 from tests.conftest import spawn_worker, write_config_toml
 
@@ -100,7 +101,7 @@ async def messages_recorded(redis, count: int) -> None:
 async def test_a_redis_restart_loses_no_queued_job(fake, redis, redis_server, start_worker):
     jobs = [await pony(fake, seed=i) for i in range(3)]
     await messages_recorded(redis, 3)
-    await asyncio.to_thread(redis_server.restart)
+    await asyncio.to_thread(restart, redis_server)
     await start_worker()
     await fake.wait_for(lambda: all(posts_of(fake, j) for j in jobs), timeout=60)
     assert [posts_of(fake, j) for j in jobs] == [1, 1, 1]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from inference.encode import encode_png
 from inference.fit import encode_webp, fit_image, fit_images, read_parameters
+from inference.png_parameters import png_with_parameters
 
 PARAMETERS = ("twilight sparkle, unicorn, solo, scr100\nNegative prompt: explicit\n"
               "Steps: 20, Sampler: DDIM, CFG scale: 7.5, Seed: 1234, Size: 512x512, "
@@ -50,7 +50,7 @@ def test_a_small_picture_stays_png_with_its_parameters_chunk() -> None:
 
     assert (fitted.format, fitted.extension, fitted.reencoded, fitted.note) == (
         "PNG", "png", False, None)
-    assert fitted.data == encode_png(image, PARAMETERS)
+    assert fitted.data == png_with_parameters(image, PARAMETERS)
     assert opened(fitted.data).text["parameters"] == PARAMETERS
     assert read_parameters(fitted.data) == PARAMETERS
     assert fitted.filename("pony-1234") == "pony-1234.png"
@@ -58,7 +58,7 @@ def test_a_small_picture_stays_png_with_its_parameters_chunk() -> None:
 
 def test_a_png_over_the_limit_becomes_lossless_webp_with_the_same_pixels() -> None:
     image = smooth(256, 256)
-    png = len(encode_png(image, PARAMETERS))
+    png = len(png_with_parameters(image, PARAMETERS))
     lossless = len(encode_webp(image, PARAMETERS, quality=None))
     assert lossless < png  # what makes this case possible
     limit = (lossless + png) // 2
@@ -132,7 +132,7 @@ def test_an_impossible_limit_still_gives_a_picture() -> None:
 @pytest.mark.parametrize("mode", ["RGBA", "P", "L", "LA"])
 def test_other_modes_are_fitted_too(mode: str) -> None:
     image = noise(96, 96, mode="RGBA").convert(mode)
-    limit = len(encode_png(image, PARAMETERS)) // 2
+    limit = len(png_with_parameters(image, PARAMETERS)) // 2
 
     fitted = fit_image(image, PARAMETERS, limit_bytes=limit)
 
@@ -142,7 +142,7 @@ def test_other_modes_are_fitted_too(mode: str) -> None:
 
 def test_fit_images_limits_each_file_and_an_optional_total() -> None:
     images = [(noise(96, 96, seed), f"{PARAMETERS} #{seed}") for seed in range(3)]
-    png = len(encode_png(images[0][0], PARAMETERS))
+    png = len(png_with_parameters(images[0][0], PARAMETERS))
 
     each = fit_images(images, limit_bytes=png * 2)
     assert [f.format for f in each] == ["PNG"] * 3

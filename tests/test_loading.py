@@ -36,7 +36,7 @@ from inference.loading import (
     has_seed_scheduler,
     load_pipeline,
 )
-from inference.samplers import SEED_DDIM_CONFIG, apply_sampler, make_scheduler
+from inference.schedulers import SEED_DDIM_CONFIG, make_scheduler, set_scheduler
 from ponybot_core.config import Config, ModelEntry, Sampler
 from ponybot_testkit.tiny_models import (
     build_tiny_ckpt_with_unsafe_pickle,
@@ -422,8 +422,8 @@ def test_a_sampler_does_not_depend_on_the_one_before(reference) -> None:
 def test_apply_sampler_gives_the_pipeline_a_fresh_scheduler(tiny) -> None:
     pipe = load_pipeline(entry(tiny.pipeline), base_dir=Path("/"))
     before = pipe.scheduler
-    scheduler = apply_sampler(pipe, Sampler.EULER_A)
+    scheduler = set_scheduler(pipe, Sampler.EULER_A)
     assert pipe.scheduler is scheduler and scheduler is not before
     assert type(scheduler) is EulerAncestralDiscreteScheduler
-    apply_sampler(pipe, "ddim")  # the job's value may be the plain string
+    set_scheduler(pipe, "ddim")  # the job's value may be the plain string
     assert has_seed_scheduler(pipe.scheduler)

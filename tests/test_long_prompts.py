@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from inference.prompt_embeds import encode, split_chunks, tokenize
-from inference.sampling import generators, sample, sample_with_info
+from inference.prompt_embeds import encode_prompts, split_chunks, tokenize
+from inference.sampling import generators
 from ponybot_core.config import Sampler
 from ponybot_core.job import Job
+from ponybot_testkit.sampling import sample, sample_with_info
 
 CPU = torch.device("cpu")
 TAGS = [
@@ -98,7 +99,7 @@ def test_a_full_chunk_breaks_after_its_last_comma_so_tags_stay_whole() -> None:
 )
 def test_short_prompts_are_encoded_bit_identically_to_diffusers(pipe, prompt, negative) -> None:
     for count in (1, 3):
-        ours = encode(pipe, prompt, negative, count)
+        ours = encode_prompts(pipe, prompt, negative, count)
         theirs, theirs_negative = pipe.encode_prompt(prompt, CPU, count, True, negative)
         assert ours.chunks == 1
         assert ours.note() is None
@@ -115,7 +116,7 @@ def test_short_prompts_draw_the_same_images_as_passing_the_prompt(pipe) -> None:
 
 
 def test_a_120_token_prompt_is_two_chunks_of_77_positions(pipe) -> None:
-    encoded = encode(pipe, PROMPT_120, "lowres")
+    encoded = encode_prompts(pipe, PROMPT_120, "lowres")
     hidden = pipe.text_encoder.config.hidden_size
     assert (encoded.tokens, encoded.negative_tokens, encoded.chunks) == (120, 2, 2)
     assert encoded.prompt_embeds.shape == (1, 154, hidden)
@@ -125,11 +126,11 @@ def test_a_120_token_prompt_is_two_chunks_of_77_positions(pipe) -> None:
 
 def test_the_first_chunk_is_what_diffusers_sees_and_the_second_is_the_tail(pipe) -> None:
     # Without the comma backtrack the first chunk is exactly the first 75 tokens.
-    encoded = encode(pipe, PROMPT_120, None, backtrack=0)
+    encoded = encode_prompts(pipe, PROMPT_120, None, backtrack=0)
     truncated, _ = pipe.encode_prompt(PROMPT_120, CPU, 1, True, None)
     assert torch.equal(encoded.prompt_embeds[:, :77], truncated)
     tail = pipe.tokenizer.decode(tokenize(pipe, PROMPT_120)[75:])
-    tail_alone = encode(pipe, tail, None).prompt_embeds
+    tail_alone = encode_prompts(pipe, tail, None).prompt_embeds
     assert torch.allclose(encoded.prompt_embeds[:, 77:], tail_alone, atol=1e-5)
 
 
@@ -146,9 +147,9 @@ def test_the_tail_of_a_long_prompt_changes_the_picture(pipe) -> None:
 
 
 def test_the_negative_prompt_is_padded_with_empty_chunks(pipe) -> None:
-    encoded = encode(pipe, PROMPT_120, "lowres, bad anatomy")
-    short = encode(pipe, "solo", "lowres, bad anatomy")
-    empty = encode(pipe, "", None).prompt_embeds
+    encoded = encode_prompts(pipe, PROMPT_120, "lowres, bad anatomy")
+    short = encode_prompts(pipe, "solo", "lowres, bad anatomy")
+    empty = encode_prompts(pipe, "", None).prompt_embeds
     assert encoded.negative_prompt_embeds.shape == encoded.prompt_embeds.shape
     assert torch.allclose(encoded.negative_prompt_embeds[:, :77], short.negative_prompt_embeds,
                           atol=1e-5)
@@ -156,8 +157,8 @@ def test_the_negative_prompt_is_padded_with_empty_chunks(pipe) -> None:
 
 
 def test_a_long_negative_pads_the_prompt(pipe) -> None:
-    encoded = encode(pipe, "solo", PROMPT_120)
-    empty = encode(pipe, "", None).prompt_embeds
+    encoded = encode_prompts(pipe, "solo", PROMPT_120)
+    empty = encode_prompts(pipe, "", None).prompt_embeds
     assert (encoded.tokens, encoded.negative_tokens, encoded.chunks) == (1, 120, 2)
     assert encoded.prompt_embeds.shape == encoded.negative_prompt_embeds.shape == (1, 154, 32)
     assert torch.allclose(encoded.prompt_embeds[:, 77:], empty, atol=1e-5)
@@ -165,8 +166,8 @@ def test_a_long_negative_pads_the_prompt(pipe) -> None:
 
 
 def test_count_repeats_the_embeddings_once_per_image(pipe) -> None:
-    one = encode(pipe, PROMPT_120, "lowres")
-    three = encode(pipe, PROMPT_120, "lowres", 3)
+    one = encode_prompts(pipe, PROMPT_120, "lowres")
+    three = encode_prompts(pipe, PROMPT_120, "lowres", 3)
     assert three.prompt_embeds.shape == (3, 154, 32)
     for i in range(3):
         assert torch.equal(three.prompt_embeds[i], one.prompt_embeds[0])

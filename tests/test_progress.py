@@ -20,7 +20,7 @@ from inference.progress import (
     LATENT_RGB_FACTORS,
     ProgressReporter,
     SamplingCancelled,
-    encode_preview,
+    jpeg_of,
     latents_to_preview,
     preview_size,
 )
@@ -306,7 +306,7 @@ def test_preview_size_keeps_the_aspect_and_is_at_most_256_px(latent_hw, size) ->
     assert preview_size(*latent_hw) == size
     image = latents_to_preview(torch.randn(1, 4, *latent_hw, dtype=torch.float16))
     assert image.size == size
-    decoded = Image.open(io.BytesIO(encode_preview(image)))
+    decoded = Image.open(io.BytesIO(jpeg_of(image)))
     assert decoded.format == "JPEG" and decoded.size == size
 
 

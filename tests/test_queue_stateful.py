@@ -38,7 +38,7 @@ from ponybot_core.keys import Keys
 from ponybot_core.queue import Consumer, Delivery, JobStatus, Producer, QueueView
 from ponybot_core.queue.state import FINAL
 from ponybot_core.redis_client import worker_redis
-from ponybot_testkit.redis_faults import Faults
+from ponybot_testkit.redis_faults import Faults, restart
 from ponybot_testkit.world import make_job
 
 T = TypeVar("T")
@@ -208,7 +208,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def redis_restarts(self) -> None:
         self.faults.armed = None
-        self.server.restart()
+        restart(self.server)
 
     # --- what must always hold ------------------------------------------------------------------
 

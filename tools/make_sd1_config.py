@@ -11,7 +11,7 @@ How it is built:
   `create_vae_diffusers_config_from_ldm`, fed the CompVis `configs/stable-diffusion/
   v1-inference.yaml` values (copied below as a dict; nothing is downloaded).
 * text_encoder/: the CLIP ViT-L/14 text tower SD 1.x conditions on.
-* scheduler/: DDIM with the pony-diffusion model card's settings (`inference.samplers`).
+* scheduler/: DDIM with the pony-diffusion model card's settings (`inference.schedulers`).
 * tokenizer/: the real CLIP BPE, built exactly as OpenAI CLIP's `SimpleTokenizer` does from
   `bpe_simple_vocab_16e6.txt.gz`. That file ships inside the open_clip_torch wheel:
 
@@ -230,7 +230,7 @@ def write_model_configs(out: Path) -> None:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from inference.samplers import SEED_DDIM_CONFIG
+    from inference.schedulers import SEED_DDIM_CONFIG
 
     # An empty checkpoint makes diffusers infer "v1" (512 px images, 64 px latents).
     unet_config = create_unet_diffusers_config_from_ldm(V1_INFERENCE, checkpoint={})
@@ -267,7 +267,7 @@ def check_model_configs(folder: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig
 
-    from inference.samplers import SEED_DDIM_CONFIG
+    from inference.schedulers import SEED_DDIM_CONFIG
 
     unet = UNet2DConditionModel.load_config(folder / "unet")
     assert unet["cross_attention_dim"] == 768, unet

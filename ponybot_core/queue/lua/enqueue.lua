@@ -39,7 +39,7 @@ end
 
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'job', ARGV[2], 'status', 'queued', 'attempts', 0,
-           'guild', ARGV[3], 'user', ARGV[4], 'model', ARGV[5], 'compat', ARGV[6],
+           'guild', ARGV[3], 'user', ARGV[4], 'model', ARGV[5], 'batch_key', ARGV[6],
            'waiting', KEYS[2], 'user_set', KEYS[4], 'token_key', KEYS[7],
            'enqueued_at', t[1] .. '.' .. string.format('%06d', t[2]))
 if ARGV[8] ~= '' then redis.call('SET', KEYS[7], ARGV[8], 'EX', tonumber(ARGV[9])) end

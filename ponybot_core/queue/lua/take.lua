@@ -60,13 +60,13 @@ if next(preferred) ~= nil and not preferred[redis.call('HGET', chosen[2], 'model
 end
 local taken = {pop(chosen[1])}
 -- 2. Batch: keep following round-robin while its next job can share the pipeline call.
-local compat = redis.call('HGET', taken[1], 'compat')
+local batch_key = redis.call('HGET', taken[1], 'batch_key')
 while #taken < max_jobs do
   local w = redis.call('LINDEX', KEYS[1], 0)
   if not w then break end
   local key = head(w)
   if key then
-    if redis.call('HGET', key, 'compat') ~= compat then break end
+    if redis.call('HGET', key, 'batch_key') ~= batch_key then break end
     table.insert(taken, pop(w))
   end
 end

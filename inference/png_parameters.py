@@ -24,7 +24,7 @@ def a1111_parameters(job: Job, seed: int, *, model_name: str) -> str:
     return "\n".join(lines)
 
 
-def encode_png(image: Image, parameters: str) -> bytes:
+def png_with_parameters(image: Image, parameters: str) -> bytes:
     info = PngInfo()
     info.add_text("parameters", parameters)
     out = io.BytesIO()

@@ -80,7 +80,7 @@ def make_scheduler(base_config: Mapping[str, Any], sampler: Sampler) -> Schedule
     raise ValueError(f"unknown sampler {sampler!r}")  # pragma: no cover - exhaustive above
 
 
-def apply_sampler(pipe: StableDiffusionPipeline, sampler: Sampler) -> SchedulerMixin:
+def set_scheduler(pipe: StableDiffusionPipeline, sampler: Sampler) -> SchedulerMixin:
     """Give `pipe` a fresh scheduler for `sampler` (same schedule); returns it."""
     scheduler = make_scheduler(pipe.scheduler.config, sampler)
     pipe.scheduler = scheduler
