@@ -12,8 +12,11 @@ from discord.ext import commands
 from redis.asyncio import Redis
 
 from bot.answering import send_ephemeral, what_to_say
+from bot.cancelling import Cancelling
+from bot.submit import Submitter
 from ponybot_core.config import Settings
 from ponybot_core.keys import Keys
+from ponybot_core.poster import Poster
 from ponybot_core.queue import Producer, QueueView
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,10 @@ class PonyBot(commands.Bot):
         self.keys = Keys(settings.config.redis.key_prefix)
         self.queue = Producer(redis, self.keys, result_ttl_s=settings.config.queue.result_ttl_s)
         self.queue_view = QueueView(redis, self.keys)
+        self.submitter = Submitter(self.config, redis, self.keys, self.queue,
+                                   announce=lambda job, message_id: self.dispatch(
+                                       "job_queued", job, message_id))
+        self.cancelling = Cancelling(self.queue, self.queue_view, self.config, Poster(self))
 
     async def setup_hook(self) -> None:
         self.tree.on_error = self.on_app_command_error

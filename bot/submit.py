@@ -11,10 +11,12 @@ back out of the queue: what the user saw, "the application did not respond", sta
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import discord
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot import availability, guild_settings
@@ -24,12 +26,10 @@ from bot.options import out_of_limits
 from bot.views import queued_view
 from ponybot_core.config import Config
 from ponybot_core.job import Job
+from ponybot_core.keys import Keys
 from ponybot_core.logs import JobLog
 from ponybot_core.messages import queued_text
-from ponybot_core.queue import JobStatus, UserLimitReached
-
-if TYPE_CHECKING:
-    from bot.app import PonyBot
+from ponybot_core.queue import JobStatus, Producer, UserLimitReached
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +65,27 @@ def check_against_config(config: Config, job: Job) -> str:
     return entry.name
 
 
-async def submit(
-    bot: PonyBot,
-    interaction: discord.Interaction,
-    job: Job,
-    *,
-    notes: Sequence[str] = (),
-    guild: GuildSettings | None = None,
-) -> None:
-    """Queue `job` and answer `interaction` with its queued message (a new public message;
-    its interaction token travels in the job so the worker can edit it into the result).
-    `guild` is the server's settings when the caller has read them already."""
+@dataclass(frozen=True)
+class Submitter:
+    """What queuing needs, and nothing else of the bot."""
+
+    config: Config
+    redis: Redis
+    keys: Keys
+    queue: Producer
+    # Tells the rest of the bot that a job's queued message is showing (cogs.positions).
+    announce: Callable[[Job, int], None]
+
+    async def submit(self, interaction: discord.Interaction, job: Job, *,
+                     notes: Sequence[str] = (), guild: GuildSettings | None = None) -> None:
+        """Queue `job` and answer `interaction` with its queued message (a new public
+        message; its interaction token travels with the job so the worker can edit it into
+        the result). `guild` is the server's settings when the caller has read them."""
+        await _submit(self, interaction, job, notes=notes, guild=guild)
+
+
+async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
+                  notes: Sequence[str], guild: GuildSettings | None) -> None:
     jlog = JobLog(log, job.id)
     # 1. Still possible with today's config, and with the workers running now.
     model_name = check_against_config(bot.config, job)
@@ -118,14 +128,14 @@ async def submit(
     #    the worker falls back to a channel post, so the job is never stuck on it.
     message_id = callback.message_id or getattr(callback.resource, "id", None)
     if message_id:
-        bot.dispatch("job_queued", job, message_id)
+        bot.announce(job, message_id)
         try:
             await bot.queue.record_message(job.id, message_id, position=enqueued.position)
         except (RedisError, OSError):
             jlog.warning("could not record message %s; the worker will post anew", message_id)
 
 
-async def _take_back(bot: PonyBot, job: Job, exc: discord.HTTPException) -> None:
+async def _take_back(bot: Submitter, job: Job, exc: discord.HTTPException) -> None:
     """The user never saw the job queued: cancel it while it still waits."""
     jlog = JobLog(log, job.id)
     try:

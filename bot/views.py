@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.buttons import JobButton
-from bot.cancelling import cancel_job
 from ponybot_core.custom_ids import Action
 
 if TYPE_CHECKING:
@@ -21,7 +20,7 @@ class CancelButton(JobButton, action=Action.CANCEL):
         return {"label": "Cancel", "emoji": "✖️", "style": discord.ButtonStyle.secondary}
 
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
-        text = await cancel_job(bot, interaction, self.job_id)
+        text = await bot.cancelling.cancel(interaction, self.job_id)
         await interaction.response.send_message(text, ephemeral=True)
 
 

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from bot import guild_settings, policy, tags
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.options import PonyOptions, model_choices, resolve_generation
-from bot.submit import request_fields, submit
+from bot.submit import request_fields
 from ponybot_core.config import Config, ModelEntry
 from ponybot_core.job import MAX_SEED, Job
 
@@ -87,7 +87,7 @@ class PonyCog(commands.Cog):
             count=generation.count,
             upscale=bool(upscale),
         )
-        await submit(self.bot, interaction, job, notes=notes, guild=guild)
+        await self.bot.submitter.submit(interaction, job, notes=notes, guild=guild)
 
     @pony.autocomplete("model")
     async def _model_choices(

@@ -10,7 +10,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import guild_settings
-from bot.cancelling import cancel_job, tell_cancelled
 from bot.permissions import is_owner, require_owner, require_server_admin
 from bot.views import CancelButton
 from ponybot_core.heartbeat import read_heartbeats
@@ -76,7 +75,7 @@ class QueueCog(commands.GroupCog, group_name="queue", group_description="The dra
         await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self.bot.queue.clear(guild_id, user.id if user else None)
         for result in cancelled:
-            await tell_cancelled(self.bot, result, by_admin=True)
+            await self.bot.cancelling.tell(result, by_admin=True)
         whose = f"{user.mention}'s" if user else "all"
         await interaction.followup.send(f"Cancelled {len(cancelled)} of {whose} queued jobs.",
                                         ephemeral=True)
@@ -84,7 +83,7 @@ class QueueCog(commands.GroupCog, group_name="queue", group_description="The dra
     @app_commands.command(name="cancel", description="Cancel a queued or running job")
     @app_commands.describe(job="the job id (in the footer of its message)")
     async def cancel(self, interaction: discord.Interaction, job: str) -> None:
-        await reply(interaction, await cancel_job(self.bot, interaction, job.strip()))
+        await reply(interaction, await self.bot.cancelling.cancel(interaction, job.strip()))
 
     @app_commands.command(name="limit", description="Queued + running jobs one user may have")
     async def limit(self, interaction: discord.Interaction,

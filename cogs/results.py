@@ -25,7 +25,7 @@ from bot.buttons import JobButton
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
 from bot.permissions import is_owner, is_server_admin
-from bot.submit import request_fields, submit
+from bot.submit import request_fields
 from ponybot_core.custom_ids import Action
 from ponybot_core.job import MAX_SEED, Job, JobKind, new_job_id
 from ponybot_core.logs import JobLog
@@ -51,7 +51,8 @@ async def reroll(bot: PonyBot, interaction: discord.Interaction, job_id: str) ->
     guild = await _allowed_here(bot, interaction, source)
     job = _derive(source, interaction, seed=secrets.randbelow(MAX_SEED), seeded=False)
     JobLog(log, job.id).info("re-roll of %s by user=%s", source.id, job.user_id)
-    await submit(bot, interaction, job, notes=[f"re-roll of job {source.id}"], guild=guild)
+    await bot.submitter.submit(interaction, job, notes=[f"re-roll of job {source.id}"],
+                               guild=guild)
 
 
 async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
@@ -74,7 +75,7 @@ async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, i
         strength=None,
     )
     JobLog(log, job.id).info("upscale of %s image %d by user=%s", source.id, index, job.user_id)
-    await submit(bot, interaction, job, guild=guild)
+    await bot.submitter.submit(interaction, job, guild=guild)
 
 
 async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
@@ -95,7 +96,7 @@ async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, inde
         strength=bot.config.variation_strength,
     )
     JobLog(log, job.id).info("variation of %s image %d by user=%s", source.id, index, job.user_id)
-    await submit(bot, interaction, job, guild=guild)
+    await bot.submitter.submit(interaction, job, guild=guild)
 
 
 async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
