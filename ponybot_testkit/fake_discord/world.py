@@ -1,0 +1,101 @@
+"""The fake Discord's world: the guilds the bot is in, their channels, users and DM channels.
+
+Tests build it with ``add_guild`` / ``add_channel`` / ``add_user`` before or after the bot
+connects; a connected bot hears about additions as GUILD_CREATE / CHANNEL_CREATE /
+CHANNEL_UPDATE, like a bot added to a server. (Not to be confused with
+``ponybot_testkit.world``, the ids and config the whole test suite shares.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ponybot_testkit.fake_discord.clock import FakeClock, _Snowflakes
+from ponybot_testkit.fake_discord.gateway import INTENT_GUILDS
+from ponybot_testkit.fake_discord.model import _Channel, _Guild
+from ponybot_testkit.fake_discord.rules import DEFAULT_PERMISSIONS
+
+
+class WorldSetup:
+    """Guilds, channels and users; announces changes with ``_broadcast`` (``gateway``)."""
+
+    owner_id: int
+    clock: FakeClock
+    guilds: dict[int, _Guild]
+    channels: dict[int, _Channel]
+    users: dict[int, dict[str, Any]]
+    _snowflakes: _Snowflakes
+
+    def add_guild(
+        self,
+        guild_id: int,
+        name: str = "Test Guild",
+        owner_id: int | None = None,
+        *,
+        everyone_permissions: int = DEFAULT_PERMISSIONS,
+        locale: str = "en-US",
+    ) -> None:
+        """Register a guild the bot is in (sent as GUILD_CREATE on IDENTIFY, or now)."""
+        g = _Guild(
+            int(guild_id),
+            name,
+            int(owner_id if owner_id is not None else self.owner_id),
+            everyone_permissions,
+            locale,
+            self.clock.time(),
+        )
+        self.guilds[g.id] = g
+        self._broadcast("GUILD_CREATE", self._guild_create_json(g), INTENT_GUILDS)
+
+    def add_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        name: str = "general",
+        nsfw: bool = False,
+        *,
+        topic: str | None = None,
+    ) -> None:
+        """Register (or update) a guild text channel; connected bots get CHANNEL_CREATE/UPDATE."""
+        gid = int(guild_id)
+        if gid not in self.guilds:
+            raise ValueError(f"unknown guild {gid}; add_guild first")
+        cid = int(channel_id)
+        existing = self.channels.get(cid)
+        position = sum(1 for c in self.channels.values() if c.guild_id == gid)
+        ch = _Channel(cid, gid, name, nsfw, 0, topic, existing.position if existing else position)
+        if existing:
+            ch.last_message_id = existing.last_message_id
+        self.channels[cid] = ch
+        event = "CHANNEL_UPDATE" if existing else "CHANNEL_CREATE"
+        self._broadcast(event, self._channel_json(ch), INTENT_GUILDS)
+
+    def add_user(self, user_id: int, name: str | None = None, *, bot: bool = False) -> None:
+        """Register a user (unknown users are created on the fly by invoke/click)."""
+        uid = int(user_id)
+        uname = name or f"user{uid}"
+        self.users[uid] = {
+            "id": str(uid),
+            "username": uname,
+            "discriminator": "0",
+            "global_name": uname,
+            "avatar": None,
+            "public_flags": 0,
+            "bot": bot,
+        }
+
+    def dm_channel_id(self, user_id: int) -> int:
+        """The DM channel between the bot and ``user_id`` (created on demand)."""
+        uid = int(user_id)
+        for ch in self.channels.values():
+            if ch.type == 1 and ch.recipient_id == uid:
+                return ch.id
+        self._user(uid)
+        cid = self._snowflakes.next()
+        self.channels[cid] = _Channel(cid, None, "", False, 1, recipient_id=uid)
+        return cid
+
+    def _user(self, user_id: int) -> dict[str, Any]:
+        if user_id not in self.users:
+            self.add_user(user_id)
+        return self.users[user_id]
