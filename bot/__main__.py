@@ -10,7 +10,7 @@ import sys
 from bot.app import PonyBot
 from ponybot_core.config import ConfigError, config_path, load_settings
 from ponybot_core.discord_endpoints import use_endpoints
-from ponybot_core.logs import setup_logging
+from ponybot_core.logs import masked_url, setup_logging
 from ponybot_core.redis_client import bot_redis
 
 log = logging.getLogger("bot")
@@ -18,17 +18,12 @@ log = logging.getLogger("bot")
 
 async def run(settings_path: str | None) -> int:
     settings = load_settings(config_path(settings_path))
-    token = settings.secrets.discord_token
-    if token is None:
-        log.error("DISCORD_TOKEN is not set")
-        return 2
-    if not settings.redis_url:
-        log.error("no Redis: set REDIS_URL or redis.url (or start everything with `ponybot up`)")
-        return 2
+    token, redis_url = settings.connection("bot")
+    log.info("config %s, Redis %s", settings.path, masked_url(redis_url))
     use_endpoints(settings.config.discord)
-    bot = PonyBot(settings, bot_redis(settings.redis_url))
+    bot = PonyBot(settings, bot_redis(redis_url))
     async with bot:
-        await bot.start(token.get_secret_value())
+        await bot.start(token)
     return 0
 
 

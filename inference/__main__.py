@@ -11,7 +11,7 @@ import sys
 
 from ponybot_core.config import ConfigError, Settings, config_path, load_settings
 from ponybot_core.discord_endpoints import use_endpoints
-from ponybot_core.logs import setup_logging
+from ponybot_core.logs import masked_url, setup_logging
 from ponybot_core.redis_client import worker_redis
 
 log = logging.getLogger("inference")
@@ -20,16 +20,11 @@ log = logging.getLogger("inference")
 async def run_worker(settings: Settings) -> int:
     from inference.worker import Worker, logged_in_client
 
-    token = settings.secrets.discord_token
-    if token is None:
-        log.error("DISCORD_TOKEN is not set (the worker posts results with it)")
-        return 2
-    if not settings.redis_url:
-        log.error("no Redis: set REDIS_URL or redis.url (or start everything with `ponybot up`)")
-        return 2
+    token, redis_url = settings.connection("worker")
+    log.info("config %s, Redis %s", settings.path, masked_url(redis_url))
     use_endpoints(settings.config.discord)
-    redis = worker_redis(settings.redis_url, block_s=settings.config.worker.block_ms / 1000)
-    client = await logged_in_client(token.get_secret_value())
+    redis = worker_redis(redis_url, block_s=settings.config.worker.block_ms / 1000)
+    client = await logged_in_client(token)
     worker = Worker(settings, redis, client)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unexpected arguments: {' '.join(rest)}")
     try:
         return asyncio.run(run_worker(settings))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0
 

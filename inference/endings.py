@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import torch
 
@@ -56,16 +57,8 @@ class Endings:
         self.leases.release(delivery)
 
     async def cancelled(self, delivery: Delivery) -> None:
-        job = delivery.job
-        JobLog(log, job.id).info("cancelled while running")
-        try:
-            if not delivery.lost.is_set():
-                await self.poster.tell(job, await delivery.message(), cancelled_text(job))
-                await patiently(delivery.cancelled, "record the cancel", stopping=self.stopping)
-        except Stopping:
-            self._left(delivery)
-        finally:
-            self.leases.release(delivery)
+        JobLog(log, delivery.job_id).info("cancelled while running")
+        await self._end(delivery, cancelled_text(delivery.job), delivery.cancelled, "cancel")
 
     async def failed(self, delivery: Delivery, exc: Exception) -> None:
         """Given up when retrying cannot help, else back to the queue for another try."""
@@ -89,13 +82,17 @@ class Endings:
             self.leases.release(delivery)
 
     async def give_up(self, delivery: Delivery, reason: str) -> None:
-        job = delivery.job
-        JobLog(log, job.id).error("dead-lettered: %s", reason)
+        JobLog(log, delivery.job_id).error("dead-lettered: %s", reason)
+        await self._end(delivery, failure_text(delivery.job, reason),
+                        lambda: delivery.give_up(reason), "dead-letter")
+
+    async def _end(self, delivery: Delivery, notice: str,
+                   move: Callable[[], Awaitable[Outcome]], what: str) -> None:
+        """Tell the user, then make the move; nothing when another worker holds the job."""
         try:
             if not delivery.lost.is_set():
-                await self.poster.tell(job, await delivery.message(), failure_text(job, reason))
-                await patiently(lambda: delivery.give_up(reason), "dead-letter",
-                                stopping=self.stopping)
+                await self.poster.tell(delivery.job, await delivery.message(), notice)
+                await patiently(move, f"record the {what}", stopping=self.stopping)
         except Stopping:
             self._left(delivery)
         finally:

@@ -323,6 +323,17 @@ class Settings(BaseModel):
         """Relative paths in the config are relative to the config file's folder."""
         return path if path.is_absolute() else (self.path.parent / path)
 
+    def connection(self, process: str) -> tuple[str, str]:
+        """(Discord token, Redis URL) that the bot and the worker cannot start without;
+        raises ConfigError saying what to set."""
+        token = self.secrets.discord_token
+        if token is None:
+            raise ConfigError(f"{process}: DISCORD_TOKEN is not set")
+        if not self.redis_url:
+            raise ConfigError(f"{process}: no Redis: set REDIS_URL or redis.url (or start "
+                              "everything with `ponybot up`)")
+        return token.get_secret_value(), self.redis_url
+
 
 def config_path(cli_value: str | None = None) -> Path:
     if cli_value:

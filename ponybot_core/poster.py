@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import discord
@@ -155,16 +156,8 @@ class Poster:
     async def edit_queued(self, job: Job, message_id: int, content: str) -> bool:
         """Update the queued message's text in place (position changes): never posts anew,
         keeps its buttons; False when the token has expired or the edit failed."""
-        if not job.token_usable(time.time()):
-            return False
-        webhook = self._interaction_webhook(job)
-        try:
-            await webhook.edit_message(message_id, content=content,
-                                       allowed_mentions=discord.AllowedMentions.none())
-        except discord.HTTPException as exc:
-            JobLog(log, job.id).info("position edit failed: %s", exc)
-            return False
-        return True
+        return await self._with_token(job, "position edit", lambda webhook: webhook.edit_message(
+            message_id, content=content, allowed_mentions=discord.AllowedMentions.none()))
 
     async def show_progress(self, job: Job, message_id: int, step: int, total: int,
                             preview: bytes | None) -> None:
@@ -179,14 +172,19 @@ class Poster:
     async def whisper(self, job: Job, content: str) -> bool:
         """A message only the user sees (an ephemeral followup through the interaction token),
         leaving the job's own message as it is; False when the token is gone or it failed."""
+        return await self._with_token(job, "private notice", lambda webhook: webhook.send(
+            content, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()))
+
+    async def _with_token(self, job: Job, what: str,
+                          call: Callable[[discord.Webhook], Awaitable[object]]) -> bool:
+        """`call` with the interaction's webhook while its token lives; False when it has
+        expired or Discord refused (logged)."""
         if not job.token_usable(time.time()):
             return False
-        webhook = self._interaction_webhook(job)
         try:
-            await webhook.send(content, ephemeral=True,
-                               allowed_mentions=discord.AllowedMentions.none())
+            await call(self._interaction_webhook(job))
         except discord.HTTPException as exc:
-            JobLog(log, job.id).info("could not tell the user privately: %s", exc)
+            JobLog(log, job.id).info("%s failed: %s", what, exc)
             return False
         return True
 

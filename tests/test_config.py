@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,17 @@ def test_processes_refuse_to_start_on_an_invalid_config(tmp_path, module):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "defaults.steps" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["bot", "inference"])
+@pytest.mark.parametrize(("env", "named"), [
+    ({"REDIS_URL": "redis://127.0.0.1:1/0"}, "DISCORD_TOKEN is not set"),
+    ({"DISCORD_TOKEN": "t"}, "no Redis: set REDIS_URL"),
+])
+def test_processes_say_which_secret_is_missing(tmp_path, module, env, named):
+    path = write(tmp_path, MINIMAL)
+    clean = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "REDIS_URL")}
+    result = subprocess.run([sys.executable, "-m", module, "--config", str(path)],
+                            capture_output=True, text=True, timeout=120, env={**clean, **env})
+    assert result.returncode == 2
+    assert named in result.stderr
