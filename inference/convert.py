@@ -39,10 +39,9 @@ from inference.model_files import (
     converted_safetensors_path,
     is_up_to_date,
     is_zip_checkpoint,
-    resolve_path,
     sd1_layout_problem,
 )
-from ponybot_core.config import Config, ModelEntry, ModelFormat
+from ponybot_core.config import Config, ModelEntry, ModelFormat, resolve_path
 
 Target = Literal["safetensors", "diffusers"]
 Report = Callable[[str], None]

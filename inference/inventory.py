@@ -25,10 +25,9 @@ from inference.model_files import (
     converted_copy,
     converted_safetensors_path,
     is_zip_checkpoint,
-    resolve_path,
     sd1_layout_problem,
 )
-from ponybot_core.config import Config, ModelEntry, ModelFormat, UpscalerEntry
+from ponybot_core.config import Config, ModelEntry, ModelFormat, UpscalerEntry, resolve_path
 
 # Components a diffusers folder must hold weights for (the safety checker is never loaded).
 _WEIGHTED = ("unet", "vae", "text_encoder")

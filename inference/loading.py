@@ -37,11 +37,10 @@ from inference.model_files import (
     converted_copy,
     converted_safetensors_path,
     is_zip_checkpoint,
-    resolve_path,
     sd1_layout_problem,
 )
 from inference.schedulers import SEED_DDIM_CONFIG, make_scheduler
-from ponybot_core.config import ModelEntry, ModelFormat, Sampler
+from ponybot_core.config import ModelEntry, ModelFormat, Sampler, resolve_path
 
 log = logging.getLogger(__name__)
 

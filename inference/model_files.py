@@ -19,12 +19,6 @@ CONVERTED_DIFFUSERS_SUFFIX = ".diffusers"
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def resolve_path(path: Path, base_dir: Path) -> Path:
-    """Relative paths in the config are relative to the config file's folder; `~` works."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else Path(base_dir) / path
-
-
 def converted_safetensors_path(path: Path) -> Path:
     """Where `convert` writes the safetensors copy of a `.ckpt`: `<stem>.safetensors`."""
     return path.with_suffix(CONVERTED_SAFETENSORS_SUFFIX)

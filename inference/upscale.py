@@ -36,8 +36,7 @@ from spandrel import (
     canonicalize_state_dict,
 )
 
-from inference.model_files import resolve_path
-from ponybot_core.config import UpscalerEntry
+from ponybot_core.config import UpscalerEntry, resolve_path
 
 log = logging.getLogger(__name__)
 

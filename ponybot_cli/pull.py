@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 from inference.inventory import check_model, human_size
-from inference.model_files import resolve_path
 from ponybot_cli.settings import load_or_explain
-from ponybot_core.config import ModelEntry, ModelFormat
+from ponybot_core.config import ModelEntry, ModelFormat, resolve_path
 
 # Pipeline components loaded with weights, and those that are only configuration.
 _WEIGHTED = ("unet", "vae", "text_encoder")

@@ -320,8 +320,7 @@ class Settings(BaseModel):
         return self.secrets.redis_url or self.config.redis.url
 
     def resolve(self, path: Path) -> Path:
-        """Relative paths in the config are relative to the config file's folder."""
-        return path if path.is_absolute() else (self.path.parent / path)
+        return resolve_path(path, self.path.parent)
 
     def connection(self, process: str) -> tuple[str, str]:
         """(Discord token, Redis URL) that the bot and the worker cannot start without;
@@ -333,6 +332,13 @@ class Settings(BaseModel):
             raise ConfigError(f"{process}: no Redis: set REDIS_URL or redis.url (or start "
                               "everything with `ponybot up`)")
         return token.get_secret_value(), self.redis_url
+
+
+def resolve_path(path: Path | str, base_dir: Path) -> Path:
+    """Every path in the config: relative to the config file's folder (`base_dir`); `~` works.
+    The one resolver, for models, upscalers, single-file configs and the Redis data folder."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
 
 
 def config_path(cli_value: str | None = None) -> Path:
