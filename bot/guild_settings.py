@@ -130,7 +130,7 @@ async def set_user_limit(redis: Redis, keys: Keys, guild_id: int, limit: int | N
 
 
 def canonical_tags(text: str) -> list[str]:
-    """Tags as `/model block` stores them and `tags.apply_channel_policy` compares them:
+    """Tags as `/model block` stores them and `policy.check_caption` compares them:
     canonical form, namespaced tags as `ns:value` (`artist:x`), ratings as their name. A
     leading `-` is ignored: blocking `-gore` blocks `gore`."""
     prompt = tags.parse_tags(text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -12,11 +11,11 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import guild_settings, policy, tags
+from bot import guild_settings, policy
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.options import PonyOptions, model_choices, resolve_generation
+from bot.prompting import render_prompt
 from bot.submit import request_fields
-from ponybot_core.config import Config, ModelEntry
 from ponybot_core.job import MAX_SEED, Job
 
 if TYPE_CHECKING:
@@ -94,24 +93,6 @@ class PonyCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return model_choices(self.bot.config, current)
-
-
-def render_prompt(
-    options: PonyOptions, entry: ModelEntry, config: Config, *, age_restricted: bool,
-    blocked_tags: Iterable[str] = (),
-) -> tuple[tags.RenderedPrompt, tuple[str, ...]]:
-    """Read the user's tags, write them in the model's caption language, and check that
-    caption against the channel and the server (bot.policy); also returns the remarks the
-    user should see (tags left out, rewritten, never seen by the model)."""
-    try:
-        prompt = tags.parse_tags(options.tags, options.negative, profile=entry.caption)
-        tags.validate(prompt, config.limits)
-        rendered = tags.render(prompt, entry, age_restricted=age_restricted)
-    except tags.TagError as exc:
-        raise UserFacingError(str(exc)) from exc
-    policy.check_caption(rendered.positive, config=config, age_restricted=age_restricted,
-                         blocked_tags=blocked_tags)
-    return rendered, (*prompt.notes, *rendered.notes)
 
 
 async def setup(bot: PonyBot) -> None:

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def job_for(settings: Settings, args: argparse.Namespace) -> tuple[Job, tuple[str, ...]]:
     """The options checked and the caption rendered as `/pony` does; UserFacingError if not."""
-    from cogs.pony import render_prompt  # the /pony caption path itself, not a copy
+    from bot.prompting import render_prompt  # the /pony caption path itself, not a copy
 
     config = settings.config
     options = PonyOptions.parse(

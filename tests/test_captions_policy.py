@@ -1,6 +1,6 @@
 """Policy on the caption the model will see (bot/policy.py): ratings outside age-restricted
 channels, a server's blocked tags, whatever the punctuation, namespace spelling or short form.
-`/pony` runs exactly this (cogs/pony.py's render_prompt), and so does every button job."""
+`/pony` runs exactly this (bot/prompting.py's render_prompt), and so does every button job."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bot.errors import UserFacingError
 from bot.options import PonyOptions
-from cogs.pony import render_prompt
+from bot.prompting import render_prompt
 from ponybot_core.config import ModelEntry, load_config
 
 SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")

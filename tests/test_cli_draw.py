@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bot.options import PonyOptions, resolve_generation
-from cogs.pony import render_prompt
+from bot.prompting import render_prompt
 from inference.device import choose_placement
 from inference.models import ModelCache
 from inference.result_post import image_parameters
