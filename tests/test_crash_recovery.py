@@ -139,10 +139,14 @@ async def test_a_job_that_keeps_killing_its_workers_is_dead_lettered_and_its_use
     [key] = await redis.keys(Keys().job("*"))
     for attempt in range(1, 4):  # max_attempts is 3
         worker = await start_worker(name=f"doomed-{attempt}")
-        for _ in range(1000):
+        # Each crash must hit the job: wait for this worker's attempt, however slow the
+        # machine (the previous worker's lease has to run out first).
+        for _ in range(3000):
             if await redis.hget(key, "attempts") == str(attempt).encode():
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"attempt {attempt} never started")
         worker.crash()
     await start_worker(name="survivor")  # reclaims it after the lease, for a 4th attempt
 
