@@ -7,8 +7,9 @@ A job must never fail because its file is too big. The ladder, cheapest loss fir
 4. smaller lossy WebP (Lanczos downscale) until it fits.
 WebP carries the parameters in EXIF UserComment, written the way AUTOMATIC1111 writes them for
 WebP and JPEG (piexif's "UNICODE" UTF-16 big-endian comment in a big-endian EXIF block), here
-through Pillow's own Exif API. Discord's limit is per file (10 MiB by default; an interaction
-says its `attachment_size_limit`), not per message.
+through Pillow's own Exif API, in `ponybot_core.image_parameters` (the bot reads them back with
+it). Discord's limit is per file (10 MiB by default; an interaction says its
+`attachment_size_limit`), not per message.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from PIL import ExifTags, Image
+from PIL import Image
 
 from inference.png_parameters import png_with_parameters
+
+# The format lives with the bot's Parameters menu, torch-free; re-exported for the worker.
+from ponybot_core.image_parameters import parameters_exif as parameters_exif
+from ponybot_core.image_parameters import read_parameters as read_parameters
 
 LOSSY_QUALITIES = (95, 90, 85, 80)
 DOWNSCALE_QUALITY = 90
@@ -31,9 +36,6 @@ LOSSLESS_WEBP_MAX_RATIO = 2.0
 # default's size at a quarter of its time on 2048 px test art. exact: keep the RGB under fully
 # transparent pixels too.
 LOSSLESS_WEBP_OPTIONS = {"lossless": True, "quality": 25, "method": 1, "exact": True}
-
-_UNICODE_PREFIX = b"UNICODE\x00"
-_ASCII_PREFIX = b"ASCII\x00\x00\x00"
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,6 @@ def describe_limit(limit_bytes: int) -> str:
     return f"{limit_bytes} bytes"
 
 
-def parameters_exif(parameters: str) -> bytes:
-    """An EXIF block holding `parameters` in UserComment, as AUTOMATIC1111 writes it."""
-    exif = Image.Exif()  # big-endian ("MM") by default, like piexif
-    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = (
-        _UNICODE_PREFIX + parameters.encode("utf-16-be"))
-    return exif.tobytes()
-
-
 def encode_webp(image: Image.Image, parameters: str | None, *, quality: int | None) -> bytes:
     """Lossless WebP when quality is None, else lossy at that quality; parameters in EXIF."""
     options: dict[str, object] = (dict(LOSSLESS_WEBP_OPTIONS) if quality is None
@@ -80,24 +74,6 @@ def encode_webp(image: Image.Image, parameters: str | None, *, quality: int | No
     out = io.BytesIO()
     image.save(out, format="WEBP", **options)
     return out.getvalue()
-
-
-def read_parameters(data: bytes) -> str | None:
-    """The parameters of a file fit_image made (PNG text chunk or EXIF UserComment)."""
-    with Image.open(io.BytesIO(data)) as image:
-        text = getattr(image, "text", None)  # PNG
-        if text and "parameters" in text:
-            return text["parameters"] or None
-        exif = image.getexif()
-        comment = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
-    if not isinstance(comment, bytes):
-        return comment
-    if comment.startswith(_UNICODE_PREFIX):
-        encoding = "utf-16-le" if exif.endian == "<" else "utf-16-be"
-        return comment[len(_UNICODE_PREFIX):].decode(encoding, errors="replace")
-    if comment.startswith(_ASCII_PREFIX):
-        comment = comment[len(_ASCII_PREFIX):]
-    return comment.rstrip(b"\x00").decode("utf-8", errors="replace")
 
 
 def _fitted(data: bytes, image: Image.Image, *, quality: int | None, lossless: bool,

@@ -7,21 +7,13 @@ import io
 from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ponybot_core.image_parameters import format_parameters
 from ponybot_core.job import Job
 
 
 def a1111_parameters(job: Job, seed: int, *, model_name: str) -> str:
     """The `parameters` text AUTOMATIC1111-style tools read back from a PNG."""
-    sampler = {"ddim": "DDIM", "euler_a": "Euler a", "dpm++2m_karras": "DPM++ 2M Karras"}
-    lines = [job.prompt]
-    if job.negative_prompt:
-        lines.append(f"Negative prompt: {job.negative_prompt}")
-    lines.append(
-        f"Steps: {job.steps}, Sampler: {sampler.get(job.sampler.value, job.sampler.value)}, "
-        f"CFG scale: {job.cfg:g}, Seed: {seed}, Size: {job.width}x{job.height}, "
-        f"Model: {model_name}"
-    )
-    return "\n".join(lines)
+    return format_parameters(job, seed, model_name=model_name)
 
 
 def png_with_parameters(image: Image, parameters: str) -> bytes:

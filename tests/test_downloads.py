@@ -1,0 +1,236 @@
+"""Bounded downloads (ponybot_core/downloads.py), against a real HTTP server on 127.0.0.1 that
+misbehaves the ways a URL can: not Discord's, a redirect, a lying or missing Content-Length, a
+trickle, bytes that are not what the name says, a decompression bomb."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from ponybot_core.downloads import (
+    DownloadFailed,
+    DownloadRefused,
+    decode_image,
+    download_image,
+    open_image,
+    url_allowed,
+)
+
+LIMIT = 64 * 1024
+
+
+def png(width: int = 16, height: int = 8) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 100, 50)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG a few hundred bytes long whose header declares `width` × `height`."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * 1024)  # far fewer than the rows it claims
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0,
+                                                              0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+class Server:
+    """A real aiohttp server whose routes the tests choose; it records every path asked."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.seen: list[str] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.origin}{path}"
+
+    def route(self, path: str, handler) -> None:
+        async def recorded(request: web.Request) -> web.StreamResponse:
+            self.seen.append(request.path)
+            return await handler(request)
+
+        self.app.router.add_get(path, recorded)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    s = Server()
+    s.route("/picture.png", lambda r: _body(png(), "image/png"))
+    s.route("/named.png", lambda r: _body(b"<html>not a picture</html>", "image/png"))
+    s.route("/really-a-png.txt", lambda r: _body(png(), "text/plain"))
+    s.route("/big.png", lambda r: _body(png() + b"\0" * (2 * LIMIT), "image/png"))
+    s.route("/streamed-big.png", _streamed_big)
+    s.route("/trickle.png", _trickle)
+    s.route("/redirect.png", lambda r: _redirect("/picture.png"))
+    s.route("/gone.png", lambda r: _status(404))
+    s.route("/busy.png", lambda r: _status(503))
+    runner = web.AppRunner(s.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    s.port = int(runner.addresses[0][1])
+    s.runner = runner
+    yield s
+    await runner.cleanup()
+
+
+async def _body(data: bytes, content_type: str) -> web.Response:
+    return web.Response(body=data, headers={"Content-Type": content_type})
+
+
+async def _status(status: int) -> web.Response:
+    return web.Response(status=status)
+
+
+async def _redirect(to: str) -> web.Response:
+    raise web.HTTPFound(to)
+
+
+async def _streamed_big(request: web.Request) -> web.StreamResponse:
+    # No Content-Length (chunked): only counting the bytes can stop it.
+    response = web.StreamResponse(headers={"Content-Type": "image/png"})
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):  # the client hangs up, as it should
+        await response.write(png())
+        for _ in range(64):
+            await response.write(b"\0" * LIMIT)
+    return response
+
+
+async def _trickle(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "image/png"})
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        for byte in png():
+            await response.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+    return response
+
+
+async def fetch(server: Server, path: str, *, timeout_s: float = 5.0,
+                hosts: list[str] | None = None):
+    return await download_image(server.url(path), hosts=hosts or [server.origin],
+                                max_bytes=LIMIT, timeout_s=timeout_s)
+
+
+async def test_a_picture_on_an_allowed_host_downloads_with_its_format_from_its_bytes(server):
+    downloaded = await fetch(server, "/picture.png")
+
+    assert downloaded.format == "PNG" and downloaded.data == png()
+
+
+async def test_the_type_comes_from_the_bytes_not_the_name_or_the_header(server):
+    with pytest.raises(DownloadRefused, match="not a PNG, JPEG or WebP"):
+        await fetch(server, "/named.png")
+    assert (await fetch(server, "/really-a-png.txt")).format == "PNG"
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://cdn.discordapp.com/attachments/1/2/p.png?ex=1&is=2&hm=3", True),
+    ("https://media.discordapp.net/attachments/1/2/p.png", True),
+    ("https://CDN.DiscordApp.com/attachments/1/2/p.png", True),
+    ("http://cdn.discordapp.com/attachments/1/2/p.png", False),  # a bare host means https
+    ("https://cdn.discordapp.com:8443/attachments/1/2/p.png", False),
+    ("https://cdn.discordapp.com.evil.example/p.png", False),
+    ("https://evil.example/cdn.discordapp.com/p.png", False),
+    ("https://user@cdn.discordapp.com/p.png", False),
+    ("https://evil.example\\@cdn.discordapp.com/p.png", False),
+    ("file:///etc/passwd", False),
+    ("cdn.discordapp.com/p.png", False),
+    ("", False),
+])
+def test_only_discords_attachment_hosts_are_allowed_by_default(url, allowed):
+    assert url_allowed(url, ["cdn.discordapp.com", "media.discordapp.net"]) is allowed
+
+
+def test_an_origin_entry_allows_exactly_that_scheme_host_and_port():
+    hosts = ["http://127.0.0.1:8080"]
+    assert url_allowed("http://127.0.0.1:8080/attachments/1/2/p.png", hosts)
+    assert not url_allowed("http://127.0.0.1:8081/p.png", hosts)
+    assert not url_allowed("https://127.0.0.1:8080/p.png", hosts)
+    assert not url_allowed("http://localhost:8080/p.png", hosts)
+
+
+async def test_a_url_that_is_not_allowed_is_never_requested(server):
+    with pytest.raises(DownloadRefused, match="not on Discord's attachment servers"):
+        await fetch(server, "/picture.png", hosts=["cdn.discordapp.com"])
+    assert server.seen == []
+
+
+async def test_a_redirect_is_not_followed(server):
+    with pytest.raises(DownloadFailed, match="302"):
+        await fetch(server, "/redirect.png")
+    assert server.seen == ["/redirect.png"]
+
+
+async def test_a_file_over_the_limit_is_refused_by_its_content_length(server):
+    with pytest.raises(DownloadRefused, match="the limit is 64 KiB"):
+        await fetch(server, "/big.png")
+
+
+async def test_a_stream_without_a_length_is_cut_off_past_the_limit(server):
+    started = time.monotonic()
+    with pytest.raises(DownloadRefused, match="larger than the limit of 64 KiB"):
+        await fetch(server, "/streamed-big.png")
+    assert time.monotonic() - started < 5
+
+
+async def test_a_download_that_trickles_is_abandoned_after_the_timeout(server):
+    started = time.monotonic()
+    with pytest.raises(DownloadFailed, match=r"longer than 0\.5 s"):
+        await fetch(server, "/trickle.png", timeout_s=0.5)
+    assert time.monotonic() - started < 3
+
+
+async def test_a_deleted_picture_is_refused_and_a_busy_discord_is_worth_another_try(server):
+    with pytest.raises(DownloadRefused, match="no longer on Discord"):
+        await fetch(server, "/gone.png")
+    with pytest.raises(DownloadFailed, match="503"):
+        await fetch(server, "/busy.png")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_any_decoding():
+    bomb = bomb_png(100_000, 100_000)  # 10^10 pixels in a few hundred bytes
+    assert len(bomb) < 1000
+
+    with pytest.raises(DownloadRefused, match="pixels"):
+        decode_image(bomb, max_pixels=16_777_216)
+
+
+def test_the_pixel_limit_holds_below_pillows_own_bomb_limit():
+    # 25 M pixels: Pillow would decode it (its limit is 89 M); ours is 16 M.
+    with pytest.raises(DownloadRefused, match="5000×5000: more than 16,777,216 pixels"):
+        open_image(bomb_png(5000, 5000), max_pixels=16_777_216)
+
+
+def test_a_damaged_picture_is_refused_when_decoded():
+    with pytest.raises(DownloadRefused, match="damaged or cut off"):
+        decode_image(png(64, 64)[:-40], max_pixels=16_777_216)
+
+
+def test_a_jpeg_is_decoded_upright_as_its_exif_says():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    out = io.BytesIO()
+    Image.new("RGB", (40, 20)).save(out, format="JPEG", exif=exif.tobytes())
+
+    assert decode_image(out.getvalue(), max_pixels=10_000).size == (20, 40)

@@ -1,0 +1,134 @@
+"""The AUTOMATIC1111 `parameters` format (ponybot_core/image_parameters.py): what the workers
+write into every picture is what the bot's Parameters menu reads back, and pictures from
+A1111 itself read the same way, from PNG text and from WebP/JPEG EXIF."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import ExifTags, Image
+from PIL.PngImagePlugin import PngInfo
+
+from inference.fit import encode_webp
+from inference.png_parameters import png_with_parameters
+from ponybot_core.config import Sampler
+from ponybot_core.image_parameters import (
+    format_parameters,
+    parameters_exif,
+    parse_parameters,
+    read_parameters,
+)
+from ponybot_testkit.world import make_job
+
+A1111_TEXT = (
+    "masterpiece, pinkie pie, (party:1.2),\n"
+    "balloons, confetti\n"
+    "Negative prompt: lowres, bad anatomy\n"
+    "blurry\n"
+    'Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 3141592653, Size: 512x768, '
+    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "pony: 1a2b, x: 3c", '
+    "Denoising strength: 0.45, Version: v1.9.4"
+)
+
+
+def test_a_jobs_parameters_read_back_as_they_were_drawn():
+    job = make_job(prompt="scr100, twilight sparkle, unicorn", negative_prompt="explicit, blurry",
+                   steps=17, cfg=6.5, sampler=Sampler.EULER_A, width=64, height=96)
+
+    parsed = parse_parameters(format_parameters(job, 4242, model_name="Tiny Pony"))
+
+    assert parsed.prompt == "scr100, twilight sparkle, unicorn"
+    assert parsed.negative_prompt == "explicit, blurry"
+    assert (parsed.steps, parsed.cfg, parsed.seed) == (17, 6.5, 4242)
+    assert (parsed.width, parsed.height) == (64, 96)
+    assert parsed.sampler == "Euler a" and parsed.our_sampler() is Sampler.EULER_A
+    assert parsed.model == "Tiny Pony"
+
+
+def test_a_model_name_with_a_comma_or_colon_is_quoted_as_a1111_quotes_it():
+    text = format_parameters(make_job(), 1, model_name="Pony: V2, beta")
+
+    assert 'Model: "Pony: V2, beta"' in text
+    assert parse_parameters(text).model == "Pony: V2, beta"
+
+
+def test_a1111s_own_text_reads_with_multiline_prompts_and_quoted_values():
+    parsed = parse_parameters(A1111_TEXT)
+
+    assert parsed.prompt == "masterpiece, pinkie pie, (party:1.2),\nballoons, confetti"
+    assert parsed.negative_prompt == "lowres, bad anatomy\nblurry"
+    assert (parsed.steps, parsed.cfg, parsed.seed) == (28, 6.5, 3141592653)
+    assert parsed.our_sampler() is Sampler.DPMPP_2M_KARRAS
+    assert (parsed.width, parsed.height) == (512, 768)
+    assert parsed.model == "v1-5-pruned-emaonly"
+    assert parsed.denoising_strength == 0.45
+    assert parsed.other["Lora hashes"] == "pony: 1a2b, x: 3c"
+    assert parsed.other["Model hash"] == "6ce0161689"
+
+
+def test_text_without_a_settings_line_is_all_prompt_and_nonsense_numbers_are_none():
+    assert parse_parameters("just a prompt, with: a colon").prompt == \
+        "just a prompt, with: a colon"
+    parsed = parse_parameters("p\nSteps: many, Seed: -, CFG scale: nan, Size: big")
+    assert (parsed.steps, parsed.seed, parsed.cfg, parsed.width) == (None, None, None, None)
+
+
+@given(prompt=st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
+                      min_size=1).map(str.strip).filter(bool),
+       negative=st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"))).map(
+           str.strip),
+       seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 150),
+       cfg=st.floats(0.5, 30, allow_nan=False).map(lambda x: round(x, 2)))
+def test_whatever_the_prompt_it_reads_back_as_written(prompt, negative, seed, steps, cfg):
+    job = make_job(prompt=prompt, negative_prompt=negative, steps=steps, cfg=cfg)
+
+    parsed = parse_parameters(format_parameters(job, seed, model_name="Tiny Pony"))
+
+    if prompt.startswith("Negative prompt:"):
+        return  # A1111 reads such a prompt as a negative one too
+    assert (parsed.prompt, parsed.negative_prompt) == (prompt, negative)
+    assert (parsed.seed, parsed.steps, parsed.cfg) == (seed, steps, float(f"{cfg:g}"))
+
+
+def _png(parameters: str) -> bytes:
+    info = PngInfo()
+    info.add_itxt("parameters", parameters)  # A1111 writes iTXt for non-Latin-1 text
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def _jpeg(parameters: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="JPEG", exif=parameters_exif(parameters))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("encode", [
+    _png, _jpeg, lambda p: encode_webp(Image.new("RGB", (8, 8)), p, quality=90),
+    lambda p: png_with_parameters(Image.new("RGB", (8, 8)), p),
+], ids=["png-itxt", "jpeg-exif", "webp-exif", "png-ours"])
+def test_parameters_are_found_in_png_text_and_webp_or_jpeg_exif(encode):
+    text = A1111_TEXT + ", Note: ünïcødé 🐴"
+
+    assert read_parameters(encode(text)) == text
+
+
+def test_an_ascii_exif_user_comment_reads_too():
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = b"ASCII\x00\x00\x00" + \
+        A1111_TEXT.encode()
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="JPEG", exif=exif.tobytes())
+
+    assert read_parameters(out.getvalue()) == A1111_TEXT
+
+
+def test_a_picture_without_parameters_has_none():
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="WEBP")
+
+    assert read_parameters(out.getvalue()) is None
