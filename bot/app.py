@@ -22,7 +22,8 @@ from ponybot_core.queue import Producer, QueueView
 log = logging.getLogger(__name__)
 
 # The cogs, loaded by name as discord.py intends: one concern each.
-EXTENSIONS = ("cogs.pony", "cogs.results", "cogs.models", "cogs.queue", "cogs.positions")
+EXTENSIONS = ("cogs.pony", "cogs.results", "cogs.models", "cogs.queue", "cogs.positions",
+              "cogs.settings")
 
 
 class PonyBot(commands.Bot):

@@ -3,11 +3,12 @@
 The hash is `keys.guild(guild_id)`; its fields are the constants below, each a plain string so
 an admin can read them with `HGETALL`:
 
-    model       the model id `/pony` uses when no `model:` option is given
+    model       the model id `/pony` uses when no option or saved default picks one
     blocked     JSON list of canonical tags (`bot.tags.parse_tags` form) `/pony` refuses
     user_limit  the per-user cap on queued + running jobs (`/queue limit`)
 
-`/pony` reads all of it in one HGETALL. A value that cannot be read (hand-edited, from an
+`/pony` reads all of it in one HGETALL, pipelined with the user's and the channel's saved
+defaults (`bot.defaults.load_layers`). A value that cannot be read (hand-edited, from an
 older version) counts as unset rather than breaking `/pony` for the whole server.
 """
 
@@ -78,10 +79,11 @@ async def load(redis: Redis, keys: Keys, guild_id: int | None) -> GuildSettings:
     if guild_id is None:
         return GuildSettings()
     raw = await redis.hgetall(keys.guild(guild_id))
-    return _from_hash(raw, guild_id)
+    return from_hash(raw, guild_id)
 
 
-def _from_hash(raw: dict[bytes, bytes], guild_id: int) -> GuildSettings:
+def from_hash(raw: dict[bytes, bytes], guild_id: int) -> GuildSettings:
+    """The hash read back (`load`, or a caller that pipelined the HGETALL)."""
     fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
     model = fields.get(MODEL_FIELD) or None
     blocked = _decode_blocked(fields.get(BLOCKED_FIELD), guild_id)

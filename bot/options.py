@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from bot.errors import UserFacingError
-from ponybot_core.config import Config, Limits, ModelEntry, Sampler, Size
+from ponybot_core.config import Config, Limits, Sampler, Size
 from ponybot_core.job import MAX_SEED
 
 
@@ -91,7 +91,7 @@ def out_of_limits(limits: Limits, *, steps: int | None, cfg: float | None, count
 
 
 class Generation(BaseModel):
-    """The sampling parameters once defaults are applied (option > model > config)."""
+    """The sampling parameters once every layer of defaults is applied (`bot.resolution`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -102,20 +102,6 @@ class Generation(BaseModel):
     count: int
     width: int
     height: int
-
-
-def resolve_generation(options: PonyOptions, config: Config, model: ModelEntry) -> Generation:
-    size = Size(options.size) if options.size else config.defaults.size
-    dims = config.sizes[size]
-    return Generation(
-        seed=options.seed,
-        steps=options.steps or model.steps or config.defaults.steps,
-        cfg=options.cfg or model.cfg or config.defaults.cfg,
-        sampler=model.sampler or config.defaults.sampler,
-        count=options.count or config.defaults.count,
-        width=dims.width,
-        height=dims.height,
-    )
 
 
 def _config(info: ValidationInfo) -> Config:

@@ -11,10 +11,11 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import guild_settings, policy
+from bot import defaults, policy
 from bot.errors import QueueUnavailable, UserFacingError
-from bot.options import PonyOptions, model_choices, resolve_generation
+from bot.options import PonyOptions, model_choices
 from bot.prompting import render_prompt
+from bot.resolution import resolve
 from bot.submit import request_fields
 from ponybot_core.job import MAX_SEED, Job
 
@@ -37,7 +38,7 @@ class PonyCog(commands.Cog):
         cfg="how closely to follow the tags (7.5 is the classic)",
         count="how many pictures (1-4)",
         size="square 512×512, portrait 512×768, landscape 768×512",
-        model="which checkpoint (default: this server's)",
+        model="which checkpoint (default: your /settings, the channel's, else this server's)",
         upscale="upscale the pictures with Real-ESRGAN before posting (slower, larger files)",
     )
     async def pony(
@@ -58,15 +59,21 @@ class PonyCog(commands.Cog):
             config, tags=tags, negative=negative, seed=seed, steps=steps, cfg=cfg,
             count=count, size=size, model=model,
         )  # fmt: skip
-        try:  # the server's default model and blocked tags: one HGETALL
-            guild = await guild_settings.load(self.bot.redis, self.bot.keys, interaction.guild_id)
+        try:  # the user's, the channel's and the server's saved settings: one round trip
+            layers = await defaults.load_layers(
+                self.bot.redis, self.bot.keys, config, guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id, user_id=interaction.user.id)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable() from exc
-        entry = guild_settings.model_for(config, guild, options.model)
+        guild = layers.server
+        resolved = resolve(options, config, layers, upscale=upscale)
+        # From here on the options carry the resolved model and negative tags.
+        options, entry, generation, upscale = (
+            resolved.options, resolved.model, resolved.generation, resolved.upscale)
         age_restricted = policy.is_age_restricted(interaction)
         rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted,
                                         blocked_tags=guild.blocked_tags)
-        generation = resolve_generation(options, config, entry)
+        notes = (*resolved.notes(), *notes)
         if upscale and not config.upscalers:
             raise UserFacingError("Upscaling is not available: no upscaler is configured on "
                                   "this bot. Ask again without `upscale`.")

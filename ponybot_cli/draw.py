@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.errors import UserFacingError
-from bot.options import PonyOptions, resolve_generation
+from bot.options import PonyOptions
+from bot.resolution import resolve
 from inference.inventory import check_model
 from ponybot_cli.settings import load_or_explain
 from ponybot_core.config import Settings, Size
@@ -106,12 +107,12 @@ def job_for(settings: Settings, args: argparse.Namespace) -> tuple[Job, tuple[st
         config, tags=args.tags, negative=args.negative, seed=args.seed, steps=args.steps,
         cfg=args.cfg, count=args.count, size=args.size, model=args.model,
     )  # fmt: skip
-    entry = config.model(options.model or config.default_model)
+    resolved = resolve(options, config)  # /pony's resolution, with nobody's saved defaults
+    entry, generation = resolved.model, resolved.generation
     if args.upscale and not config.upscalers:
         raise UserFacingError("--upscale: no upscaler is configured ([[upscalers]] in the "
                               "config)")
-    rendered, notes = render_prompt(options, entry, config, age_restricted=args.nsfw)
-    generation = resolve_generation(options, config, entry)
+    rendered, notes = render_prompt(resolved.options, entry, config, age_restricted=args.nsfw)
     job = Job(
         application_id=0, interaction_id=0, interaction_token="", guild_id=None, channel_id=0,
         user_id=0, model_id=entry.id, tags=options.tags.strip(), prompt=rendered.positive,

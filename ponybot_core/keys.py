@@ -75,6 +75,14 @@ class Keys:
         """Hash of a server's settings: default model, blocked tags, per-user limit."""
         return f"{self.prefix}:guild:{guild_id or 0}"
 
+    def user_defaults(self, guild_id: int | None, user_id: int) -> str:
+        """Hash of one user's `/settings` in one server (DMs are server 0)."""
+        return f"{self.prefix}:defaults:{guild_id or 0}:user:{user_id}"
+
+    def channel_defaults(self, guild_id: int | None, channel_id: int) -> str:
+        """Hash of one channel's `/settings channel` defaults."""
+        return f"{self.prefix}:defaults:{guild_id or 0}:channel:{channel_id}"
+
     def commands_digest(self, application_id: int) -> str:
         """What the slash commands looked like when last synced (sync only on change)."""
         return f"{self.prefix}:commands_digest:{application_id}"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.options import PonyOptions, resolve_generation
+from bot.options import PonyOptions
 from bot.prompting import render_prompt
+from bot.resolution import resolve
 from inference.device import choose_placement
 from inference.models import ModelCache
 from inference.result_post import image_parameters
@@ -87,7 +88,7 @@ def test_draw_writes_what_the_bot_would_post_and_says_what_the_model_saw(
     assert f"negative: {rendered.negative}\n" in printed.out
     assert "sampling" in printed.err and "2/2" in printed.err  # the progress bar
     # The job the worker would have drawn, sampled the worker's way.
-    generation = resolve_generation(options, config, entry)
+    generation = resolve(options, config).generation
     job = Job(application_id=0, interaction_id=0, interaction_token="", guild_id=None,
               channel_id=0, user_id=0, model_id="tiny", tags="twilight sparkle, solo",
               prompt=rendered.positive, negative_prompt=rendered.negative, seed=7, seeded=True,

@@ -1,0 +1,179 @@
+"""The defaults a user saves with `/settings` (and an admin for a channel), kept in Redis.
+
+A saved default is a `/pony` option given ahead of time, so it is checked by the same code as
+the option (`PonyOptions.parse`, whose range check is `out_of_limits`) when it is saved and
+again every time it is read: config.toml can change under a stored value (a model removed, a
+limit lowered), and such a value is then ignored with a note instead of breaking `/pony`.
+
+Each set of defaults is one hash (`keys.user_defaults`, `keys.channel_defaults`) whose fields
+are the option names, plain strings an admin can read with HGETALL:
+
+    model     a model id from config.toml        size      square | portrait | landscape
+    steps     an integer                          cfg       a number
+    count     an integer                          upscale   true | false
+    negative  tags as typed; written in each model's caption language at /pony time
+
+`load_layers` reads the user's, the channel's and the server's hashes in one round trip, which
+is all `/pony` reads before it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from bot import guild_settings, tags
+from bot.errors import UserFacingError
+from bot.guild_settings import GuildSettings
+from bot.options import PonyOptions
+from ponybot_core.config import Config
+from ponybot_core.keys import Keys
+
+log = logging.getLogger(__name__)
+
+Setting = Literal["model", "size", "steps", "cfg", "count", "negative", "upscale"]
+SETTINGS: tuple[Setting, ...] = get_args(Setting)
+# The settings PonyOptions checks itself; `negative` and `upscale` are checked below the way
+# /pony checks them (the tag limits, an upscaler configured).
+_AS_OPTIONS = ("model", "size", "steps", "cfg", "count")
+
+
+class Defaults(BaseModel):
+    """One user's or one channel's saved defaults; None is "not set here"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = None
+    size: str | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    count: int | None = None
+    negative: str | None = None
+    upscale: bool | None = None
+
+    def given(self) -> dict[Setting, str | int | float | bool]:
+        """The settings that are set, in SETTINGS order."""
+        return {name: value for name in SETTINGS if (value := getattr(self, name)) is not None}
+
+    def to_hash(self) -> dict[str, str]:
+        return {name: _encode(value) for name, value in self.given().items()}
+
+
+class Layers(BaseModel):
+    """Everything saved that can apply to one `/pony`, read in one round trip."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: Defaults = Defaults()
+    channel: Defaults = Defaults()
+    server: GuildSettings = GuildSettings()
+    # Saved values that no longer pass today's checks, said for the user.
+    notes: tuple[str, ...] = ()
+
+
+NO_LAYERS = Layers()
+
+
+def check(config: Config, values: Mapping[str, object]) -> Defaults:
+    """`values` (None = not given) checked as `/pony` checks its options; raises
+    UserFacingError naming the first bad option."""
+    given = {name: value for name, value in values.items() if value is not None}
+    options = PonyOptions.parse(config, tags="", **{n: given.get(n) for n in _AS_OPTIONS})
+    negative = given.get("negative")
+    upscale = given.get("upscale")
+    return Defaults(
+        model=options.model, size=options.size, steps=options.steps, cfg=options.cfg,
+        count=options.count,
+        negative=None if negative is None else _check_negative(config, str(negative)),
+        upscale=None if upscale is None else _check_upscale(config, upscale),
+    )  # fmt: skip
+
+
+def _check_negative(config: Config, text: str) -> str:
+    text = text.strip()
+    if len(text) > tags.MAX_INPUT_CHARS:  # /pony would read only the start of it
+        raise UserFacingError(f"`negative` is {len(text)} characters long; at most "
+                              f"{tags.MAX_INPUT_CHARS} are read.")
+    prompt = tags.parse_tags("", text)
+    if not prompt.negatives:
+        raise UserFacingError("`negative` has no tags in it; give derpibooru tags, e.g. "
+                              "`grimdark, blood`.")
+    try:  # `validate` checks a whole prompt: one wanted tag leaves only the negatives' checks
+        tags.validate(prompt.model_copy(update={"items": ("pony",)}), config.limits)
+    except tags.TagError as exc:
+        raise UserFacingError(f"`negative`: {exc}") from exc
+    return text
+
+
+def _check_upscale(config: Config, value: object) -> bool:
+    if isinstance(value, str):  # as stored
+        if value not in ("true", "false"):
+            raise UserFacingError(f"`upscale` must be true or false (you gave {value!r}).")
+        value = value == "true"
+    if value and not config.upscalers:
+        raise UserFacingError("`upscale` is not available: no upscaler is configured on this "
+                              "bot.")
+    return bool(value)
+
+
+def _encode(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def from_hash(config: Config, raw: Mapping[bytes, bytes], *, whose: str) -> tuple[
+        Defaults, tuple[str, ...]]:
+    """A stored hash read back, each field checked on its own against today's config: what no
+    longer passes is left out, with a note starting with `whose` ("Your", "This channel's")."""
+    kept: dict[str, object] = {}
+    notes: list[str] = []
+    for field, value in raw.items():
+        name, text = field.decode(errors="replace"), value.decode(errors="replace")
+        if name not in SETTINGS:
+            log.warning("ignoring unknown default %r=%r (%s)", name, text, whose)
+            continue
+        try:
+            kept.update(check(config, {name: text}).given())
+        except UserFacingError as exc:
+            notes.append(f"{whose} saved `{name}` is ignored: {exc}")
+    return Defaults.model_validate(kept), tuple(notes)
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+
+async def load_layers(redis: Redis, keys: Keys, config: Config, *, guild_id: int | None,
+                      channel_id: int | None, user_id: int) -> Layers:
+    """The user's, the channel's and the server's saved settings in one pipelined round trip
+    (a DM has no channel or server layer). Redis errors propagate: callers say what failed."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.user_defaults(guild_id, user_id))
+        if guild_id is not None:
+            pipe.hgetall(keys.channel_defaults(guild_id, channel_id or 0))
+            pipe.hgetall(keys.guild(guild_id))
+        replies = await pipe.execute()
+    user, user_notes = from_hash(config, replies[0], whose="Your")
+    if guild_id is None:
+        return Layers(user=user, notes=user_notes)
+    channel, channel_notes = from_hash(config, replies[1], whose="This channel's")
+    return Layers(user=user, channel=channel, notes=(*user_notes, *channel_notes),
+                  server=guild_settings.from_hash(replies[2], guild_id))
+
+
+async def save(redis: Redis, key: str, defaults: Defaults) -> None:
+    """Store the settings that are given (one HSET); the others keep their saved values."""
+    if mapping := defaults.to_hash():
+        await redis.hset(key, mapping=mapping)
+
+
+async def clear(redis: Redis, key: str, setting: Setting | None = None) -> None:
+    """Forget one saved setting, or all of them."""
+    if setting is None:
+        await redis.delete(key)
+    else:
+        await redis.hdel(key, setting)

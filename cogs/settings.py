@@ -1,0 +1,222 @@
+"""`/settings`: each user's own defaults for `/pony` in this server, and a channel's.
+
+    /settings show                      yours, this channel's, and what /pony uses here now
+    /settings set [model] [size] [steps] [cfg] [count] [negative] [upscale]
+    /settings clear [setting]           one of yours, or all of them
+    /settings channel show|set|clear    this channel's defaults (set, clear: Manage Server)
+
+Everything is answered privately. Values are checked as the `/pony` options are
+(`bot.defaults.check`): one bad value refuses the command, naming the option, and nothing is
+stored. The order in which saved defaults apply is `bot.resolution`'s alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from redis.exceptions import RedisError
+
+from bot import defaults
+from bot.defaults import Defaults, Layers, Setting
+from bot.errors import UserFacingError
+from bot.guild_settings import SettingsUnavailable
+from bot.options import PonyOptions, model_choices
+from bot.permissions import require_server_admin
+from bot.resolution import Layer, resolve
+from ponybot_core.config import Config
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+SizeChoice = Literal["square", "portrait", "landscape"]
+_OPTIONS = dict(
+    model="the checkpoint /pony draws with",
+    size="square, portrait or landscape",
+    steps="sampling steps (more = slower, finer)",
+    cfg="how closely to follow the tags",
+    count="how many pictures per /pony",
+    negative="tags to keep out of every picture: grimdark, blood",
+    upscale="upscale every picture with Real-ESRGAN before posting",
+)
+# Who gave a value, as "What /pony uses here" says it.
+_WHOSE = {Layer.USER: "yours", Layer.CHANNEL: "this channel's", Layer.SERVER: "this server's",
+          Layer.MODEL: "the model's", Layer.CONFIG: "the bot's"}
+
+
+class SettingsCog(commands.GroupCog, group_name="settings",
+                  group_description="Your defaults for /pony in this server"):
+    channel = app_commands.Group(name="channel",
+                                 description="This channel's defaults for /pony (admins set them)")
+
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    # --- yours ----------------------------------------------------------------------------
+
+    @app_commands.command(name="show", description="Your defaults for /pony here, and what "
+                                                   "/pony uses")
+    async def show(self, interaction: discord.Interaction) -> None:
+        await _reply(interaction, await self._overview(interaction))
+
+    @app_commands.command(name="set", description="Save defaults for your /pony in this server")
+    @app_commands.describe(**_OPTIONS)
+    async def set_yours(
+        self, interaction: discord.Interaction, model: str | None = None,
+        size: SizeChoice | None = None, steps: int | None = None, cfg: float | None = None,
+        count: int | None = None, negative: str | None = None, upscale: bool | None = None,
+    ) -> None:  # fmt: skip
+        key = self.bot.keys.user_defaults(interaction.guild_id, interaction.user.id)
+        saved = await self._save(key, model=model, size=size, steps=steps, cfg=cfg,
+                                 count=count, negative=negative, upscale=upscale)
+        log.info("user %s in guild %s saved defaults %s", interaction.user.id,
+                 interaction.guild_id, saved.to_hash())
+        await _reply(interaction, f"✅ Saved your {_names(saved)}; `/pony` options still "
+                                  f"override them.\n\n" + await self._overview(interaction))
+
+    @app_commands.command(name="clear", description="Forget one of your defaults, or all")
+    @app_commands.describe(setting="the one to forget (default: all of yours here)")
+    async def clear_yours(self, interaction: discord.Interaction,
+                          setting: Setting | None = None) -> None:
+        key = self.bot.keys.user_defaults(interaction.guild_id, interaction.user.id)
+        with _store():
+            await defaults.clear(self.bot.redis, key, setting)
+        what = f"your `{setting}` default" if setting else "all your defaults here"
+        await _reply(interaction, f"🧹 Forgot {what}.\n\n" + await self._overview(interaction))
+
+    # --- this channel's -------------------------------------------------------------------
+
+    @channel.command(name="show", description="This channel's defaults for /pony")
+    async def channel_show(self, interaction: discord.Interaction) -> None:
+        await _reply(interaction, await self._overview(interaction))
+
+    @channel.command(name="set", description="Save defaults for /pony in this channel "
+                                             "(Manage Server)")
+    @app_commands.describe(**_OPTIONS)
+    async def channel_set(
+        self, interaction: discord.Interaction, model: str | None = None,
+        size: SizeChoice | None = None, steps: int | None = None, cfg: float | None = None,
+        count: int | None = None, negative: str | None = None, upscale: bool | None = None,
+    ) -> None:  # fmt: skip
+        guild_id = require_server_admin(interaction, "set this channel's defaults")
+        key = self.bot.keys.channel_defaults(guild_id, interaction.channel_id or 0)
+        saved = await self._save(key, model=model, size=size, steps=steps, cfg=cfg,
+                                 count=count, negative=negative, upscale=upscale)
+        log.info("channel %s in guild %s: defaults %s saved by user %s",
+                 interaction.channel_id, guild_id, saved.to_hash(), interaction.user.id)
+        await _reply(interaction, f"✅ Saved this channel's {_names(saved)}; each user's "
+                                  "`/settings` and `/pony` options still override them.\n\n"
+                     + await self._overview(interaction))
+
+    @channel.command(name="clear", description="Forget one of this channel's defaults, or all "
+                                               "(Manage Server)")
+    @app_commands.describe(setting="the one to forget (default: all of this channel's)")
+    async def channel_clear(self, interaction: discord.Interaction,
+                            setting: Setting | None = None) -> None:
+        guild_id = require_server_admin(interaction, "change this channel's defaults")
+        key = self.bot.keys.channel_defaults(guild_id, interaction.channel_id or 0)
+        with _store():
+            await defaults.clear(self.bot.redis, key, setting)
+        what = f"this channel's `{setting}` default" if setting else "all this channel's defaults"
+        await _reply(interaction, f"🧹 Forgot {what}.\n\n" + await self._overview(interaction))
+
+    @set_yours.autocomplete("model")
+    @channel_set.autocomplete("model")
+    async def _model_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return model_choices(self.bot.config, current)
+
+    # --- shared ---------------------------------------------------------------------------
+
+    async def _save(self, key: str, **values: object) -> Defaults:
+        """Check every value as /pony would, then store them together, or nothing."""
+        checked = defaults.check(self.bot.config, values)
+        if not checked.given():
+            raise UserFacingError("Give at least one option to save (model, size, steps, cfg, "
+                                  "count, negative, upscale).")
+        with _store():
+            await defaults.save(self.bot.redis, key, checked)
+        return checked
+
+    async def _overview(self, interaction: discord.Interaction) -> str:
+        config = self.bot.config
+        with _store():
+            layers = await defaults.load_layers(
+                self.bot.redis, self.bot.keys, config, guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id, user_id=interaction.user.id)
+        return overview(config, layers, in_guild=interaction.guild_id is not None)
+
+
+def overview(config: Config, layers: Layers, *, in_guild: bool) -> str:
+    """Yours, the channel's, and what a `/pony` without options uses here, worked out by
+    the same resolution as `/pony` itself."""
+    lines = ["**Your defaults here** (`/settings set`, `/settings clear`)",
+             _saved(config, layers.user)]
+    if in_guild:
+        lines += ["**This channel's defaults** (admins: `/settings channel set`)",
+                  _saved(config, layers.channel)]
+    resolved = resolve(PonyOptions.parse(config, tags=""), config, layers)
+    used = [f"{resolved.describe(name)} ({_WHOSE[resolved.sources[name]]})"
+            for name in defaults.SETTINGS if name != "negative"]
+    negative = resolved.options.negative
+    used.append(f"negative {_inline(negative)} ({_WHOSE[resolved.sources['negative']]})"
+                if negative else "no negative tags")
+    lines += ["**What `/pony` uses here** (its own options override all of this)",
+              " · ".join(used)]
+    lines += [f"-# {note}" for note in layers.notes]
+    return "\n".join(lines)
+
+
+def _saved(config: Config, saved: Defaults) -> str:
+    if not saved.given():
+        return "-# none"
+    shown = []
+    for name, value in saved.given().items():
+        if name == "model":
+            value = f"{config.model(str(value)).name} (`{value}`)"
+        elif name == "negative":
+            value = _inline(str(value))
+        elif name == "upscale":
+            value = "on" if value else "off"
+        elif name == "cfg":
+            value = f"{value:g}"
+        shown.append(f"{name} {value}")
+    return " · ".join(shown)
+
+
+def _names(saved: Defaults) -> str:
+    names = [f"`{name}`" for name in saved.given()]
+    return ("default " if len(names) == 1 else "defaults ") + ", ".join(names)
+
+
+def _inline(text: str, limit: int = 200) -> str:
+    """User text shown as inline code: mentions and markdown stay inert."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return "`" + text.replace("`", "ˋ") + "`"
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    await interaction.response.send_message(text[:2000], ephemeral=True)
+
+
+@contextlib.contextmanager
+def _store() -> Iterator[None]:
+    """Redis failures become one clear sentence for the user (nothing was changed)."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        log.warning("settings unavailable: %r", exc)
+        raise SettingsUnavailable() from exc
+
+
+async def setup(bot: PonyBot) -> None:
+    await bot.add_cog(SettingsCog(bot))
