@@ -1,5 +1,5 @@
-"""The Cancel button on a queued message; it keeps working after a restart (the job id lives in
-its custom_id)."""
+"""The buttons on a queued message, Cancel and ✏️ Edit (bot/edit_form.py); they keep working
+after a restart (the job id lives in their custom_ids)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.buttons import JobButton
+from bot.edit_form import EditQueuedButton
 from ponybot_core.custom_ids import Action
 
 if TYPE_CHECKING:
@@ -27,4 +28,5 @@ class CancelButton(JobButton, action=Action.CANCEL):
 def queued_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
+    view.add_item(EditQueuedButton(job_id))
     return view

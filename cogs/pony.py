@@ -13,11 +13,12 @@ from redis.exceptions import RedisError
 
 from bot import defaults, policy
 from bot.errors import QueueUnavailable, UserFacingError
+from bot.hires_request import hires_pass
 from bot.options import PonyOptions, model_choices
 from bot.prompting import render_prompt
 from bot.resolution import resolve
 from bot.submit import request_fields
-from ponybot_core.job import MAX_SEED, Job
+from ponybot_core.job import MAX_SEED, Job, JobKind
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -40,6 +41,7 @@ class PonyCog(commands.Cog):
         size="square 512×512, portrait 512×768, landscape 768×512",
         model="which checkpoint (default: your /settings, the channel's, else this server's)",
         upscale="upscale the pictures with Real-ESRGAN before posting (slower, larger files)",
+        hires="draw, enlarge and refine: larger, sharper pictures without doubled limbs (slower)",
     )
     async def pony(
         self,
@@ -53,6 +55,7 @@ class PonyCog(commands.Cog):
         size: Literal["square", "portrait", "landscape"] | None = None,
         model: str | None = None,
         upscale: bool | None = None,
+        hires: bool | None = None,
     ) -> None:
         config = self.bot.config
         options = PonyOptions.parse(
@@ -81,6 +84,7 @@ class PonyCog(commands.Cog):
             **request_fields(interaction),
             model_id=entry.id,
             tags=options.tags.strip(),
+            negative_tags=options.negative,
             prompt=rendered.positive,
             negative_prompt=rendered.negative,
             seed=generation.seed if generation.seed is not None else secrets.randbelow(MAX_SEED),
@@ -93,6 +97,11 @@ class PonyCog(commands.Cog):
             count=generation.count,
             upscale=bool(upscale),
         )
+        if hires:  # planned from the size the job has now: the first pass's
+            if job.kind is not JobKind.GENERATE:
+                raise UserFacingError("`hires` draws from tags: ask for it without `image`.")
+            job = job.model_copy(
+                update={"hires": hires_pass(config, job.width, job.height, job.steps)})
         await self.bot.submitter.submit(interaction, job, notes=notes, guild=guild)
 
     @pony.autocomplete("model")

@@ -48,8 +48,9 @@ class QueueCog(commands.GroupCog, group_name="queue", group_description="The dra
             if position == 0:
                 lines.append(f"⏸️ `{job.id}` <@{job.user_id}> · {job.model_id} · paused")
             else:
-                lines.append(f"#{position} `{job.id}` <@{job.user_id}> · {job.model_id} · "
-                             f"{eta(position, per_job, workers)}")
+                hires = " · hires" if job.hires is not None else ""
+                lines.append(f"#{position} `{job.id}` <@{job.user_id}> · {job.model_id}{hires} · "
+                             f"{eta(snap.work_ahead.get(job.id, position), per_job, workers)}")
         if len(snap.queued) > 20:
             lines.append(f"… and {len(snap.queued) - 20} more")
         await reply(interaction, "\n".join(lines) or "The queue is empty.")
@@ -113,10 +114,12 @@ class QueueCog(commands.GroupCog, group_name="queue", group_description="The dra
         return require_server_admin(interaction)
 
 
-def eta(position: int, per_job_s: float | None, workers: int) -> str:
+def eta(work: float, per_job_s: float | None, workers: int) -> str:
+    """When the job is done: `work` is what is queued up to and including it, in plain jobs
+    (its position, but a hires job weighs its extra pixels × steps: `hires.work_units`)."""
     if per_job_s is None:
         return "ETA unknown"
-    seconds = position * per_job_s / workers
+    seconds = work * per_job_s / workers
     return f"ETA ~{seconds:.0f} s" if seconds < 120 else f"ETA ~{seconds / 60:.0f} min"
 
 

@@ -1,4 +1,5 @@
-"""The buttons under every result: 🔁 Re-roll, U1–Un (upscale), V1–Vn (variation), 🗑 Delete.
+"""The buttons under every result: 🔁 Re-roll, U1–Un (upscale), V1–Vn (variation), ✏️ Edit
+(a form, bot/edit_form.py), ⬆️ Hires (ponybot_core/hires.py), 🗑 Delete.
 
 Workers post the buttons (`ponybot_core.messages.result_view`); the bot answers them here. Each is a
 `discord.ui.DynamicItem` whose template comes from `ponybot_core.custom_ids`, so a click on a result
@@ -22,8 +23,11 @@ from redis.exceptions import RedisError
 
 from bot import guild_settings, policy
 from bot.buttons import JobButton
+from bot.edit_form import edited_job, open_form
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
+from bot.hires_request import hires_pass
+from bot.options import PonyOptions
 from bot.permissions import is_owner, is_server_admin
 from bot.submit import request_fields
 from ponybot_core.custom_ids import Action
@@ -97,6 +101,53 @@ async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, inde
     )
     JobLog(log, job.id).info("variation of %s image %d by user=%s", source.id, index, job.user_id)
     await bot.submitter.submit(interaction, job, guild=guild)
+
+
+async def edit(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
+    """✏️: the form, prefilled with the job's tags, negative tags, seed and steps; submitted, it
+    becomes `redraw_edited` (cogs/edit.py reads the submit)."""
+    source, _ = await _source(bot, job_id)
+    if source.kind is JobKind.UPSCALE:
+        raise UserFacingError("An upscale has no tags to edit: edit the original picture.")
+    await open_form(interaction, source, bot.config, action=Action.EDIT, title="Edit and redraw")
+
+
+async def redraw_edited(bot: PonyBot, interaction: discord.Interaction, job_id: str,
+                        options: PonyOptions) -> None:
+    """The submitted ✏️ form: the job again (same model, size, count; a variation from the
+    same picture) with the form's tags, negative tags, seed and steps, as a new queued job.
+    The new caption is checked here and now, as /pony checks it."""
+    source, _ = await _source(bot, job_id)
+    if source.kind is JobKind.UPSCALE:
+        raise UserFacingError("An upscale has no tags to edit: edit the original picture.")
+    try:
+        guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable() from exc
+    edited, notes = edited_job(source, options, bot.config,
+                               age_restricted=policy.is_age_restricted(interaction),
+                               blocked_tags=guild.blocked_tags)
+    job = _derive(edited, interaction)
+    JobLog(log, job.id).info("edit of %s by user=%s", source.id, job.user_id)
+    await bot.submitter.submit(interaction, job, notes=[f"edit of job {source.id}", *notes],
+                               guild=guild)
+
+
+async def hires(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
+    """⬆️: the same pictures drawn again in two passes: the same seeds at the same size (run on
+    their own, so the first pass is exactly the picture shown), then enlarged and refined."""
+    source, _ = await _source(bot, job_id)
+    if source.kind is not JobKind.GENERATE:
+        raise UserFacingError("Hires draws a picture again from its tags; use it on a picture "
+                              "drawn from tags.")
+    if source.hires is not None:
+        raise UserFacingError("This picture is drawn in hires already.")
+    guild = await _allowed_here(bot, interaction, source)
+    job = _derive(source, interaction, seeded=True,
+                  hires=hires_pass(bot.config, source.width, source.height, source.steps))
+    JobLog(log, job.id).info("hires of %s by user=%s", source.id, job.user_id)
+    await bot.submitter.submit(interaction, job, notes=[f"hires of job {source.id}"],
+                               guild=guild)
 
 
 async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
@@ -230,6 +281,24 @@ class VaryButton(JobButton, action=Action.VARY):
         await vary(bot, interaction, self.job_id, self.index or 0)
 
 
+class EditButton(JobButton, action=Action.EDIT):
+    @classmethod
+    def look(cls, index: int | None) -> dict[str, Any]:
+        return {"label": "Edit", "emoji": "✏️"}
+
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        await edit(bot, interaction, self.job_id)
+
+
+class HiresButton(JobButton, action=Action.HIRES):
+    @classmethod
+    def look(cls, index: int | None) -> dict[str, Any]:
+        return {"label": "Hires", "emoji": "⬆️"}
+
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        await hires(bot, interaction, self.job_id)
+
+
 class DeleteButton(JobButton, action=Action.DELETE):
     @classmethod
     def look(cls, index: int | None) -> dict[str, Any]:
@@ -239,7 +308,8 @@ class DeleteButton(JobButton, action=Action.DELETE):
         await delete(bot, interaction, self.job_id)
 
 
-RESULT_BUTTONS = (RerollButton, UpscaleButton, VaryButton, DeleteButton)
+RESULT_BUTTONS = (RerollButton, UpscaleButton, VaryButton, EditButton, HiresButton,
+                  DeleteButton)
 
 
 async def setup(bot: PonyBot) -> None:

@@ -1,5 +1,6 @@
 """What a worker draws for a group of jobs that share one pipeline call: text to image in a
-batch, a variation (img2img) of an earlier picture, or the picture itself for an upscale.
+batch (and for hires, each picture refined larger), a variation (img2img) of an earlier picture,
+or the picture itself for an upscale.
 Blocking: the worker runs it in a thread."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from PIL.Image import Image
 from inference.device import Placement
 from inference.fast_path import chunk_by_images, configure_for_size, images_per_call
 from inference.faults import fault_point
+from inference.hires import refine
 from inference.sampling import Sampled, sample_batch
 from inference.variation import vary
 from ponybot_core.config import WorkerConfig
@@ -26,7 +28,12 @@ def draw(pipe: Any, jobs: Sequence[Job], source: Image | None, config: WorkerCon
     if pipe is not None:
         configure_for_size(pipe, job.width, job.height, config)
     if job.kind is JobKind.GENERATE:
-        return sample_batch(pipe, jobs, **pipeline_kwargs)
+        sampled = sample_batch(pipe, jobs, **pipeline_kwargs)
+        if job.hires is None:
+            return sampled
+        # Hires: each picture enlarged and refined by a second, img2img pass (inference.hires).
+        return [refine(pipe, j, s, config, **pipeline_kwargs)
+                for j, s in zip(jobs, sampled, strict=True)]
     if source is None or len(jobs) != 1:
         raise ValueError(f"a {job.kind.value} job runs alone, from its source image")
     if job.kind is JobKind.VARIATION:

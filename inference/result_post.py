@@ -10,6 +10,7 @@ from inference.fit import fit_images
 from inference.png_parameters import a1111_parameters
 from inference.upscale import UpscaleError, UpscalerCache
 from ponybot_core.config import Config
+from ponybot_core.hires import UPSCALER_NAME as HIRES_UPSCALER
 from ponybot_core.job import Job, JobKind
 from ponybot_core.messages import result_embed, result_text, result_view
 from ponybot_core.poster import Attachment, Post
@@ -24,6 +25,11 @@ def image_parameters(job: Job, seed: int, model_name: str, upscaled_by: str | No
     text = a1111_parameters(job, seed, model_name=model_name)
     if job.kind is JobKind.VARIATION:
         text += f", Denoising strength: {job.strength:g}"
+    if job.hires is not None:  # as A1111 writes its hires fix; `Size` is the first pass's
+        h = job.hires
+        text += (f", Denoising strength: {h.strength:g}, Hires upscale: {h.scale(job.width):g}, "
+                 f"Hires resize: {h.width}x{h.height}, Hires steps: {h.steps}, "
+                 f"Hires upscaler: {HIRES_UPSCALER}")
     if upscaled_by:
         text += f", Postprocess upscaler: {upscaled_by}"
     return text

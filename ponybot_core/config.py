@@ -239,6 +239,27 @@ class UpscalerEntry(_Strict):
     tile_overlap: Annotated[int, Field(ge=0)] = 32
 
 
+class HiresConfig(_Strict):
+    """`/pony hires:true` and the ⬆️ Hires button (ponybot_core/hires.py): draw at the size
+    asked, enlarge the picture `scale` times (Lanczos), refine it with img2img at `strength`.
+
+    The defaults follow AUTOMATIC1111's hires fix for SD 1.x (stable-diffusion-webui,
+    modules/ui.py, its txt2img "Hires. fix" sliders): "Upscale by" 2.0, "Hires steps" 0 (= the
+    first pass's steps). Its "Denoising strength" default is 0.7 because its default upscaler
+    is "Latent", whose interpolated latents come out blurry unless re-noised past about 0.5;
+    with an image upscaler, as here, 0.5-0.6 is the usual range (enough to add detail at the
+    new size, little enough to keep the composition), so 0.55."""
+
+    scale: Annotated[float, Field(gt=1, le=4)] = 2.0
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.55
+    # The second pass's sampling steps (img2img runs `steps × strength` of them); 0 = the
+    # first pass's, as A1111's "Hires steps" 0.
+    steps: Annotated[int, Field(ge=0)] = 0
+    # No side of a hires picture is larger (the scale shrinks to fit): 1536 lets the default
+    # 512×768 sizes double; beyond it an SD 1.x UNet's memory and time grow fast.
+    max_side: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 1536
+
+
 class Config(_Strict):
     discord: DiscordConfig = DiscordConfig()
     redis: RedisConfig = RedisConfig()
@@ -253,6 +274,7 @@ class Config(_Strict):
     default_upscaler: str | None = None
     # img2img strength of the V (variation) buttons: 0 = same picture, 1 = a new one.
     variation_strength: Annotated[float, Field(gt=0, le=1)] = 0.6
+    hires: HiresConfig = HiresConfig()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:

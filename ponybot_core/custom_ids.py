@@ -12,6 +12,11 @@ discord or anything heavy.
     pony:upscale:<job id>:<index>  U<index+1>: upscale that image (0-based index)
     pony:vary:<job id>:<index>     V<index+1>: img2img variation of that image
     pony:delete:<job id>           🗑 Delete the result (requester, server admins, owners)
+    pony:edit:<job id>             ✏️ Edit: a form with the job's tags, negative, seed, steps;
+                                   queues the edited job (the form's submit has the same id)
+    pony:edit-queued:<job id>      ✏️ Edit (queued message): the same form, edits the job in
+                                   place while it has not started (same id on the submit)
+    pony:hires:<job id>            ⬆️ Hires: the same picture drawn again in two passes, larger
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class Action(StrEnum):
     UPSCALE = "upscale"
     VARY = "vary"
     DELETE = "delete"
+    EDIT = "edit"
+    EDIT_QUEUED = "edit-queued"
+    HIRES = "hires"
 
 
 # Actions that name one image of the job.
@@ -81,7 +89,8 @@ def result_buttons(job: Job, *, can_upscale: bool) -> list[ResultButton]:
     - U1..Un (upscale image i) unless the images are upscaled already or no upscaler is
       configured; V1..Vn (variation of image i) unless the job is itself an upscale;
       five to a row;
-    - last row: 🔁 Re-roll (not for an upscale: it has no seed to change) and 🗑 Delete.
+    - last row: 🔁 Re-roll and ✏️ Edit (not for an upscale: it has no seed or prompt to
+      change), ⬆️ Hires (for a text-to-image job not drawn in hires already) and 🗑 Delete.
     """
     rows: list[list[ResultButton]] = []
 
@@ -104,8 +113,11 @@ def result_buttons(job: Job, *, can_upscale: bool) -> list[ResultButton]:
     actions = (
         []
         if job.kind is JobKind.UPSCALE
-        else [ResultButton(custom_id(Action.REROLL, job.id), "Re-roll", "🔁", last)]
+        else [ResultButton(custom_id(Action.REROLL, job.id), "Re-roll", "🔁", last),
+              ResultButton(custom_id(Action.EDIT, job.id), "Edit", "✏️", last)]
     )
+    if job.kind is JobKind.GENERATE and job.hires is None:
+        actions.append(ResultButton(custom_id(Action.HIRES, job.id), "Hires", "⬆️", last))
     actions.append(ResultButton(custom_id(Action.DELETE, job.id), "Delete", "🗑️", last, danger=True))
     rows.append(actions)
     if len(rows) > MAX_ROWS:  # count_max is at most 10: 2 + 2 + 1 rows

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ponybot_core.config import Sampler
+from ponybot_core.hires import HiresPass
 
 SCHEMA_VERSION = 1
 # Discord lets an interaction token edit its messages for 15 minutes.
@@ -57,6 +58,8 @@ class Job(BaseModel):
     # What to draw: the prompts are already rendered for the model's caption style.
     model_id: str
     tags: str  # what the user typed, for display
+    # What the user typed as `negative:` (the ✏️ Edit form shows it again).
+    negative_tags: str = ""
     prompt: str
     negative_prompt: str
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
@@ -73,6 +76,9 @@ class Job(BaseModel):
     seeded: bool = False
     # Upscale the generated images too (`/pony upscale:true`).
     upscale: bool = False
+    # GENERATE: drawn at width×height, then enlarged and refined by img2img (`/pony hires:true`,
+    # the ⬆️ Hires button; ponybot_core/hires.py).
+    hires: HiresPass | None = None
     # UPSCALE / VARIATION: which earlier job's image (0-based) to start from.
     source_job_id: str | None = None
     source_index: Annotated[int, Field(ge=0)] | None = None
@@ -93,8 +99,12 @@ class Job(BaseModel):
         the queue's take script reads it from there)."""
         if self.kind is not JobKind.GENERATE or self.seeded:
             return f"{self.model_id}|{self.kind.value}|{self.id}"  # never batched
-        return (f"{self.model_id}|{self.width}x{self.height}|{self.steps}|{self.sampler.value}"
-                f"|{self.cfg:g}|{int(self.upscale)}")
+        key = (f"{self.model_id}|{self.width}x{self.height}|{self.steps}|{self.sampler.value}"
+               f"|{self.cfg:g}|{int(self.upscale)}")
+        if self.hires is not None:  # a second pass: never in one call with plain jobs
+            h = self.hires
+            key += f"|hires:{h.width}x{h.height}:{h.strength:g}:{h.steps}"
+        return key
 
     def image_seeds(self) -> list[int]:
         """One seed per image, so image i of a job is reproducible on its own."""

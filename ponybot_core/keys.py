@@ -50,7 +50,7 @@ class Keys:
 
     @property
     def durations(self) -> str:
-        """Recent jobs' worker seconds, newest first, for ETAs."""
+        """Recent jobs' worker seconds per plain job's worth of work, newest first, for ETAs."""
         return f"{self.prefix}:durations"
 
     def token(self, job_id: str) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import discord
 
 from ponybot_core.custom_ids import result_buttons
+from ponybot_core.hires import work_units
 from ponybot_core.job import Job, JobKind
 
 # Discord caps message content at 2000 characters and an embed description at 4096.
@@ -57,8 +58,25 @@ def queued_text(
     ]
     if job.negative_prompt:
         lines += ["Negative prompt:", code_block(job.negative_prompt, limit=400)]
+    if job.hires is not None:
+        lines.append(f"-# {hires_text(job)}")
     lines += [f"-# {note}" for note in notes[:5]]
     return "\n".join(lines)[:_CONTENT_LIMIT]
+
+
+def hires_text(job: Job) -> str:
+    """What a hires job does, and what it costs: the queue's ETAs count it the same way."""
+    assert job.hires is not None
+    h = job.hires
+    return (f"⬆️ hires: drawn at {job.width}×{job.height}, then enlarged to {h.width}×{h.height} "
+            f"and refined (strength {h.strength:g}, {h.denoising_steps} steps): about "
+            f"{work_units(job):.1f}× the time of a plain picture")
+
+
+def size_text(job: Job) -> str:
+    if job.hires is None:
+        return f"{job.width}×{job.height}"
+    return f"{job.hires.width}×{job.hires.height} (hires from {job.width}×{job.height})"
 
 
 def result_text(job: Job, *, elapsed_s: float, notes: Sequence[str] = ()) -> str:
@@ -87,7 +105,7 @@ def result_embed(job: Job, *, model_name: str, upscaled_by: str | None = None) -
                         inline=False)
     embed.add_field(name="Model", value=model_name)
     embed.add_field(name="Seed", value=seeds_text(job))
-    embed.add_field(name="Size", value=f"{job.width}×{job.height}")
+    embed.add_field(name="Size", value=size_text(job))
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="CFG", value=f"{job.cfg:g}")
     embed.add_field(name="Sampler", value=job.sampler.value)

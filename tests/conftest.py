@@ -126,7 +126,8 @@ def results_shown(fake: FakeDiscord, job_id: str) -> int:
 def queued_job_id(itx: object) -> str:
     """The job id a queued message's Cancel button carries (`pony:cancel:<job>`)."""
     original = itx.original  # type: ignore[attr-defined]
-    [custom_id] = [c["custom_id"] for row in original.components for c in row["components"]]
+    [custom_id] = [c["custom_id"] for row in original.components for c in row["components"]
+                   if c["custom_id"].startswith("pony:cancel:")]
     return str(custom_id).rsplit(":", 1)[-1]
 
 

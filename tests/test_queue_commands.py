@@ -130,7 +130,8 @@ async def test_clear_cancels_one_users_queued_jobs_and_edits_their_messages(fake
 
 async def test_the_requester_cancels_with_the_button_and_others_cannot(fake, redis):
     job = await pony(fake)
-    [button] = [c for row in job.original.components for c in row["components"]]
+    [button] = [c for row in job.original.components for c in row["components"]
+                if "cancel" in c["custom_id"]]
 
     stranger = await fake.click(job.original.id, button["custom_id"], user_id=OTHER_USER_ID)
     await stranger.wait_response()
@@ -182,7 +183,8 @@ async def test_a_queued_message_shows_its_new_position_when_it_moves_up(fake, bo
     first, second, third, last = [await pony(fake) for _ in range(4)]
     assert "position **4**" in last.original.content
     for itx in (first, second, third):
-        [button] = [c for row in itx.original.components for c in row["components"]]
+        [button] = [c for row in itx.original.components for c in row["components"]
+                    if "cancel" in c["custom_id"]]
         await (await fake.click(itx.original.id, button["custom_id"], user_id=USER_ID)) \
             .wait_response()
     positions = bot.get_cog("PositionsCog")

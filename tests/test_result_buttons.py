@@ -121,10 +121,12 @@ async def test_every_result_has_the_buttons_with_persistent_custom_ids(fake, bot
         f"pony:vary:{job_id}:0",
         f"pony:vary:{job_id}:1",
         f"pony:reroll:{job_id}",
+        f"pony:edit:{job_id}",
+        f"pony:hires:{job_id}",
         f"pony:delete:{job_id}",
     ]
     labels = [c.get("label") for row in message.components for c in row["components"]]
-    assert labels == ["U1", "U2", "V1", "V2", "Re-roll", "Delete"]
+    assert labels == ["U1", "U2", "V1", "V2", "Re-roll", "Edit", "Hires", "Delete"]
 
 
 async def test_reroll_queues_a_new_message_and_draws_the_same_prompt_with_a_new_seed(
@@ -322,7 +324,7 @@ def test_ten_images_fill_discords_five_rows_of_five_buttons():
     rows: dict[int, int] = {}
     for button in result_buttons(a_job(count=10), can_upscale=True):
         rows[button.row] = rows.get(button.row, 0) + 1
-    assert rows == {0: 5, 1: 5, 2: 5, 3: 5, 4: 2}
+    assert rows == {0: 5, 1: 5, 2: 5, 3: 5, 4: 4}
     upscale_job = a_job(kind="upscale", source_job_id="ab", source_index=0)
     assert [b.label for b in result_buttons(upscale_job, can_upscale=True)] == ["Delete"]
     assert not any(

@@ -1,6 +1,7 @@
 """The job queue on Redis: a small package, one side a module (as arq splits its own).
 
-- `producer` — the bot's side: enqueue with positions and the per-user cap, cancel, pause;
+- `producer` — the bot's side: enqueue with positions and the per-user cap, edit a
+  waiting job in place, cancel, pause;
 - `consumer` — the workers' side: take by the queue policy, take over a dead worker's jobs,
   renew leases; each taken job is a `delivery.Delivery` that makes its own moves;
 - `views` — reading: a job's `state.JobState`, positions, the admins' snapshot;
@@ -16,9 +17,15 @@ want one Redis (or Sentinel), not Redis Cluster.
 
 from ponybot_core.queue.consumer import Consumer
 from ponybot_core.queue.delivery import Delivery, Outcome
-from ponybot_core.queue.producer import Cancelled, Enqueued, Producer, UserLimitReached
+from ponybot_core.queue.producer import (
+    Cancelled,
+    Edited,
+    Enqueued,
+    Producer,
+    UserLimitReached,
+)
 from ponybot_core.queue.state import JobState, JobStatus
 from ponybot_core.queue.views import QueueView, Snapshot
 
-__all__ = ["Cancelled", "Consumer", "Delivery", "Enqueued", "JobState", "JobStatus", "Outcome",
-           "Producer", "QueueView", "Snapshot", "UserLimitReached"]
+__all__ = ["Cancelled", "Consumer", "Delivery", "Edited", "Enqueued", "JobState", "JobStatus",
+           "Outcome", "Producer", "QueueView", "Snapshot", "UserLimitReached"]

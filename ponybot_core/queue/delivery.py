@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from ponybot_core.hires import work_units
 from ponybot_core.job import Job
 from ponybot_core.queue.state import JobStatus, sources
 from ponybot_core.queue.views import text
@@ -91,8 +92,10 @@ class Delivery:
         fields.update({f"{name}_s": f"{value:.6f}" for name, value in timings.items()})
         if result_message_id is not None:
             fields["result_message_id"] = str(result_message_id)
+        # ETAs multiply these by the work queued: keep them per plain job's worth of it.
+        per_unit = None if worker_seconds is None else worker_seconds / work_units(self.job)
         return await self._move(JobStatus.POSTED, effect="end", fields=fields,
-                                worker_seconds=worker_seconds)
+                                worker_seconds=per_unit)
 
     async def retry(self) -> Outcome:
         """Give the job back: to the front of its server's list, for any worker to take."""

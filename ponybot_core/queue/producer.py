@@ -1,5 +1,5 @@
 """The bot's side of the queue: enqueue (with positions and the per-user cap), record the
-message that shows a job, cancel, clear, pause and resume."""
+message that shows a job, edit a job that waits, cancel, clear, pause and resume."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from ponybot_core.job import INTERACTION_TOKEN_TTL_S, Job
 from ponybot_core.keys import Keys
 from ponybot_core.queue.scripts import Scripts
-from ponybot_core.queue.state import JobStatus, sources
+from ponybot_core.queue.state import EDITABLE, JobStatus, sources
 from ponybot_core.queue.views import text
 
 GLOBAL = "*"
@@ -39,6 +39,14 @@ class Cancelled:
     # or already finished / unknown.
     was: str
     message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Edited:
+    done: bool  # the job now has the new parameters, in the same place in the queue
+    # The status it was found in: `queued` when done; else a worker took it first (running,
+    # posting, ...) or it ended; "" when it is gone.
+    was: str
 
 
 class Producer:
@@ -73,6 +81,17 @@ class Producer:
     async def record_shown_position(self, job_id: str, position: int) -> None:
         await self.scripts.set_fields(keys=[self.keys.job(job_id)], args=[
             "shown_position", position, "shown_at", f"{time.time():.3f}"])  # fmt: skip
+
+    async def edit_queued(self, job: Job) -> Edited:
+        """Give a waiting job new parameters (`job`, with the same id, server and user): it
+        keeps its place. Loses, changing nothing, once a worker has taken it."""
+        reply = await self.scripts.edit(keys=[self.keys.job(job.id)], args=[
+            EDITABLE.value, job.id, job.to_json(), job.model_id, job.batch_key(),
+            job.guild_key, job.user_id])  # fmt: skip
+        outcome, was = text(reply[0]), text(reply[1])
+        if outcome == "moved":
+            raise ValueError(f"job {job.id}: an edit cannot move a job to another server or user")
+        return Edited(done=outcome == "ok", was=was)
 
     async def cancel(self, job_id: str) -> Cancelled:
         """Remove a queued job, or ask its worker to stop a running one at the next step."""

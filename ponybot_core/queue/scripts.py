@@ -34,3 +34,4 @@ class Scripts:
         self.pause = load("pause")
         self.resume = load("resume")
         self.set_fields = load("set_fields")
+        self.edit = load("edit")

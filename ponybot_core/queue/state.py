@@ -46,6 +46,9 @@ LEGAL: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.DEAD: frozenset(),
 }
 FINAL = frozenset(s for s, moves in LEGAL.items() if not moves)
+# The one status in which a job's parameters may still change (✏️ Edit on a queued message,
+# lua/edit.lua): not a move, the status stays; once taken, a worker draws what it read.
+EDITABLE = JobStatus.QUEUED
 
 
 def sources(target: JobStatus) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from ponybot_core.hires import work_units
 from ponybot_core.job import Job
 from ponybot_core.keys import Keys
 from ponybot_core.queue.state import JobState
@@ -27,6 +28,9 @@ class Snapshot:
     queued: list[tuple[Job, int]] = field(default_factory=list)  # job, position (0 = paused)
     paused_guilds: set[int] = field(default_factory=set)
     paused_globally: bool = False
+    # Job id -> the work queued up to and including it, in plain jobs (`hires.work_units`),
+    # every server's counted: its position when every job is plain. Paused jobs have none.
+    work_ahead: dict[str, float] = field(default_factory=dict)
 
 
 def round_robin(ring: Sequence[str], queues: dict[str, list[str]]) -> list[tuple[str, str]]:
@@ -107,8 +111,12 @@ class QueueView:
                    for n, (_, key) in enumerate(round_robin(ring, queues), 1)]
         ordered += [(key, 0) for w in held for key in queues[w]]
         states = await self.states(self.keys.job_id(key) for key, _ in ordered)
+        work = 0.0
         for key, position in ordered:
             state = states[self.keys.job_id(key)]
+            if state is not None and position:
+                work += work_units(state.job())
+                snap.work_ahead[state.id] = work
             if state is not None and (wanted is None or state.guild == wanted):
                 snap.queued.append((state.job(), position))
         entries = await self.redis.xrange(self.keys.stream)
@@ -121,7 +129,8 @@ class QueueView:
         return snap
 
     async def recent_job_seconds(self) -> float | None:
-        """Mean worker time of recent jobs, for ETAs."""
+        """Mean worker time of recent jobs per plain job's worth of work (a hires job counts
+        as `hires.work_units` of them), for ETAs."""
         values = [float(v) for v in await self.redis.lrange(self.keys.durations, 0, 49)]
         return sum(values) / len(values) if values else None
 
