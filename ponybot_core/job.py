@@ -1,6 +1,7 @@
 """The job contract between the bot and the workers.
 
-A `Job` is written once by the bot and never changed; what happens to it afterwards (the message
+A `Job` is written by the bot and never changed once a worker has taken it (until then its user
+may edit it in place: ✏️ Edit, `lua/edit.lua`); what happens to it afterwards (the message
 that shows it, attempts, posted or not) lives in its state hash
 (`ponybot_core.queue.state.JobState`). The schema version lets a worker refuse, rather than
 misread, a job from a newer bot. The interaction token is stored apart from the job, only while
