@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 # The cogs, loaded by name as discord.py intends: one concern each.
 EXTENSIONS = ("cogs.pony", "cogs.results", "cogs.models", "cogs.queue", "cogs.positions",
-              "cogs.settings", "cogs.edit")
+              "cogs.settings", "cogs.edit",
+              "cogs.upscale")
 
 
 class PonyBot(commands.Bot):

@@ -18,6 +18,7 @@ from bot.options import PonyOptions, model_choices
 from bot.prompting import render_prompt
 from bot.resolution import resolve
 from bot.submit import request_fields
+from bot.uploads import img2img_from
 from ponybot_core.job import MAX_SEED, Job, JobKind
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class PonyCog(commands.Cog):
         size="square 512×512, portrait 512×768, landscape 768×512",
         model="which checkpoint (default: your /settings, the channel's, else this server's)",
         upscale="upscale the pictures with Real-ESRGAN before posting (slower, larger files)",
+        image="draw from your picture (PNG, JPEG or WebP): img2img, its shape kept",
+        strength="with image: how far from your picture, 0.05 (close) to 1 (new); default 0.6",
         hires="draw, enlarge and refine: larger, sharper pictures without doubled limbs (slower)",
     )
     async def pony(
@@ -55,6 +58,8 @@ class PonyCog(commands.Cog):
         size: Literal["square", "portrait", "landscape"] | None = None,
         model: str | None = None,
         upscale: bool | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
         hires: bool | None = None,
     ) -> None:
         config = self.bot.config
@@ -80,6 +85,7 @@ class PonyCog(commands.Cog):
         if upscale and not config.upscalers:
             raise UserFacingError("Upscaling is not available: no upscaler is configured on "
                                   "this bot. Ask again without `upscale`.")
+        img2img = img2img_from(config, image, strength, size_given=size is not None)
         job = Job(
             **request_fields(interaction),
             model_id=entry.id,
@@ -97,6 +103,8 @@ class PonyCog(commands.Cog):
             count=generation.count,
             upscale=bool(upscale),
         )
+        if img2img is not None:
+            job = img2img.apply(job)
         if hires:  # planned from the size the job has now: the first pass's
             if job.kind is not JobKind.GENERATE:
                 raise UserFacingError("`hires` draws from tags: ask for it without `image`.")

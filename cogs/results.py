@@ -76,6 +76,7 @@ async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, i
         seed=source.image_seeds()[index],
         source_job_id=source.id,
         source_index=index,
+        source_upload=None,  # from the posted picture, not the one it was drawn from
         strength=None,
     )
     JobLog(log, job.id).info("upscale of %s image %d by user=%s", source.id, index, job.user_id)
@@ -97,6 +98,7 @@ async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, inde
         upscale=source.upscale and bool(bot.config.upscalers),
         source_job_id=source.id,
         source_index=index,
+        source_upload=None,  # from the posted picture, not the one it was drawn from
         strength=bot.config.variation_strength,
     )
     JobLog(log, job.id).info("variation of %s image %d by user=%s", source.id, index, job.user_id)

@@ -8,6 +8,7 @@ from PIL.Image import Image
 
 from inference.fit import fit_images
 from inference.png_parameters import a1111_parameters
+from inference.sources import SOURCE_PARAMETERS
 from inference.upscale import UpscaleError, UpscalerCache
 from ponybot_core.config import Config
 from ponybot_core.hires import UPSCALER_NAME as HIRES_UPSCALER
@@ -20,8 +21,13 @@ class UpscalerUnavailable(Exception):
     """No upscaler is configured, or it cannot be loaded; `str(error)` tells the user."""
 
 
-def image_parameters(job: Job, seed: int, model_name: str, upscaled_by: str | None) -> str:
-    """The AUTOMATIC1111-style parameters of one image, with what was done after sampling."""
+def image_parameters(job: Job, seed: int, model_name: str, upscaled_by: str | None,
+                     source_parameters: str | None = None) -> str:
+    """The AUTOMATIC1111-style parameters of one image, with what was done after sampling.
+    An uploaded picture upscaled (`/upscale`) keeps its own (`source_parameters`), if any."""
+    if job.kind is JobKind.UPSCALE and job.source_job_id is None:
+        upscaler = f"Postprocess upscaler: {upscaled_by}" if upscaled_by else ""
+        return ", ".join(p for p in (source_parameters, upscaler) if p)
     text = a1111_parameters(job, seed, model_name=model_name)
     if job.kind is JobKind.VARIATION:
         text += f", Denoising strength: {job.strength:g}"
@@ -35,19 +41,27 @@ def image_parameters(job: Job, seed: int, model_name: str, upscaled_by: str | No
     return text
 
 
-def upscale_images(config: Config, upscalers: UpscalerCache,
-                   images: list[Image]) -> tuple[list[Image], str]:
-    """The images through the configured default upscaler, and its description
-    (`Real-ESRGAN x4plus ×4`). Blocking: call it off the event loop."""
+def upscale_images(config: Config, upscalers: UpscalerCache, images: list[Image],
+                   upscaler_id: str | None = None) -> tuple[list[Image], str]:
+    """The images through the configured upscaler `upscaler_id` (None: the default), and its
+    description (`Real-ESRGAN x4plus ×4`). Blocking: call it off the event loop."""
     try:
-        entry = config.upscaler()
+        entry = config.upscaler(upscaler_id)
     except KeyError:
-        raise UpscalerUnavailable("no upscaler is configured") from None
+        raise UpscalerUnavailable(f"the upscaler {upscaler_id!r} is not configured" if upscaler_id
+                                  else "no upscaler is configured") from None
     try:
         upscaler = upscalers.get(entry)
     except UpscaleError as exc:
         raise UpscalerUnavailable(f"the upscaler {entry.id!r} could not be loaded") from exc
-    return [upscaler.upscale(image) for image in images], f"{entry.name} ×{upscaler.scale}"
+    return ([_with_source_parameters(upscaler.upscale(image), image) for image in images],
+            f"{entry.name} ×{upscaler.scale}")
+
+
+def _with_source_parameters(upscaled: Image, source: Image) -> Image:
+    if SOURCE_PARAMETERS in source.info:
+        upscaled.info[SOURCE_PARAMETERS] = source.info[SOURCE_PARAMETERS]
+    return upscaled
 
 
 def upscale_for(config: Config, upscalers: UpscalerCache, job: Job, images: list[Image],
@@ -58,7 +72,7 @@ def upscale_for(config: Config, upscalers: UpscalerCache, job: Job, images: list
     if job.kind is not JobKind.UPSCALE and not job.upscale:
         return images, None
     try:
-        return upscale_images(config, upscalers, images)
+        return upscale_images(config, upscalers, images, job.upscaler_id)
     except UpscalerUnavailable as exc:
         if job.kind is JobKind.UPSCALE:
             raise
@@ -91,7 +105,8 @@ def fitted_attachments(config: Config, job: Job, images: list[Image], notes: lis
     model_name = config.model(job.model_id).name
     seeds = job.image_seeds()
     fitted_all = fit_images(
-        [(image, image_parameters(job, seed, model_name, upscaled_by))
+        [(image, image_parameters(job, seed, model_name, upscaled_by,
+                                  image.info.get(SOURCE_PARAMETERS)))
          for image, seed in zip(images, seeds, strict=True)],
         limit_bytes=attachment_limit(config, job),
         total_limit_bytes=files_budget(config) if total_limit is None else total_limit)

@@ -204,9 +204,11 @@ class Worker:
         self.current, started = call[0], time.perf_counter()
         try:
             async with watch_cancels(self.consumer, call) as cancels:
-                # 4. The earlier image a U or V button starts from, fetched back from Discord.
+                # 4. The earlier image a U or V button starts from, fetched back from Discord
+                #    (or the picture given to /pony image: or /upscale).
                 source = None if first.kind is JobKind.GENERATE else \
-                    await fetch_source_image(self.client, self.consumer.view, first)
+                    await fetch_source_image(self.client, self.consumer.view, first,
+                                             self.config.uploads)
                 fetched = time.perf_counter()
                 # 5. The model (cached after the first job); an upscale needs none.
                 pipe = None if first.kind is JobKind.UPSCALE else \

@@ -260,6 +260,24 @@ class HiresConfig(_Strict):
     max_side: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 1536
 
 
+class UploadsConfig(_Strict):
+    """Pictures users give the bot (`/pony image:`, `/upscale`, the Parameters menu): fetched
+    only from these hosts, within these bounds (ponybot_core/downloads.py)."""
+
+    # Where attachments may be downloaded from: a host (https) or an origin
+    # (`scheme://host:port`). Discord serves attachments from these two.
+    hosts: list[str] = ["cdn.discordapp.com", "media.discordapp.net"]
+    # Largest file accepted (Discord's metadata checked first, the download cut off past it).
+    max_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    # Largest picture decoded (width × height), checked before any pixel is decompressed;
+    # at most Pillow's own decompression-bomb limit.
+    max_pixels: Annotated[int, Field(ge=64 * 64, le=89_478_485)] = 4096 * 4096
+    # Largest picture `/upscale` takes: its output has scale² times as many pixels.
+    upscale_max_pixels: Annotated[int, Field(ge=64 * 64, le=89_478_485)] = 1024 * 1024
+    # A download that takes longer is abandoned.
+    timeout_s: Annotated[float, Field(gt=0)] = 20.0
+
+
 class Config(_Strict):
     discord: DiscordConfig = DiscordConfig()
     redis: RedisConfig = RedisConfig()
@@ -274,6 +292,8 @@ class Config(_Strict):
     default_upscaler: str | None = None
     # img2img strength of the V (variation) buttons: 0 = same picture, 1 = a new one.
     variation_strength: Annotated[float, Field(gt=0, le=1)] = 0.6
+    # Pictures users give the bot ([uploads]).
+    uploads: UploadsConfig = UploadsConfig()
     hires: HiresConfig = HiresConfig()
 
     @model_validator(mode="after")

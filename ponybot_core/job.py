@@ -34,8 +34,22 @@ def new_job_id() -> str:
 
 class JobKind(StrEnum):
     GENERATE = "generate"  # /pony and 🔁 Re-roll: text to image
-    UPSCALE = "upscale"  # U buttons: one image of an earlier job through Real-ESRGAN
-    VARIATION = "variation"  # V buttons: img2img from one image of an earlier job
+    UPSCALE = "upscale"  # U buttons, /upscale: an earlier image or an upload through Real-ESRGAN
+    VARIATION = "variation"  # V buttons, /pony image: img2img from an earlier image or an upload
+
+
+class UploadedImage(BaseModel):
+    """A picture a user attached to a command, as Discord described it (its URL is fetched
+    by the worker with ponybot_core.downloads, which checks it all again)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    url: str
+    filename: str
+    content_type: str
+    size: Annotated[int, Field(ge=0)]
+    width: Annotated[int, Field(ge=1)]
+    height: Annotated[int, Field(ge=1)]
 
 
 class Job(BaseModel):
@@ -83,6 +97,11 @@ class Job(BaseModel):
     # UPSCALE / VARIATION: which earlier job's image (0-based) to start from.
     source_job_id: str | None = None
     source_index: Annotated[int, Field(ge=0)] | None = None
+    # UPSCALE / VARIATION without an earlier job: the picture the user uploaded
+    # (`/upscale image:`, `/pony image:`).
+    source_upload: UploadedImage | None = None
+    # UPSCALE: the configured upscaler to use (`/upscale upscaler:`); None = the default.
+    upscaler_id: str | None = None
     # VARIATION: img2img strength (0 = the same picture, 1 = a new one).
     strength: Annotated[float, Field(gt=0, le=1)] | None = None
     # The most bytes one file may have here, as Discord told the bot with the interaction

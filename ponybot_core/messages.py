@@ -31,9 +31,17 @@ def seeds_text(job: Job) -> str:
 
 
 def source_text(job: Job) -> str:
-    """Which earlier image an upscale or a variation starts from."""
+    """Which earlier image (or uploaded picture) an upscale or a variation starts from."""
+    if job.source_job_id is None and job.source_upload is not None:
+        name = job.source_upload.filename.replace("`", "'")[:100]
+        return f"your picture `{name}`"
     index = (job.source_index or 0) + 1
     return f"image {index} of job `{job.source_job_id}`"
+
+
+def _upscales_an_upload(job: Job) -> bool:
+    """`/upscale`: no prompt, model or seed to speak of."""
+    return job.kind is JobKind.UPSCALE and job.source_job_id is None
 
 
 def _queued_headline(job: Job) -> str:
@@ -51,6 +59,8 @@ def queued_text(
         ahead = "⏸️ the queue is paused here by an admin; your job waits for a resume"
     else:
         ahead = "next up" if position <= 1 else f"position **{position}** in the queue"
+    if _upscales_an_upload(job):
+        return "\n".join([f"{_queued_headline(job)} — {ahead}", *[f"-# {n}" for n in notes[:5]]])
     lines = [
         f"{_queued_headline(job)} — {ahead} · model **{model_name}** · seed `{seeds_text(job)}`",
         "Prompt the model will see:",
@@ -96,6 +106,12 @@ def result_text(job: Job, *, elapsed_s: float, notes: Sequence[str] = ()) -> str
 def result_embed(job: Job, *, model_name: str, upscaled_by: str | None = None) -> discord.Embed:
     """The parameters, for reading and for re-using; `upscaled_by` names the upscaler the
     images went through (`Tiny ESRGAN ×4`)."""
+    if _upscales_an_upload(job):
+        embed = discord.Embed(title="Upscale", colour=discord.Colour.purple())
+        embed.add_field(name="Upscale of", value=source_text(job))
+        if upscaled_by:
+            embed.add_field(name="Upscaled", value=upscaled_by)
+        return embed.set_footer(text=f"job {job.id}")
     embed = discord.Embed(title=job.tags[:250] or "pony", colour=discord.Colour.purple())
     embed.add_field(name="Prompt", value=code_block(job.prompt, limit=_FIELD_LIMIT - 10),
                     inline=False)

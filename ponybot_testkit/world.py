@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ponybot_core.config import CaptionProfile, Config, ModelEntry, Sampler, Settings
+from ponybot_core.config import (
+    CaptionProfile,
+    Config,
+    ModelEntry,
+    Sampler,
+    Settings,
+    UploadsConfig,
+)
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.job import Job
 from ponybot_testkit.fake_discord import FakeDiscord
@@ -85,6 +92,8 @@ def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides
     if fake is not None:
         raw["discord"] = {"api_base": fake.api_base, "gateway_url": fake.gateway_url,
                           "owners": [OWNER_ID]}
+        # The fake serves attachments from 127.0.0.1 as well as Discord's CDN hosts would.
+        raw["uploads"] = {"hosts": [*UploadsConfig().hosts, fake.base_url]}
     raw.update(overrides)
     return Config.model_validate(raw)
 

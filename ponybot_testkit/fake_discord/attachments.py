@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
 
 class Attachments:
-    """``_make_attachment`` stores an upload; ``_cdn`` serves it. Needs ``base_url``."""
+    """``_make_attachment`` stores an upload; ``_cdn`` serves it (and records the path in
+    ``cdn_requests``). Needs ``base_url``."""
 
     attachments: dict[int, FakeAttachment]
+    cdn_requests: list[str]
     _snowflakes: _Snowflakes
 
     def _make_attachment(self, channel_id: int, up: _Upload, *, ephemeral: bool) -> FakeAttachment:
@@ -44,6 +46,7 @@ class Attachments:
         return att
 
     async def _cdn(self, request: web.Request) -> web.Response:
+        self.cdn_requests.append(request.path)
         m = re.fullmatch(r"/attachments/(\d+)/(\d+)/(.+)", request.path)
         att = self.attachments.get(int(m.group(2))) if m else None
         if m is None or att is None or att.filename != m.group(3):

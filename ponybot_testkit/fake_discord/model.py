@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from ponybot_testkit.fake_discord.rules import EPHEMERAL
 
@@ -24,6 +27,20 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     return None
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height as Discord reports them for a picture it can read: a PNG's as its
+    header declares them (however many pixels that is), JPEG's and WebP's from theirs;
+    None for anything else."""
+    dims = _png_size(data)
+    if dims is not None:
+        return dims
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG", "WEBP", "GIF"]) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 @dataclass
@@ -55,7 +72,7 @@ class FakeAttachment:
             out["description"] = self.description
         if self.ephemeral:
             out["ephemeral"] = True
-        dims = _png_size(self.data)
+        dims = _image_size(self.data)
         if dims:
             out["width"], out["height"] = dims
         return out
