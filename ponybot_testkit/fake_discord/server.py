@@ -88,6 +88,8 @@ class FakeDiscord(
         # (channel id, nonce) -> the message created with it, for `enforce_nonce`.
         self._nonces: dict[tuple[int, str], FakeMessage] = {}
         self.attachments: dict[int, FakeAttachment] = {}
+        # Every download from the attachment "CDN", by path, in order.
+        self.cdn_requests: list[str] = []
         self.interactions: dict[int, FakeInteraction] = {}
         self._by_token: dict[str, FakeInteraction] = {}
         self.global_commands: list[dict[str, Any]] = []
