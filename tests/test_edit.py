@@ -367,3 +367,14 @@ async def test_an_edit_cannot_move_a_job_to_another_server_or_user(queue: QueueP
         with pytest.raises(ValueError, match="another server or user"):
             await queue.producer.edit_queued(moved)
     assert await queue.redis.hgetall(queue.keys.job(job.id)) == before
+
+
+def test_form_values_are_read_alike_from_labels_and_from_action_rows():
+    from bot.edit_form import submitted_values
+
+    labels = [{"type": 18, "id": 1, "component": {"type": 4, "custom_id": "tags",
+                                                  "value": "rarity"}},
+              {"type": 18, "id": 2, "component": {"type": 4, "custom_id": "seed", "value": ""}}]
+    rows = [{"type": 1, "components": [{"type": 4, "custom_id": "tags", "value": "rarity"}]},
+            {"type": 1, "components": [{"type": 4, "custom_id": "seed", "value": ""}]}]
+    assert submitted_values(labels) == submitted_values(rows) == {"tags": "rarity", "seed": ""}
