@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # The cogs, loaded by name as discord.py intends: one concern each.
 EXTENSIONS = ("cogs.pony", "cogs.results", "cogs.models", "cogs.queue", "cogs.positions",
               "cogs.settings", "cogs.edit",
-              "cogs.upscale")
+              "cogs.upscale", "cogs.parameters")
 
 
 class PonyBot(commands.Bot):

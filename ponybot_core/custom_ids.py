@@ -12,6 +12,8 @@ discord or anything heavy.
     pony:upscale:<job id>:<index>  U<index+1>: upscale that image (0-based index)
     pony:vary:<job id>:<index>     V<index+1>: img2img variation of that image
     pony:delete:<job id>           🗑 Delete the result (requester, server admins, owners)
+    pony:draw:<parameters id>      Draw this (the Parameters menu's answer): the parameters read
+                                   from a picture, kept in Redis under keys.drawable(id)
     pony:edit:<job id>             ✏️ Edit: a form with the job's tags, negative, seed, steps;
                                    queues the edited job (the form's submit has the same id)
     pony:edit-queued:<job id>      ✏️ Edit (queued message): the same form, edits the job in
@@ -43,6 +45,7 @@ class Action(StrEnum):
     UPSCALE = "upscale"
     VARY = "vary"
     DELETE = "delete"
+    DRAW = "draw"  # its id names parameters read from a picture, not a job
     EDIT = "edit"
     EDIT_QUEUED = "edit-queued"
     HIRES = "hires"

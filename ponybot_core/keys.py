@@ -83,6 +83,11 @@ class Keys:
         """Hash of one channel's `/settings channel` defaults."""
         return f"{self.prefix}:defaults:{guild_id or 0}:channel:{channel_id}"
 
+    def drawable(self, parameters_id: str) -> str:
+        """Parameters the Parameters menu read from a picture, kept (with a TTL) for its
+        **Draw this** button, whose custom_id names them."""
+        return f"{self.prefix}:drawable:{parameters_id}"
+
     def commands_digest(self, application_id: int) -> str:
         """What the slash commands looked like when last synced (sync only on change)."""
         return f"{self.prefix}:commands_digest:{application_id}"

@@ -182,6 +182,15 @@ class ProbeCog(commands.Cog):
         await interaction.response.send_message("guild pong")
 
 
+async def inspect_message(interaction: discord.Interaction, message: discord.Message) -> None:
+    """A message context menu (Apps → Inspect): records the message discord.py resolved."""
+    bot: ProbeBot = interaction.client  # type: ignore[assignment]
+    attachments = [(a.filename, a.content_type, a.width, a.height, a.url)
+                   for a in message.attachments]
+    bot.events.append(("inspect", message.id, message.author.id, message.content, attachments))
+    await interaction.response.send_message(f"inspected {message.id}", ephemeral=True)
+
+
 class ProbeBot(commands.Bot):
     """A minimal real bot: default intents, syncs its commands in setup_hook."""
 
@@ -197,6 +206,7 @@ class ProbeBot(commands.Bot):
     async def setup_hook(self) -> None:
         await self.add_cog(ProbeCog(self))
         self.add_dynamic_items(LikeButton)
+        self.tree.add_command(app_commands.ContextMenu(name="Inspect", callback=inspect_message))
         await self.tree.sync()
         await self.tree.sync(guild=discord.Object(GUILD_ID))
 
@@ -630,6 +640,59 @@ async def test_modal_round_trip(e: Env) -> None:
     assert ("modal", "more ponies") in e.bot.events
     assert submit.ephemeral and submit.original is not None
     assert submit.original.content == "thanks: more ponies"
+
+
+async def test_message_context_menu_reaches_the_bot_with_the_target_message(
+    e: Env, aio: aiohttp.ClientSession
+) -> None:
+    """A user's message with a picture; Apps → Inspect on it sends a type 2 interaction with
+    data.type 3, target_id and the message in resolved.messages, as Discord does."""
+    fake = e.fake
+    picture = _png(5, 7)
+    msg = fake.post_as_user(CHANNEL_ID, USER_ID, "look", files=[("pony.png", picture)])
+
+    itx = await fake.invoke_on_message("Inspect", msg.id, user_id=OWNER_ID)
+    await itx.wait_response()
+
+    data = itx.payload["data"]
+    assert (data["type"], data["target_id"]) == (3, str(msg.id))
+    [(_, message_id, author_id, content, attachments)] = [
+        ev for ev in e.bot.events if ev[0] == "inspect"]
+    assert (message_id, author_id, content) == (msg.id, USER_ID, "look")
+    [(filename, content_type, width, height, url)] = attachments
+    assert (filename, content_type, width, height) == ("pony.png", "image/png", 5, 7)
+    async with aio.get(url) as r:
+        assert await r.read() == picture
+    assert itx.ephemeral and itx.original.content == f"inspected {msg.id}"
+
+
+async def test_message_commands_are_offered_only_where_discord_offers_them(e: Env) -> None:
+    fake = e.fake
+    msg = fake.post_as_user(CHANNEL_ID, USER_ID, "hi")
+    with pytest.raises(ValueError, match="no message command 'echo'"):
+        await fake.invoke_on_message("echo", msg.id)  # a slash command is not in the menu
+    with pytest.raises(ValueError, match="not synced"):
+        await fake.invoke("Inspect")  # nor is a message command a slash command
+    ephemeral = await fake.invoke("echo", {"text": "psst", "ephemeral": True})
+    await ephemeral.wait_response()
+    with pytest.raises(ValueError, match="ephemeral"):
+        await fake.invoke_on_message("Inspect", ephemeral.original_id)
+    fake.messages[msg.id].deleted = True
+    with pytest.raises(ValueError, match="no message"):
+        await fake.invoke_on_message("Inspect", msg.id)
+
+
+@pytest.mark.parametrize("extra", [{"description": "what it does"},
+                                   {"options": [{"type": 3, "name": "x", "description": "x"}]}])
+async def test_a_context_menu_with_a_description_or_options_is_refused(
+    e: Env, aio: aiohttp.ClientSession, extra: dict[str, Any]
+) -> None:
+    before = list(e.fake.global_commands)
+    async with aio.post(f"{e.fake.api_base}/applications/{APP_ID}/commands",
+                        json={"name": "Menu", "type": 3, **extra},
+                        headers={"Authorization": f"Bot {TOKEN}"}) as r:
+        assert r.status == 400 and (await r.json())["code"] == 50035
+    assert e.fake.global_commands == before
 
 
 async def test_raw_gateway_protocol(e: Env, aio: aiohttp.ClientSession) -> None:

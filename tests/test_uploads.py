@@ -332,7 +332,7 @@ async def test_the_worker_checks_the_bytes_it_downloads_not_what_discord_said(
     itx = await pony_image(fake, picture(64, 64))
     job_id = queued_job_id(itx)
     # The "CDN" now serves other bytes than Discord described: the worker must not care.
-    uploaded_attachment(fake, itx).data = served
+    uploaded_attachment(fake, itx).served = served
     await start_worker()
 
     assert await until_finished(redis, [job_id]) == [JobStatus.DEAD]

@@ -31,6 +31,10 @@ Discord rules the fake enforces (status and JSON error code):
   empty message -> 400 / 50006; over-long content / embeds -> 400 / 50035.
 * A channel message with ``nonce`` and ``enforce_nonce`` returns the message the same author
   created with that nonce in the last few minutes (``NONCE_WINDOW_S``), creating nothing.
+* Context menu commands (types 2, 3) with a description or options -> 400 / 50035; a
+  message command is invoked only on a live, non-ephemeral message, from its channel, and only
+  when synced as a message command there (``invoke_on_message`` raises ValueError otherwise,
+  as Discord's client would not offer it).
 
 Design choices (documented because tests depend on them):
 
@@ -53,8 +57,9 @@ Design choices (documented because tests depend on them):
 The package, one concern a module: ``rules`` (Discord's limits, numbers and error shapes),
 ``clock`` (fake time and snowflakes), ``model`` (what the fake stores), ``faults``
 (``inject``), ``gateway`` (the websocket side), ``routing`` (route table, auth, bodies),
-``world`` (guilds, channels, users), ``conditions`` (what tests wait for), ``interactions``
-and ``options`` (what a user sends), ``shapes`` (Discord's JSON for what is stored),
+``world`` (guilds, channels, users), ``conditions`` (what tests wait for), ``interactions``,
+``message_commands`` and ``options`` (what a user sends: commands, clicks, message context
+menus, messages with attachments), ``shapes`` (Discord's JSON for what is stored),
 ``messages`` and ``attachments`` (creating, editing, deleting), the REST handlers
 (``rest_world``, ``rest_commands``, ``rest_channels``, ``callback``, ``webhooks``) and
 ``server`` (``FakeDiscord``, composing them all).

@@ -51,7 +51,8 @@ class Attachments:
         att = self.attachments.get(int(m.group(2))) if m else None
         if m is None or att is None or att.filename != m.group(3):
             return web.Response(status=404, text="Not Found")
-        return web.Response(body=att.data, headers={"Content-Type": att.content_type})
+        body = att.data if att.served is None else att.served
+        return web.Response(body=body, headers={"Content-Type": att.content_type})
 
 
 def _apply_attachment_meta(

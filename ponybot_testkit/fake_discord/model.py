@@ -54,6 +54,9 @@ class FakeAttachment:
     url: str = ""
     description: str | None = None
     ephemeral: bool = False
+    # What the CDN serves instead of `data`, when a test wants other bytes downloaded than
+    # Discord measured (a cache or proxy gone wrong): what the metadata says stays `data`'s.
+    served: bytes | None = None
 
     @property
     def size(self) -> int:

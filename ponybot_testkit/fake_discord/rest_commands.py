@@ -1,7 +1,8 @@
 """Application command sync: what ``bot.tree.sync()`` PUTs, checked like Discord checks it.
 
 Names, descriptions, option counts, option order (required first) and nesting are
-validated (``rules._check_options``); each command keeps its id across syncs, and every
+validated (``rules._check_options``); user and message commands (types 2 and 3, context menus)
+may have no description or options; each command keeps its id across syncs, and every
 sync is recorded in ``fake.command_syncs`` for tests to wait on.
 """
 
@@ -100,10 +101,20 @@ class CommandRoutes:
                     "Must be between 1 and 100 in length.",
                 )
             _check_options(c.get("options") or [], f"{where}.options", depth=0)
+        elif ctype not in (2, 3):
+            raise _form_error(f"{where}.type", "BASE_TYPE_CHOICES", "Value must be one of 1, 2, 3")
         elif not 1 <= len(name) <= 32:
             raise _form_error(
                 f"{where}.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 32 in length."
             )
+        elif c.get("description"):
+            # User and message commands (context menus) have no description...
+            raise _form_error(f"{where}.description", "APPLICATION_COMMAND_INVALID_DESCRIPTION",
+                              "Context menu commands cannot have description")
+        elif c.get("options"):
+            # ...and no options: Discord gives them their target instead.
+            raise _form_error(f"{where}.options", "APPLICATION_COMMAND_OPTIONS_INVALID",
+                              "Context menu commands cannot have options")
         key = (gid, ctype, name)
         if key not in self._command_ids:
             self._command_ids[key] = self._snowflakes.next()

@@ -3,8 +3,8 @@
 This module holds everything the parts share (the bot's identity, the world, messages,
 interactions, commands, sessions, requests seen) and starts / stops the aiohttp server;
 what happens to that state lives in the mixins, each in its own module: ``world``,
-``conditions``, ``faults``, ``gateway``, ``interactions``, ``options``, ``shapes``,
-``routing``, ``messages``, ``attachments``, ``rest_world``, ``rest_commands``,
+``conditions``, ``faults``, ``gateway``, ``interactions``, ``message_commands``, ``options``,
+``shapes``, ``routing``, ``messages``, ``attachments``, ``rest_world``, ``rest_commands``,
 ``rest_channels``, ``callback`` and ``webhooks``.
 """
 
@@ -22,6 +22,7 @@ from ponybot_testkit.fake_discord.conditions import Conditions
 from ponybot_testkit.fake_discord.faults import FaultInjection, Injection
 from ponybot_testkit.fake_discord.gateway import GatewayServer, _Connection, _Session
 from ponybot_testkit.fake_discord.interactions import Interactions
+from ponybot_testkit.fake_discord.message_commands import MessageCommands
 from ponybot_testkit.fake_discord.messages import MessageLogic
 from ponybot_testkit.fake_discord.model import (
     FakeAttachment,
@@ -47,6 +48,7 @@ class FakeDiscord(
     FaultInjection,
     GatewayServer,
     Interactions,
+    MessageCommands,
     CommandOptions,
     JsonShapes,
     Routing,

@@ -160,7 +160,8 @@ class JsonShapes:
             "channel_id": str(m.channel_id),
             "type": m.type,
             "content": m.content,
-            "author": self._bot_user_json(),
+            "author": (self._bot_user_json() if m.author_id == self.bot_user_id
+                       else self._user(m.author_id)),
             "timestamp": _iso(m.created_at),
             "edited_timestamp": _iso(m.edited_at),
             "tts": m.tts,
