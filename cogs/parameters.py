@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FIELD = 1024
+# Pictures the bot downloads at once for the Parameters menu.
+MAX_DOWNLOADS = 4
 
 
 def _read_parameters(data: bytes, max_pixels: int) -> str | None:
@@ -121,6 +123,9 @@ class ParametersCog(commands.Cog):
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
         self.menu = app_commands.ContextMenu(name="Parameters", callback=self.parameters)
+        # Each download holds up to `uploads.max_bytes` (and its decoding more) in the bot's
+        # memory: a few at a time, the rest wait (deferred, so Discord waits with them).
+        self.downloads = asyncio.Semaphore(MAX_DOWNLOADS)
 
     async def cog_load(self) -> None:
         # discord.py has no context-menu decorator inside a cog: add it to the tree by hand.
@@ -142,7 +147,8 @@ class ParametersCog(commands.Cog):
         checked_upload(picture, config.uploads, max_pixels=config.uploads.max_pixels)
         await interaction.response.defer(ephemeral=True, thinking=True)
         started = time.perf_counter()
-        text = await picture_parameters(config, picture)
+        async with self.downloads:
+            text = await picture_parameters(config, picture)
         log.info("parameters of %s (%d bytes) read in %.2f s: %s", picture.filename,
                  picture.size, time.perf_counter() - started, "found" if text else "none")
         if not text:

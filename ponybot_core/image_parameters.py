@@ -71,7 +71,10 @@ def parameters_of(image: Image.Image) -> str | None:
     """The `parameters` an opened picture carries (PNG text chunk or EXIF UserComment).
     Reading a PNG's text may decode the whole picture: open it with a pixel limit first
     (`ponybot_core.downloads.open_image`)."""
-    text = getattr(image, "text", None)  # PNG
+    early = image.info.get("parameters")  # a PNG chunk before the pixels, as A1111 writes it
+    if isinstance(early, str):
+        return early or None
+    text = getattr(image, "text", None)  # PNG: this decodes the pixels to reach later chunks
     if text and "parameters" in text:
         return text["parameters"] or None
     exif = image.getexif()

@@ -5,6 +5,8 @@ A1111 itself read the same way, from PNG text and from WebP/JPEG EXIF."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import pytest
 from hypothesis import given
@@ -115,6 +117,17 @@ def test_parameters_are_found_in_png_text_and_webp_or_jpeg_exif(encode):
     text = A1111_TEXT + ", Note: ünïcødé 🐴"
 
     assert read_parameters(encode(text)) == text
+
+
+def test_a_parameters_chunk_after_the_pixels_is_found_too():
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="PNG")
+    data = out.getvalue()
+    body = b"tEXt" + b"parameters\x00" + A1111_TEXT.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    iend = data.rindex(b"IEND") - 4  # before IEND's length field
+
+    assert read_parameters(data[:iend] + chunk + data[iend:]) == A1111_TEXT
 
 
 def test_an_ascii_exif_user_comment_reads_too():
