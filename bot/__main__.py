@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
 from bot.app import PonyBot
-from ponybot_core.config import ConfigError, config_path, load_settings
+from ponybot_core.config import config_path, load_settings
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.logs import masked_url, setup_logging
+from ponybot_core.processes import run_process
 from ponybot_core.redis_client import bot_redis
 
 log = logging.getLogger("bot")
@@ -32,13 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="config file (default: $PONYBOT_CONFIG or ./config.toml)")
     args = parser.parse_args(argv)
     setup_logging("bot")
-    try:
-        return asyncio.run(run(args.config))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+    return run_process(run(args.config))
 
 
 if __name__ == "__main__":

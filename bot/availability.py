@@ -13,9 +13,8 @@ from __future__ import annotations
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from bot.errors import QueueUnavailable, UserFacingError
+from bot.errors import UserFacingError
 from ponybot_core.config import Config
 from ponybot_core.heartbeat import WorkerHeartbeat, last_beat_at, read_heartbeats
 from ponybot_core.job import Job, JobKind
@@ -25,11 +24,8 @@ from ponybot_core.keys import Keys
 async def check_job(redis: Redis, keys: Keys, config: Config, job: Job) -> list[str]:
     """Notes for the queued message; raises UserFacingError when the live workers cannot draw
     `job` (nothing is queued then), QueueUnavailable when Redis cannot be asked."""
-    try:
-        beats = await read_heartbeats(redis, keys)
-        last = None if beats else await last_beat_at(redis, keys)
-    except (RedisError, OSError) as exc:
-        raise QueueUnavailable() from exc
+    beats = await read_heartbeats(redis, keys)
+    last = None if beats else await last_beat_at(redis, keys)
     if not beats:
         return [no_worker_note(last)]
     refusal = why_not_served(job, beats, config)
@@ -57,7 +53,8 @@ def why_not_served(job: Job, beats: list[WorkerHeartbeat], config: Config) -> st
         return ("Upscaling is not available right now: no running worker has the upscaler's "
                 "files. Nothing was queued.")
     return ("Upscaling is not available right now: no running worker that has this model also "
-            "has the upscaler's files. Nothing was queued; ask again without `upscale`.")
+            "has the upscaler's files. Nothing was queued; ask again with `upscale:false` (it may "
+            "come from your `/settings` or the channel's).")
 
 
 def served_models(beats: list[WorkerHeartbeat]) -> list[str]:

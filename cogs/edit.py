@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
-from redis.exceptions import RedisError
 
 from bot import guild_settings, policy
 from bot.answering import answer_errors
@@ -27,7 +26,7 @@ from bot.edit_form import (
     read_form,
     submitted_values,
 )
-from bot.errors import QueueUnavailable, UserFacingError
+from bot.errors import UserFacingError
 from bot.options import PonyOptions
 from bot.submit import check_against_config
 from cogs import results
@@ -82,19 +81,13 @@ class EditCog(commands.Cog):
         if state.status is not JobStatus.QUEUED:
             raise UserFacingError(already_started(job_id, state.status))
         # 2. The new caption, checked against this channel and server as /pony checks it.
-        try:
-            guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable() from exc
+        guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
         job, notes = edited_job(source, options, bot.config,
                                 age_restricted=policy.is_age_restricted(interaction),
                                 blocked_tags=guild.blocked_tags)
         model_name = check_against_config(bot.config, job)
         # 3. Swap it in, unless a worker took the job meanwhile.
-        try:
-            edited = await bot.queue.edit_queued(job)
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable() from exc
+        edited = await bot.queue.edit_queued(job)
         if not edited.done:
             raise UserFacingError(already_started(job_id, edited.was))
         JobLog(log, job_id).info("edited in place by user=%s", interaction.user.id)

@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 from discord.ext import commands
-from redis.exceptions import RedisError
 
 from bot import guild_settings, policy
 from bot.buttons import JobButton
 from bot.drawable import drawing_fields, our_model, why_not_drawable
-from bot.errors import QueueUnavailable, UserFacingError
+from bot.errors import UserFacingError
 from bot.submit import request_fields
 from bot.uploads import checked_upload
 from ponybot_core.config import Config
@@ -86,11 +85,8 @@ def parameters_embed(parsed: A1111Parameters, config: Config, filename: str) -> 
 
 async def draw(bot: PonyBot, interaction: discord.Interaction, parameters_id: str) -> None:
     """**Draw this**: the parameters kept for this button, as a new queued job."""
-    try:
-        raw = await bot.redis.get(bot.keys.drawable(parameters_id))
-        guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
-    except (RedisError, OSError) as exc:
-        raise QueueUnavailable() from exc
+    raw = await bot.redis.get(bot.keys.drawable(parameters_id))
+    guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
     if raw is None:
         raise UserFacingError("⌛ These parameters have expired; use Parameters on the picture "
                               "again.")
@@ -164,11 +160,8 @@ class ParametersCog(commands.Cog):
             await interaction.followup.send(embed=embed, ephemeral=True)
             return
         parameters_id = new_job_id()
-        try:
-            await self.bot.redis.set(self.bot.keys.drawable(parameters_id),
-                                     parsed.model_dump_json(), ex=config.queue.result_ttl_s)
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable() from exc
+        await self.bot.redis.set(self.bot.keys.drawable(parameters_id),
+                                 parsed.model_dump_json(), ex=config.queue.result_ttl_s)
         view = discord.ui.View(timeout=None)
         view.add_item(DrawButton(parameters_id))
         await interaction.followup.send(embed=embed, view=view, ephemeral=True)

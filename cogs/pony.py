@@ -84,7 +84,8 @@ class PonyCog(commands.Cog):
         notes = (*resolved.notes(), *notes)
         if upscale and not config.upscalers:
             raise UserFacingError("Upscaling is not available: no upscaler is configured on "
-                                  "this bot. Ask again without `upscale`.")
+                                  "this bot. Ask again with `upscale:false` (it may come from "
+                                  "your `/settings` or the channel's).")
         img2img = img2img_from(config, image, strength, size_given=size is not None)
         job = Job(
             **request_fields(interaction),

@@ -19,12 +19,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import discord
-from redis.exceptions import RedisError
 
 from bot import guild_settings, policy
 from bot.buttons import JobButton
 from bot.edit_form import edited_job, open_form
-from bot.errors import QueueUnavailable, UserFacingError
+from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings
 from bot.hires_request import hires_pass
 from bot.options import PonyOptions
@@ -122,10 +121,7 @@ async def redraw_edited(bot: PonyBot, interaction: discord.Interaction, job_id: 
     source, _ = await _source(bot, job_id)
     if source.kind is JobKind.UPSCALE:
         raise UserFacingError("An upscale has no tags to edit: edit the original picture.")
-    try:
-        guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
-    except (RedisError, OSError) as exc:
-        raise QueueUnavailable() from exc
+    guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
     edited, notes = edited_job(source, options, bot.config,
                                age_restricted=policy.is_age_restricted(interaction),
                                blocked_tags=guild.blocked_tags)
@@ -208,10 +204,7 @@ async def _allowed_here(
 ) -> GuildSettings:
     """A button re-draws a caption written earlier, maybe before the server blocked a tag or
     the channel's age restriction changed: check it again, as /pony would (bot.policy)."""
-    try:
-        guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
-    except (RedisError, OSError) as exc:
-        raise QueueUnavailable() from exc
+    guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
     policy.check_caption(
         source.prompt,
         config=bot.config,

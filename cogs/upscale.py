@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 from discord.ext import commands
-from redis.exceptions import RedisError
 
 from bot import guild_settings
-from bot.errors import QueueUnavailable, UserFacingError
+from bot.errors import UserFacingError
 from bot.submit import request_fields
 from bot.uploads import checked_upload
 from ponybot_core.config import Config
@@ -53,10 +52,7 @@ class UpscaleCog(commands.Cog):
         chosen = upscaler_id(config, upscaler)
         source = checked_upload(image, config.uploads,
                                 max_pixels=config.uploads.upscale_max_pixels)
-        try:
-            guild = await guild_settings.load(self.bot.redis, self.bot.keys, interaction.guild_id)
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable() from exc
+        guild = await guild_settings.load(self.bot.redis, self.bot.keys, interaction.guild_id)
         # An upscale draws nothing: the model and sampling fields only satisfy the job's shape
         # (the server's model, so the queue's checks pass as for a U button).
         model = guild_settings.model_for(config, guild)

@@ -8,18 +8,21 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
-from ponybot_core.config import ConfigError, Settings, config_path, load_settings
+from ponybot_core.config import ConfigError, config_path, load_settings
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.logs import masked_url, setup_logging
+from ponybot_core.processes import run_process
 from ponybot_core.redis_client import worker_redis
 
 log = logging.getLogger("inference")
 
 
-async def run_worker(settings: Settings) -> int:
+async def run_worker(path: Path) -> int:
     from inference.worker import Worker, logged_in_client
 
+    settings = load_settings(path)
     token, redis_url = settings.connection("worker")
     log.info("config %s, Redis %s", settings.path, masked_url(redis_url))
     use_endpoints(settings.config.discord)
@@ -44,24 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", default="run", choices=["run", "convert"])
     args, rest = parser.parse_known_args(argv)
     setup_logging("worker")
-    try:
-        settings = load_settings(config_path(args.config))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
     if args.command == "convert":
         from inference import convert
 
+        try:
+            settings = load_settings(config_path(args.config))
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         return convert.main(rest, settings.config, settings.path.parent)
     if rest:
         parser.error(f"unexpected arguments: {' '.join(rest)}")
-    try:
-        return asyncio.run(run_worker(settings))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+    return run_process(run_worker(config_path(args.config)))
 
 
 if __name__ == "__main__":

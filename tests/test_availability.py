@@ -146,7 +146,7 @@ def test_upscaling_is_refused_when_no_worker_has_an_upscaler(tiny_pipeline_dir: 
         "Upscaling is not available right now: no running worker has the upscaler's files. "
         "Nothing was queued.")
     assert why_not_served(asked, beats, config) is not None
-    assert "ask again without `upscale`" in (why_not_served(asked, beats, config) or "")
+    assert "ask again with `upscale:false`" in (why_not_served(asked, beats, config) or "")
 
 
 def test_the_no_worker_note_says_how_long_ago_in_words() -> None:
