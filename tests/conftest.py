@@ -184,7 +184,10 @@ async def start_worker(settings: Settings, model_cache: object,
 
     running: list[tuple[RunningWorker, object, Redis]] = []
 
-    async def start(name: str = "test-worker", settings_: Settings | None = None) -> RunningWorker:
+    async def start(name: str = "test-worker", settings_: Settings | None = None, *,
+                    models: object = None) -> RunningWorker:
+        """`models`: a model cache of the worker's own (the session's shared one by default,
+        whose loaded models are whatever earlier tests left)."""
         use_settings = settings_ or settings
         assert use_settings.redis_url
         client = await logged_in_client(BOT_TOKEN)
@@ -192,7 +195,7 @@ async def start_worker(settings: Settings, model_cache: object,
         client_redis = worker_redis(use_settings.redis_url,
                                     block_s=use_settings.config.worker.block_ms / 1000)
         worker = Worker(use_settings, client_redis, client, name=name,
-                        models=model_cache)  # type: ignore[arg-type]
+                        models=models or model_cache)  # type: ignore[arg-type]
         handle = RunningWorker(worker, asyncio.create_task(worker.run()))
         running.append((handle, client, client_redis))
         return handle

@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 
 from bot.guild_settings import GuildSettings
 from cogs.models import _describe
+from inference.device import choose_placement
+from inference.models import ModelCache
 from ponybot_core import heartbeat
 from ponybot_core.config import Settings, load_config
 from ponybot_core.heartbeat import WorkerHeartbeat
@@ -88,7 +90,10 @@ async def test_list_shows_every_model_and_which_live_worker_has_it_loaded(
             )
         }
     )
-    await start_worker("gpu-1", preloading)
+    # A cache of its own: which models are loaded must not depend on earlier tests.
+    fresh = ModelCache(preloading.config, base_dir=preloading.path.parent,
+                       placement=choose_placement("cpu"))
+    await start_worker("gpu-1", preloading, models=fresh)
     await fake.wait_for(
         lambda: redis.exists(KEYS.worker("gpu-1")),
         timeout=20,
