@@ -25,8 +25,16 @@ from ponybot_core.config import ModelEntry, Secrets, Settings
 from ponybot_core.keys import Keys
 from ponybot_core.queue import Consumer, JobStatus, Producer, QueueView
 from ponybot_core.redis_client import worker_redis
-from ponybot_testkit.fake_discord import FakeDiscord
-from ponybot_testkit.world import BOT_TOKEN, OWNER_ID, fake_world, running_bot, tiny_config
+from ponybot_testkit.fake_discord import FakeDiscord, FakeInteraction, FakeMessage
+from ponybot_testkit.world import (
+    BOT_TOKEN,
+    CHANNEL_ID,
+    OWNER_ID,
+    USER_ID,
+    fake_world,
+    running_bot,
+    tiny_config,
+)
 
 if TYPE_CHECKING:
     from inference.worker import Worker
@@ -111,7 +119,32 @@ async def bot(settings: Settings, fake: FakeDiscord, redis: Redis) -> AsyncItera
 
 
 
-# --- What users see ---------------------------------------------------------------------------
+# --- What users do and see ----------------------------------------------------------------------
+
+
+async def pony(fake: FakeDiscord, **options: object) -> FakeInteraction:
+    """`/pony` by the test user in the test channel, answered (tags default to a plain pony)."""
+    options.setdefault("tags", "twilight sparkle, unicorn, solo")
+    itx = await fake.invoke("pony", options, channel_id=CHANNEL_ID, user_id=USER_ID)
+    await itx.wait_response(timeout=5)
+    return itx
+
+
+async def result(fake: FakeDiscord, itx: FakeInteraction, *, within_s: float = 60) -> FakeMessage:
+    """The interaction's message once the worker has edited the picture into it."""
+    await fake.wait_for(lambda: itx.original.attachments and itx.original.embeds,
+                        timeout=within_s)
+    return itx.original
+
+
+def job_id_of(message: FakeMessage) -> str:
+    """The job id in a result's embed footer."""
+    return str(message.embeds[0]["footer"]["text"]).removeprefix("job ")
+
+
+def embed_fields(message: FakeMessage) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
+
 
 
 def results_shown(fake: FakeDiscord, job_id: str) -> int:

@@ -14,17 +14,9 @@ from ponybot_core.config import Settings
 from ponybot_core.keys import Keys
 from ponybot_core.queue import JobStatus, QueueView
 from ponybot_testkit.redis_faults import Faults, restart
-from ponybot_testkit.world import CHANNEL_ID, USER_ID
-from tests.conftest import queued_job_id, results_shown, until_finished
+from tests.conftest import pony, queued_job_id, results_shown, until_finished
 
 pytestmark = pytest.mark.usefixtures("bot")
-
-
-async def pony(fake, **options):
-    options.setdefault("tags", "derpy hooves, muffin")
-    itx = await fake.invoke("pony", options, channel_id=CHANNEL_ID, user_id=USER_ID)
-    await itx.wait_response(timeout=5)
-    return itx
 
 
 async def until_running(redis, job_id: str) -> None:

@@ -11,17 +11,10 @@ import pytest
 
 from ponybot_core.keys import Keys
 from ponybot_testkit.redis_faults import restart
-from ponybot_testkit.world import CHANNEL_ID, USER_ID
-from tests.conftest import spawn_worker, write_config_toml
+from ponybot_testkit.world import CHANNEL_ID
+from tests.conftest import pony, spawn_worker, write_config_toml
 
 pytestmark = pytest.mark.usefixtures("bot")
-
-
-async def pony(fake, **options):
-    options.setdefault("tags", "derpy hooves, muffin")
-    itx = await fake.invoke("pony", options, channel_id=CHANNEL_ID, user_id=USER_ID)
-    await itx.wait_response(timeout=5)
-    return itx
 
 
 def posts_of(fake, itx) -> int:

@@ -15,34 +15,12 @@ from ponybot_core.job import Job
 from ponybot_core.keys import Keys
 from ponybot_core.queue import Consumer, JobStatus, Producer, QueueView
 from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, USER_ID, make_job
-from tests.conftest import QueueParts, queued_job_id
+from tests.conftest import QueueParts, embed_fields, job_id_of, pony, queued_job_id, result
 
 MANAGE_GUILD = 1 << 5
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-async def pony(fake, **options):
-    options.setdefault("tags", "twilight sparkle, unicorn, solo")
-    itx = await fake.invoke("pony", options, guild_id=GUILD_ID, channel_id=CHANNEL_ID,
-                            user_id=USER_ID)
-    await itx.wait_response(timeout=5)
-    return itx
-
-
-async def result(fake, itx):
-    """The interaction's message once the worker has edited the picture into it."""
-    await fake.wait_for(lambda: itx.original.attachments and itx.original.embeds, timeout=30)
-    return itx.original
-
-
-def job_id_of(message) -> str:
-    return message.embeds[0]["footer"]["text"].removeprefix("job ")
-
-
-def fields(message) -> dict[str, str]:
-    return {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
 
 
 def form_of(itx) -> tuple[str, dict[str, str]]:
@@ -127,7 +105,7 @@ async def test_a_submitted_edit_queues_a_new_job_with_the_edits_on_the_same_mode
         (before.model_id, before.width, before.height, before.count)
     assert job.prompt == "safe pinkie_pie party"  # tiny-v2's caption language, anew
     assert "rain" in job.negative_prompt
-    assert fields(edited)["Size"] == "96×64" and fields(edited)["Seed"] == "7"
+    assert embed_fields(edited)["Size"] == "96×64" and embed_fields(edited)["Seed"] == "7"
 
 
 async def test_an_empty_seed_in_the_form_draws_with_a_new_random_seed(
@@ -204,7 +182,7 @@ async def test_edit_on_a_queued_message_changes_the_job_in_place_and_keeps_its_p
     # The worker draws what the job is now.
     await start_worker()
     drawn = await result(fake, waiting[1])
-    assert "gem" in fields(drawn)["Prompt"] and fields(drawn)["Seed"] == "9"
+    assert "gem" in embed_fields(drawn)["Prompt"] and embed_fields(drawn)["Seed"] == "9"
 
 
 async def test_edit_on_a_queued_message_after_the_job_started_says_so(fake, bot, redis):

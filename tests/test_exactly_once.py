@@ -15,8 +15,9 @@ import pytest
 from inference import faults
 from ponybot_core.keys import Keys
 from ponybot_core.queue import JobStatus, QueueView
-from ponybot_testkit.world import CHANNEL_ID, USER_ID
+from ponybot_testkit.world import CHANNEL_ID
 from tests.conftest import (
+    pony,
     queued_job_id,
     results_shown,
     spawn_worker,
@@ -25,13 +26,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.usefixtures("bot")
-
-
-async def pony(fake, **options):
-    options.setdefault("tags", "derpy hooves, muffin")
-    itx = await fake.invoke("pony", options, channel_id=CHANNEL_ID, user_id=USER_ID)
-    await itx.wait_response(timeout=5)
-    return itx
 
 
 @pytest.mark.parametrize(("point", "path"), [

@@ -16,35 +16,14 @@ from ponybot_core.custom_ids import Action, custom_id
 from ponybot_core.hires import HiresTooLarge, plan, work_units
 from ponybot_core.keys import Keys
 from ponybot_core.queue import QueueView
-from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, USER_ID, make_job, running_bot
-from tests.conftest import QueueParts
+from ponybot_testkit.world import CHANNEL_ID, USER_ID, make_job, running_bot
+from tests.conftest import QueueParts, embed_fields, job_id_of, pony, result
 
 MANAGE_GUILD = 1 << 5
 ADMIN_ID = 5_000_000_000_000_009
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-async def pony(fake, **options):
-    options.setdefault("tags", "twilight sparkle, unicorn, solo")
-    itx = await fake.invoke("pony", options, guild_id=GUILD_ID, channel_id=CHANNEL_ID,
-                            user_id=USER_ID)
-    await itx.wait_response(timeout=5)
-    return itx
-
-
-async def result(fake, itx):
-    await fake.wait_for(lambda: itx.original.attachments and itx.original.embeds, timeout=60)
-    return itx.original
-
-
-def job_id_of(message) -> str:
-    return message.embeds[0]["footer"]["text"].removeprefix("job ")
-
-
-def fields(message) -> dict[str, str]:
-    return {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
 
 
 def buttons(message) -> list[str]:
@@ -90,7 +69,7 @@ async def test_pony_hires_draws_at_the_models_size_then_refines_it_at_twice_the_
     # at 128 px. The second pass ran, on the enlarged picture.
     assert settings.config.hires.strength == 0.55
     assert unet_calls == [(8, 8), (8, 8), (16, 16)]
-    assert fields(message)["Size"] == "128×128 (hires from 64×64)"
+    assert embed_fields(message)["Size"] == "128×128 (hires from 64×64)"
     parameters = read_parameters(message.attachments[0].data)
     assert "Size: 64x64" in parameters and "Hires upscale: 2" in parameters
     assert "Hires resize: 128x128" in parameters and "Denoising strength: 0.55" in parameters
