@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="config file (default: $PONYBOT_CONFIG or ./config.toml)")
     args = parser.parse_args(argv)
     setup_logging("bot")
-    return run_process(run(args.config))
+    return run_process(run(args.config), "bot")
 
 
 if __name__ == "__main__":

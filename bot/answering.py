@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import discord
 from discord import app_commands
-from redis.exceptions import RedisError
+from redis import exceptions as redis_errors
 
 from bot.errors import QueueUnavailable, UserFacingError
 
@@ -18,18 +18,24 @@ log = logging.getLogger(__name__)
 
 OUR_FAULT = "Something went wrong on our side; nothing was queued. Please try again."
 
+# The Redis errors that mean the queue cannot be reached or written right now: down, restarting
+# or loading (ConnectionError and its kinds), too slow, failing over to a replica, full. Not
+# every RedisError (Redis refusing a command of ours is a bug, OUR_FAULT), and not every
+# OSError: Pillow's "image file is truncated" is one, and so is a full disk.
+REDIS_OUTAGES: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError, redis_errors.ClusterDownError, redis_errors.OutOfMemoryError)
+
 
 def what_to_say(interaction: discord.Interaction, error: BaseException) -> str:
     """The sentence for the user; logs what they are not told."""
     what = interaction.command.qualified_name if interaction.command else \
-        (interaction.data or {}).get("custom_id")
+        dict(interaction.data or {}).get("custom_id")
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
-    if isinstance(error, RedisError | OSError):
-        error = QueueUnavailable()
-    if isinstance(error, QueueUnavailable):
+    if isinstance(error, (*REDIS_OUTAGES, QueueUnavailable)):
         log.warning("%s refused, queue unavailable: %r", what, error.__cause__ or error)
-        return str(error)
+        return str(QueueUnavailable())
     if isinstance(error, UserFacingError):
         return str(error)
     if isinstance(error, app_commands.CheckFailure):

@@ -43,7 +43,9 @@ class PonyBot(commands.Bot):
         self.config = settings.config
         self.redis = redis
         self.keys = Keys(settings.config.redis.key_prefix)
-        self.queue = Producer(redis, self.keys, result_ttl_s=settings.config.queue.result_ttl_s)
+        q = settings.config.queue
+        self.queue = Producer(redis, self.keys, result_ttl_s=q.result_ttl_s,
+                              cancelled_ttl_s=q.cancelled_ttl_s, dead_ttl_s=q.dead_ttl_s)
         self.queue_view = QueueView(redis, self.keys)
         self.submitter = Submitter(self.config, redis, self.keys, self.queue,
                                    announce=lambda job, message_id: self.dispatch(

@@ -15,6 +15,12 @@ are the option names, plain strings an admin can read with HGETALL:
 
 `load_layers` reads the user's, the channel's and the server's hashes in one round trip, which
 is all `/pony` reads before it answers.
+
+Saved defaults live as long as their place: each server keeps an index of the keys saved in it
+(`keys.defaults_index`, a set), so the bot's removal from a server deletes them all
+(`forget_server`) without a SCAN of the keyspace, and a deleted channel's or thread's go with
+it (`forget_channel`). Keys saved before the index existed are added to it once
+(`index_saved`); their layout never changed, so they were read all along.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from bot import guild_settings, tags
+from bot import guild_settings
 from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings
-from bot.options import PonyOptions
 from ponybot_core.config import Config
 from ponybot_core.keys import Keys
+from ponybot_request import tags
+from ponybot_request.options import PonyOptions
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +172,88 @@ async def load_layers(redis: Redis, keys: Keys, config: Config, *, guild_id: int
                   server=guild_settings.from_hash(replies[2], guild_id))
 
 
-async def save(redis: Redis, key: str, defaults: Defaults) -> None:
-    """Store the settings that are given (one HSET); the others keep their saved values."""
+async def save(redis: Redis, key: str, defaults: Defaults, *, index: str | None = None) -> None:
+    """Store the settings that are given (one HSET); the others keep their saved values.
+    `index` is the server's `keys.defaults_index` (None in DMs, which no one leaves): the key
+    joins it in the same transaction, so no saved key is ever missing from it."""
     if mapping := defaults.to_hash():
-        await redis.hset(key, mapping=mapping)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=mapping)
+            if index is not None:
+                pipe.sadd(index, key)
+            await pipe.execute()
 
 
-async def clear(redis: Redis, key: str, setting: Setting | None = None) -> None:
-    """Forget one saved setting, or all of them."""
+async def clear(redis: Redis, key: str, setting: Setting | None = None, *,
+                index: str | None = None) -> None:
+    """Forget one saved setting, or all of them (and the key's place in `index`). A hash that
+    one HDEL emptied stays in the index: a name of nothing costs a few bytes, and goes with
+    its server."""
     if setting is None:
-        await redis.delete(key)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if index is not None:
+                pipe.srem(index, key)
+            await pipe.execute()
     else:
         await redis.hdel(key, setting)
+
+
+# Keys deleted per transaction when a server goes: a huge server never blocks Redis long.
+FORGET_BATCH = 500
+
+
+async def forget_server(redis: Redis, keys: Keys, guild_id: int) -> int:
+    """Delete every user's and channel's saved defaults in a server the bot was removed from
+    (what its index names, batch by batch, each batch and its index entries in one
+    transaction); returns how many hashes there were."""
+    index = keys.defaults_index(guild_id)
+    deleted = 0
+    while members := await redis.srandmember(index, FORGET_BATCH):
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*members)
+            pipe.srem(index, *members)
+            gone, _ = await pipe.execute()
+        deleted += int(gone)
+    return deleted
+
+
+async def forget_channel(redis: Redis, keys: Keys, guild_id: int, channel_id: int) -> bool:
+    """Delete a deleted channel's (or thread's) saved defaults; True when it had some."""
+    key = keys.channel_defaults(guild_id, channel_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.srem(keys.defaults_index(guild_id), key)
+        gone, _ = await pipe.execute()
+    return bool(gone)
+
+
+async def index_saved(redis: Redis, keys: Keys) -> int:
+    """Add the defaults saved before servers had an index to their server's, once per
+    deployment (one SCAN; `keys.defaults_indexed` marks it done); returns how many keys were
+    added, 0 when it was done before. Several bots starting at once do the same harmless
+    work twice."""
+    if await redis.exists(keys.defaults_indexed):
+        return 0
+    added = 0
+    batch: list[tuple[int, bytes]] = []
+
+    async def flush() -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for guild_id, key in batch:
+                pipe.sadd(keys.defaults_index(guild_id), key)
+            await pipe.execute()
+        batch.clear()
+
+    async for key in redis.scan_iter(match=f"{keys.prefix}:defaults:*", count=1000):
+        guild_id = keys.defaults_guild(key)
+        if guild_id is None:
+            continue
+        batch.append((guild_id, key))
+        added += 1
+        if len(batch) >= FORGET_BATCH:
+            await flush()
+    if batch:
+        await flush()
+    await redis.set(keys.defaults_indexed, "1")
+    return added

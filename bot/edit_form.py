@@ -1,5 +1,6 @@
-"""The ✏️ Edit form: a modal prefilled with a job's tags, negative tags, seed and steps, and the
-job it makes, checked exactly as `/pony` checks its options and caption.
+"""The ✏️ Edit form: a modal prefilled with a job's tags, negative tags, seed and steps, read back
+as `/pony` reads its options; the job it makes is ponybot_request.jobs.build_job's, checked
+exactly as `/pony`'s caption is.
 
 One form serves both Edit buttons: under a result (`pony:edit:<job>`, the edited job is queued
 as a new one, cogs/results.py) and on a queued message (`pony:edit-queued:<job>`, the job is
@@ -10,7 +11,6 @@ opened before a restart of the bot still works after it.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +18,11 @@ import discord
 
 from bot.buttons import JobButton
 from bot.errors import UserFacingError
-from bot.hires_request import hires_pass
-from bot.options import PonyOptions
-from bot.prompting import render_prompt
 from ponybot_core.config import Config
 from ponybot_core.custom_ids import Action, custom_id
-from ponybot_core.job import MAX_SEED, Job
-from ponybot_core.queue import JobStatus
+from ponybot_core.job import Job
+from ponybot_core.queue import JobState, JobStatus
+from ponybot_request.options import PonyOptions
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -102,28 +100,17 @@ def _whole_number(values: Mapping[str, str], name: str, *, optional: bool) -> in
         raise UserFacingError(f"`{name}` must be a whole number (you gave {text!r}).") from None
 
 
-def edited_job(source: Job, options: PonyOptions, config: Config, *, age_restricted: bool,
-               blocked_tags: Iterable[str]) -> tuple[Job, tuple[str, ...]]:
-    """`source` with the form's tags, negative tags, seed and steps: the caption rendered for
-    the same model and checked against this channel and server (bot.prompting), a hires pass
-    planned again for the new steps; the id and the request fields are the caller's to set."""
-    try:
-        entry = config.model(source.model_id)
-    except KeyError:
-        raise UserFacingError(f"The model `{source.model_id}` is no longer available on this "
-                              "bot; use /pony to pick another.") from None
-    rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted,
-                                    blocked_tags=blocked_tags)
-    steps = options.steps or source.steps
-    changes: dict[str, Any] = {
-        "tags": options.tags.strip(), "negative_tags": options.negative,
-        "prompt": rendered.positive, "negative_prompt": rendered.negative,
-        "seed": options.seed if options.seed is not None else secrets.randbelow(MAX_SEED),
-        "seeded": options.seed is not None, "steps": steps,
-    }
-    if source.hires is not None:
-        changes["hires"] = hires_pass(config, source.width, source.height, steps)
-    return Job.model_validate({**source.model_dump(), **changes}), notes
+async def queued_and_yours(bot: PonyBot, job_id: str, user_id: int) -> JobState:
+    """The queued job's state, if it is `user_id`'s and still waits; else the refusal to show
+    (the queue checks "still waits" again as it edits)."""
+    state = await bot.queue_view.state(job_id)
+    if state is None:
+        raise UserFacingError(already_started(job_id, ""))
+    if state.job().user_id != user_id:
+        raise UserFacingError("Only the person who asked for this job can edit it.")
+    if state.status is not JobStatus.QUEUED:
+        raise UserFacingError(already_started(job_id, state.status))
+    return state
 
 
 class EditQueuedButton(JobButton, action=Action.EDIT_QUEUED):
@@ -134,15 +121,8 @@ class EditQueuedButton(JobButton, action=Action.EDIT_QUEUED):
         return {"label": "Edit", "emoji": "✏️", "style": discord.ButtonStyle.secondary}
 
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
-        state = await bot.queue_view.state(self.job_id)
-        if state is None:
-            raise UserFacingError(already_started(self.job_id, ""))
-        job = state.job()
-        if job.user_id != interaction.user.id:
-            raise UserFacingError("Only the person who asked for this job can edit it.")
-        if state.status is not JobStatus.QUEUED:
-            raise UserFacingError(already_started(self.job_id, state.status))
-        await open_form(interaction, job, bot.config, action=Action.EDIT_QUEUED,
+        state = await queued_and_yours(bot, self.job_id, interaction.user.id)
+        await open_form(interaction, state.job(), bot.config, action=Action.EDIT_QUEUED,
                         title="Edit your queued picture")
 
 

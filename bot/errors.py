@@ -1,10 +1,11 @@
-"""Errors a user caused or can act on; the bot answers them with an ephemeral message."""
+"""Errors a user caused or can act on; the bot answers them with an ephemeral message.
+`UserFacingError` is the requests' own (ponybot_request.errors): building a job refuses with it."""
 
 from __future__ import annotations
 
+from ponybot_request.errors import UserFacingError
 
-class UserFacingError(Exception):
-    """`str(error)` is shown to the user as is: one clear sentence naming the problem."""
+__all__ = ["QueueUnavailable", "UserFacingError"]
 
 
 class QueueUnavailable(UserFacingError):

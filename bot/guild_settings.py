@@ -4,12 +4,13 @@ The hash is `keys.guild(guild_id)`; its fields are the constants below, each a p
 an admin can read them with `HGETALL`:
 
     model       the model id `/pony` uses when no option or saved default picks one
-    blocked     JSON list of canonical tags (`bot.tags.parse_tags` form) `/pony` refuses
+    blocked     JSON list of canonical tags (`ponybot_request.tags.parse_tags` form) `/pony` refuses
     user_limit  the per-user cap on queued + running jobs (`/queue limit`)
 
 `/pony` reads all of it in one HGETALL, pipelined with the user's and the channel's saved
 defaults (`bot.defaults.load_layers`). A value that cannot be read (hand-edited, from an
-older version) counts as unset rather than breaking `/pony` for the whole server.
+older version) counts as unset rather than breaking `/pony` for the whole server. The hash
+goes when the bot is removed from the server (`forget`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from bot import tags
 from bot.errors import UserFacingError
 from ponybot_core.config import Config, ModelEntry
 from ponybot_core.keys import Keys
+from ponybot_request import tags
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,12 @@ def _decode_blocked(value: str | bytes | None, guild_id: int) -> tuple[str, ...]
 
 
 # --- writing ----------------------------------------------------------------------------------
+
+
+async def forget(redis: Redis, keys: Keys, guild_id: int) -> None:
+    """Delete the server's settings: the bot was removed from it. (Added back, it starts
+    afresh, as a server that never chose anything.)"""
+    await redis.delete(keys.guild(guild_id))
 
 
 async def set_model(redis: Redis, keys: Keys, guild_id: int, model_id: str | None) -> None:

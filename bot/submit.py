@@ -1,5 +1,8 @@
 """One way into the queue for everything a user asks for: `/pony` and the result buttons.
 
+The cogs translate an interaction into a request (`requester`, `channel_of`) for
+ponybot_request.jobs.build_job, and queue the job it builds here.
+
 `submit` checks the job against today's config, enqueues it under the user's cap, answers the
 interaction with the queued message (position or "paused", the exact prompt, a Cancel button)
 and records that message for the worker to edit. Every failure before the answer is a
@@ -13,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import discord
 from redis.asyncio import Redis
@@ -22,7 +24,6 @@ from redis.exceptions import RedisError
 from bot import availability, guild_settings
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
-from bot.options import out_of_limits
 from bot.views import queued_view
 from ponybot_core.config import Config
 from ponybot_core.job import Job
@@ -30,22 +31,43 @@ from ponybot_core.keys import Keys
 from ponybot_core.logs import JobLog
 from ponybot_core.messages import queued_text
 from ponybot_core.queue import JobStatus, Producer, UserLimitReached
+from ponybot_request.jobs import Channel, Requester
+from ponybot_request.options import out_of_limits
 
 log = logging.getLogger(__name__)
 
 
-def request_fields(interaction: discord.Interaction) -> dict[str, Any]:
-    """The Job fields that say where a request came from and where its result goes."""
-    return {
-        "application_id": interaction.application_id,
-        "interaction_id": interaction.id,
-        "interaction_token": interaction.token,
-        "guild_id": interaction.guild_id,
-        "channel_id": interaction.channel_id or 0,
-        "user_id": interaction.user.id,
+def requester(interaction: discord.Interaction) -> Requester:
+    """Who asked, and how the answer reaches them: the interaction a worker edits."""
+    return Requester(
+        user_id=interaction.user.id,
+        application_id=interaction.application_id,
+        interaction_id=interaction.id,
+        interaction_token=interaction.token,
         # Discord says with each interaction how big a file may be here (boosts raise it).
-        "attachment_limit": interaction.filesize_limit or None,
-    }
+        attachment_limit=interaction.filesize_limit or None,
+    )
+
+
+def channel_of(interaction: discord.Interaction, server: GuildSettings) -> Channel:
+    """The channel the interaction came from, as build_job weighs it."""
+    return Channel(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
+                   age_restricted=is_age_restricted(interaction.channel),
+                   blocked_tags=server.blocked_tags)
+
+
+def job_channel(client: discord.Client, job: Job, server: GuildSettings) -> Channel:
+    """The channel a job already lives in (not the one a click or a form came from)."""
+    return Channel(guild_id=job.guild_id, channel_id=job.channel_id,
+                   age_restricted=is_age_restricted(client.get_channel(job.channel_id)),
+                   blocked_tags=server.blocked_tags)
+
+
+def is_age_restricted(channel: object) -> bool:
+    """Whether a channel is age-restricted (NSFW). DMs are not, and neither is a channel the
+    bot does not know: when in doubt, the stricter rules."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
 def check_against_config(config: Config, job: Job) -> str:

@@ -17,24 +17,24 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot import guild_settings, policy
+from bot import guild_settings
 from bot.answering import answer_errors
 from bot.edit_form import (
     EditQueuedButton,
     already_started,
-    edited_job,
+    queued_and_yours,
     read_form,
     submitted_values,
 )
 from bot.errors import UserFacingError
-from bot.options import PonyOptions
-from bot.submit import check_against_config
+from bot.submit import check_against_config, job_channel, requester
 from cogs import results
 from ponybot_core.custom_ids import Action, template
 from ponybot_core.logs import JobLog
 from ponybot_core.messages import queued_text
 from ponybot_core.poster import Poster
-from ponybot_core.queue import JobStatus
+from ponybot_request.jobs import EditRequest, build_job
+from ponybot_request.options import PonyOptions
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -72,19 +72,15 @@ class EditCog(commands.Cog):
         """The queued job gets the form's values where it waits, if it has not started: its
         place in the queue stays, and its queued message shows the new caption."""
         # 1. Still the requester's, still waiting (the queue checks again as it edits).
-        state = await bot.queue_view.state(job_id)
-        if state is None:
-            raise UserFacingError(already_started(job_id, ""))
+        state = await queued_and_yours(bot, job_id, interaction.user.id)
         source = state.job()
-        if source.user_id != interaction.user.id:
-            raise UserFacingError("Only the person who asked for this job can edit it.")
-        if state.status is not JobStatus.QUEUED:
-            raise UserFacingError(already_started(job_id, state.status))
-        # 2. The new caption, checked against this channel and server as /pony checks it.
-        guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
-        job, notes = edited_job(source, options, bot.config,
-                                age_restricted=policy.is_age_restricted(interaction),
-                                blocked_tags=guild.blocked_tags)
+        # 2. The new caption, checked as /pony checks it against the job's own channel and
+        #    server, where it stays: not wherever the form was sent from.
+        guild = await guild_settings.load(bot.redis, bot.keys, source.guild_id)
+        built = build_job(EditRequest(by=requester(interaction), source=source, form=options,
+                                      in_place=True),
+                          job_channel(bot, source, guild), None, config=bot.config)
+        job, notes = built.job, built.notes
         model_name = check_against_config(bot.config, job)
         # 3. Swap it in, unless a worker took the job meanwhile.
         edited = await bot.queue.edit_queued(job)

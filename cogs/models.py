@@ -24,13 +24,15 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import availability, guild_settings, policy, tags
+from bot import availability, guild_settings
+from bot.choices import model_choices
 from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings, SettingsUnavailable
-from bot.options import model_choices
 from bot.permissions import require_server_admin
+from bot.submit import is_age_restricted
 from ponybot_core.config import CaptionProfile, Config, LongPrompts, ModelEntry
 from ponybot_core.heartbeat import WorkerHeartbeat, read_heartbeats
+from ponybot_request import tags
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -87,7 +89,7 @@ class ModelsCog(
                     beats,
                     is_default=entry.id == default.id,
                     in_guild=interaction.guild_id is not None,
-                    age_restricted=policy.is_age_restricted(interaction),
+                    age_restricted=is_age_restricted(interaction.channel),
                     problem=problem,
                 )
             ),

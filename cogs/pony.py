@@ -1,9 +1,9 @@
-"""`/pony`: turn derpibooru tags into a queued job and answer with its place in the queue."""
+"""`/pony`: turn derpibooru tags into a queued job (ponybot_request.jobs.build_job) and answer with
+its place in the queue."""
 
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -11,15 +11,13 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import defaults, policy
-from bot.errors import QueueUnavailable, UserFacingError
-from bot.hires_request import hires_pass
-from bot.options import PonyOptions, model_choices
-from bot.prompting import render_prompt
-from bot.resolution import resolve
-from bot.submit import request_fields
-from bot.uploads import img2img_from
-from ponybot_core.job import MAX_SEED, Job, JobKind
+from bot import defaults
+from bot.choices import model_choices
+from bot.errors import QueueUnavailable
+from bot.submit import channel_of, requester
+from bot.uploads import checked_upload
+from ponybot_request.jobs import PonyRequest, build_job
+from ponybot_request.options import PonyOptions
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -67,51 +65,20 @@ class PonyCog(commands.Cog):
             config, tags=tags, negative=negative, seed=seed, steps=steps, cfg=cfg,
             count=count, size=size, model=model,
         )  # fmt: skip
+        upload = None if image is None else checked_upload(
+            image, config.uploads, max_pixels=config.uploads.max_pixels)
         try:  # the user's, the channel's and the server's saved settings: one round trip
             layers = await defaults.load_layers(
                 self.bot.redis, self.bot.keys, config, guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id, user_id=interaction.user.id)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable() from exc
-        guild = layers.server
-        resolved = resolve(options, config, layers, upscale=upscale)
-        # From here on the options carry the resolved model and negative tags.
-        options, entry, generation, upscale = (
-            resolved.options, resolved.model, resolved.generation, resolved.upscale)
-        age_restricted = policy.is_age_restricted(interaction)
-        rendered, notes = render_prompt(options, entry, config, age_restricted=age_restricted,
-                                        blocked_tags=guild.blocked_tags)
-        notes = (*resolved.notes(), *notes)
-        if upscale and not config.upscalers:
-            raise UserFacingError("Upscaling is not available: no upscaler is configured on "
-                                  "this bot. Ask again with `upscale:false` (it may come from "
-                                  "your `/settings` or the channel's).")
-        img2img = img2img_from(config, image, strength, size_given=size is not None)
-        job = Job(
-            **request_fields(interaction),
-            model_id=entry.id,
-            tags=options.tags.strip(),
-            negative_tags=options.negative,
-            prompt=rendered.positive,
-            negative_prompt=rendered.negative,
-            seed=generation.seed if generation.seed is not None else secrets.randbelow(MAX_SEED),
-            seeded=generation.seed is not None,
-            steps=generation.steps,
-            cfg=generation.cfg,
-            sampler=generation.sampler,
-            width=generation.width,
-            height=generation.height,
-            count=generation.count,
-            upscale=bool(upscale),
-        )
-        if img2img is not None:
-            job = img2img.apply(job)
-        if hires:  # planned from the size the job has now: the first pass's
-            if job.kind is not JobKind.GENERATE:
-                raise UserFacingError("`hires` draws from tags: ask for it without `image`.")
-            job = job.model_copy(
-                update={"hires": hires_pass(config, job.width, job.height, job.steps)})
-        await self.bot.submitter.submit(interaction, job, notes=notes, guild=guild)
+        request = PonyRequest(by=requester(interaction), options=options, upscale=upscale,
+                              image=upload, strength=strength, hires=bool(hires))
+        built = build_job(request, channel_of(interaction, layers.server), layers,
+                          config=config)
+        await self.bot.submitter.submit(interaction, built.job, notes=built.notes,
+                                        guild=layers.server)
 
     @pony.autocomplete("model")
     async def _model_choices(

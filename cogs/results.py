@@ -6,33 +6,33 @@ Workers post the buttons (`ponybot_core.messages.result_view`); the bot answers 
 posted days ago, across any number of restarts, still finds its job: the parameters are read
 back from the job's state hash, which is kept `queue.result_ttl_s` after the job finished.
 
-A click becomes an ordinary queued job through `bot.submit`, exactly like `/pony` (position,
-per-user cap, fairness, pause): the click's interaction is answered with a new queued message,
-and the worker edits that message into the new result with the click's token.
+A click becomes a request for ponybot_request.jobs.build_job (which checks the earlier caption
+against this channel again) and an ordinary queued job through `bot.submit`, exactly like
+`/pony` (position, per-user cap, fairness, pause): the click's interaction is answered with a
+new queued message, and the worker edits that message into the new result with the click's
+token.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import guild_settings, policy
+from bot import guild_settings
 from bot.buttons import JobButton
-from bot.edit_form import edited_job, open_form
+from bot.edit_form import open_form
 from bot.errors import UserFacingError
-from bot.guild_settings import GuildSettings
-from bot.hires_request import hires_pass
-from bot.options import PonyOptions
 from bot.permissions import is_owner, is_server_admin
-from bot.submit import request_fields
+from bot.submit import channel_of, requester
 from ponybot_core.custom_ids import Action
-from ponybot_core.job import MAX_SEED, Job, JobKind, new_job_id
+from ponybot_core.job import Job
 from ponybot_core.logs import JobLog
 from ponybot_core.queue import JobState, JobStatus
+from ponybot_request.jobs import EditRequest, FromResult, build_job, check_editable
+from ponybot_request.options import PonyOptions
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -46,106 +46,50 @@ log = logging.getLogger(__name__)
 async def reroll(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
     """🔁: the same parameters (and, for a variation, the same source image), a new seed."""
     source, _ = await _source(bot, job_id)
-    if source.kind is JobKind.UPSCALE:
-        raise UserFacingError(
-            "An upscale has nothing to re-roll: the same image gives the same "
-            "upscale. Re-roll the original picture instead."
-        )
-    guild = await _allowed_here(bot, interaction, source)
-    job = _derive(source, interaction, seed=secrets.randbelow(MAX_SEED), seeded=False)
-    JobLog(log, job.id).info("re-roll of %s by user=%s", source.id, job.user_id)
-    await bot.submitter.submit(interaction, job, notes=[f"re-roll of job {source.id}"],
-                               guild=guild)
+    await _queue_from(bot, interaction, FromResult(kind="reroll", by=requester(interaction),
+                                                   source=source))
 
 
 async def upscale(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
     """U<i>: image i of the job through the configured upscaler, as its own job."""
-    if not bot.config.upscalers:
-        raise UserFacingError("Upscaling is not available: no upscaler is configured on this bot.")
     source = await _posted_image(bot, job_id, index)
-    if source.kind is JobKind.UPSCALE or source.upscale:
-        raise UserFacingError("This picture is upscaled already.")
-    guild = await _allowed_here(bot, interaction, source)
-    job = _derive(
-        source,
-        interaction,
-        kind=JobKind.UPSCALE,
-        count=1,
-        upscale=False,
-        seed=source.image_seeds()[index],
-        source_job_id=source.id,
-        source_index=index,
-        source_upload=None,  # from the posted picture, not the one it was drawn from
-        strength=None,
-    )
-    JobLog(log, job.id).info("upscale of %s image %d by user=%s", source.id, index, job.user_id)
-    await bot.submitter.submit(interaction, job, guild=guild)
+    await _queue_from(bot, interaction, FromResult(kind="upscale", by=requester(interaction),
+                                                   source=source, index=index))
 
 
 async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
     """V<i>: img2img from image i with the same prompt, a new seed and the configured strength;
     upscaled like its source was (`/pony upscale:true`)."""
     source = await _posted_image(bot, job_id, index)
-    guild = await _allowed_here(bot, interaction, source)
-    job = _derive(
-        source,
-        interaction,
-        kind=JobKind.VARIATION,
-        count=1,
-        seed=secrets.randbelow(MAX_SEED),
-        seeded=False,
-        upscale=source.upscale and bool(bot.config.upscalers),
-        source_job_id=source.id,
-        source_index=index,
-        source_upload=None,  # from the posted picture, not the one it was drawn from
-        strength=bot.config.variation_strength,
-    )
-    JobLog(log, job.id).info("variation of %s image %d by user=%s", source.id, index, job.user_id)
-    await bot.submitter.submit(interaction, job, guild=guild)
+    await _queue_from(bot, interaction, FromResult(kind="vary", by=requester(interaction),
+                                                   source=source, index=index))
 
 
 async def edit(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
     """✏️: the form, prefilled with the job's tags, negative tags, seed and steps; submitted, it
     becomes `redraw_edited` (cogs/edit.py reads the submit)."""
     source, _ = await _source(bot, job_id)
-    if source.kind is JobKind.UPSCALE:
-        raise UserFacingError("An upscale has no tags to edit: edit the original picture.")
+    check_editable(source)
     await open_form(interaction, source, bot.config, action=Action.EDIT, title="Edit and redraw")
 
 
 async def redraw_edited(bot: PonyBot, interaction: discord.Interaction, job_id: str,
                         options: PonyOptions) -> None:
     """The submitted ✏️ form: the job again (same model, size, count; a variation from the
-    same picture) with the form's tags, negative tags, seed and steps, as a new queued job.
-    The new caption is checked here and now, as /pony checks it."""
+    same picture) with the form's tags, negative tags, seed and steps, as a new queued job in
+    the channel the form was sent from. The new caption is checked here and now, as /pony
+    checks it."""
     source, _ = await _source(bot, job_id)
-    if source.kind is JobKind.UPSCALE:
-        raise UserFacingError("An upscale has no tags to edit: edit the original picture.")
-    guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
-    edited, notes = edited_job(source, options, bot.config,
-                               age_restricted=policy.is_age_restricted(interaction),
-                               blocked_tags=guild.blocked_tags)
-    job = _derive(edited, interaction)
-    JobLog(log, job.id).info("edit of %s by user=%s", source.id, job.user_id)
-    await bot.submitter.submit(interaction, job, notes=[f"edit of job {source.id}", *notes],
-                               guild=guild)
+    await _queue_from(bot, interaction, EditRequest(by=requester(interaction), source=source,
+                                                    form=options))
 
 
 async def hires(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
     """⬆️: the same pictures drawn again in two passes: the same seeds at the same size (run on
     their own, so the first pass is exactly the picture shown), then enlarged and refined."""
     source, _ = await _source(bot, job_id)
-    if source.kind is not JobKind.GENERATE:
-        raise UserFacingError("Hires draws a picture again from its tags; use it on a picture "
-                              "drawn from tags.")
-    if source.hires is not None:
-        raise UserFacingError("This picture is drawn in hires already.")
-    guild = await _allowed_here(bot, interaction, source)
-    job = _derive(source, interaction, seeded=True,
-                  hires=hires_pass(bot.config, source.width, source.height, source.steps))
-    JobLog(log, job.id).info("hires of %s by user=%s", source.id, job.user_id)
-    await bot.submitter.submit(interaction, job, notes=[f"hires of job {source.id}"],
-                               guild=guild)
+    await _queue_from(bot, interaction, FromResult(kind="hires", by=requester(interaction),
+                                                   source=source))
 
 
 async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
@@ -190,37 +134,23 @@ async def _source(bot: PonyBot, job_id: str) -> tuple[Job, JobState]:
 
 
 async def _posted_image(bot: PonyBot, job_id: str, index: int) -> Job:
-    """The earlier job, checked to have a posted image `index` for the worker to fetch."""
+    """The earlier job, checked to have posted its images for the worker to fetch (which of
+    them exist is build_job's to check)."""
     source, state = await _source(bot, job_id)
-    if not 0 <= index < source.count:
-        raise UserFacingError(f"Job `{job_id}` has no image {index + 1}.")
     if state.status is not JobStatus.POSTED or state.result_message_id is None:
         raise UserFacingError(f"Job `{job_id}` has no posted picture to start from.")
     return source
 
 
-async def _allowed_here(
-    bot: PonyBot, interaction: discord.Interaction, source: Job
-) -> GuildSettings:
-    """A button re-draws a caption written earlier, maybe before the server blocked a tag or
-    the channel's age restriction changed: check it again, as /pony would (bot.policy)."""
+async def _queue_from(bot: PonyBot, interaction: discord.Interaction,
+                      request: FromResult | EditRequest) -> None:
+    """Build the job the click asks for in this channel (ponybot_request.jobs.build_job: the
+    earlier caption checked again, as /pony would) and queue it."""
     guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
-    policy.check_caption(
-        source.prompt,
-        config=bot.config,
-        age_restricted=policy.is_age_restricted(interaction),
-        blocked_tags=guild.blocked_tags,
-        earlier="This picture",
-    )
-    return guild
-
-
-def _derive(source: Job, interaction: discord.Interaction, **changes: Any) -> Job:
-    """A new job from an earlier one: its parameters, this click's requester and message."""
-    return Job.model_validate({
-        **source.model_dump(), **request_fields(interaction),
-        "id": new_job_id(), "created_at": time.time(), **changes,
-    })  # fmt: skip
+    built = build_job(request, channel_of(interaction, guild), None, config=bot.config)
+    JobLog(log, built.job.id).info("%s of %s by user=%s", request.kind, request.source.id,
+                                   built.job.user_id)
+    await bot.submitter.submit(interaction, built.job, notes=built.notes, guild=guild)
 
 
 async def _delete_message(bot: PonyBot, message: discord.Message, job: Job | None) -> None:

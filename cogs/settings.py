@@ -7,11 +7,17 @@
 
 Everything is answered privately. Values are checked as the `/pony` options are
 (`bot.defaults.check`): one bad value refuses the command, naming the option, and nothing is
-stored. The order in which saved defaults apply is `bot.resolution`'s alone.
+stored. The order in which saved defaults apply is `ponybot_request.resolution`'s alone.
+
+What a server saved lives as long as the bot is there: when the bot is removed from a server,
+its settings, its users' and channels' saved defaults and its pause go (and a paused server's
+waiting jobs, which no one could resume now); a deleted channel's or thread's defaults go
+with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -22,14 +28,15 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import defaults
+from bot import defaults, guild_settings
+from bot.choices import model_choices
 from bot.defaults import Defaults, Layers, Setting
 from bot.errors import UserFacingError
 from bot.guild_settings import SettingsUnavailable
-from bot.options import PonyOptions, model_choices
 from bot.permissions import require_server_admin
-from bot.resolution import Layer, resolve
 from ponybot_core.config import Config
+from ponybot_request.options import PonyOptions
+from ponybot_request.resolution import Layer, resolve
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -58,7 +65,65 @@ class SettingsCog(commands.GroupCog, group_name="settings",
 
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
+        # Defaults saved before servers indexed them get indexed once, in the background: a
+        # slow Redis never holds the bot's start.
+        self.indexing: asyncio.Task[None] | None = None
         super().__init__()
+
+    async def cog_load(self) -> None:
+        self.indexing = asyncio.create_task(self._index_saved())
+
+    async def cog_unload(self) -> None:
+        if self.indexing is not None:
+            self.indexing.cancel()
+
+    async def _index_saved(self) -> None:
+        try:
+            added = await defaults.index_saved(self.bot.redis, self.bot.keys)
+        except (RedisError, OSError) as exc:
+            log.warning("could not index saved defaults (%r); the next start tries again", exc)
+            return
+        if added:
+            log.info("indexed %d saved defaults by server", added)
+
+    # --- what goes with a server or a channel ---------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """The bot was removed from the server (or the server deleted; an outage is
+        `on_guild_unavailable`): forget what it saved there."""
+        if self.indexing is not None:  # its old keys must be in the index first
+            await asyncio.wait([self.indexing])
+        redis, keys = self.bot.redis, self.bot.keys
+        try:
+            await guild_settings.forget(redis, keys, guild.id)
+            saved = await defaults.forget_server(redis, keys, guild.id)
+            cancelled = await self.bot.queue.forget_server(guild.id)
+        except (RedisError, OSError) as exc:
+            log.error("removed from guild %s but could not forget its settings: %r", guild.id,
+                      exc)
+            return
+        log.info("removed from guild %s: forgot its settings, %d saved defaults, %d waiting "
+                 "jobs of its pause", guild.id, saved, len(cancelled))
+        self.bot.dispatch("server_forgotten", guild.id)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await self._forget_channel(channel.guild.id, channel.id)
+
+    @commands.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        # The raw event: it comes for threads the bot never cached too.
+        await self._forget_channel(payload.guild_id, payload.thread_id)
+
+    async def _forget_channel(self, guild_id: int, channel_id: int) -> None:
+        try:
+            await defaults.forget_channel(self.bot.redis, self.bot.keys, guild_id, channel_id)
+        except (RedisError, OSError) as exc:
+            log.error("channel %s of guild %s was deleted but its defaults could not be: %r",
+                      channel_id, guild_id, exc)
+            return
+        self.bot.dispatch("channel_forgotten", guild_id, channel_id)
 
     # --- yours ----------------------------------------------------------------------------
 
@@ -75,8 +140,9 @@ class SettingsCog(commands.GroupCog, group_name="settings",
         count: int | None = None, negative: str | None = None, upscale: bool | None = None,
     ) -> None:  # fmt: skip
         key = self.bot.keys.user_defaults(interaction.guild_id, interaction.user.id)
-        saved = await self._save(key, model=model, size=size, steps=steps, cfg=cfg,
-                                 count=count, negative=negative, upscale=upscale)
+        saved = await self._save(key, interaction.guild_id, model=model, size=size,
+                                 steps=steps, cfg=cfg, count=count, negative=negative,
+                                 upscale=upscale)
         log.info("user %s in guild %s saved defaults %s", interaction.user.id,
                  interaction.guild_id, saved.to_hash())
         await _reply(interaction, f"✅ Saved your {_names(saved)}; `/pony` options still "
@@ -88,7 +154,8 @@ class SettingsCog(commands.GroupCog, group_name="settings",
                           setting: Setting | None = None) -> None:
         key = self.bot.keys.user_defaults(interaction.guild_id, interaction.user.id)
         with _store():
-            await defaults.clear(self.bot.redis, key, setting)
+            await defaults.clear(self.bot.redis, key, setting,
+                                 index=self._index(interaction.guild_id))
         what = f"your `{setting}` default" if setting else "all your defaults here"
         await _reply(interaction, f"🧹 Forgot {what}.\n\n" + await self._overview(interaction))
 
@@ -108,7 +175,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
     ) -> None:  # fmt: skip
         guild_id = require_server_admin(interaction, "set this channel's defaults")
         key = self.bot.keys.channel_defaults(guild_id, interaction.channel_id or 0)
-        saved = await self._save(key, model=model, size=size, steps=steps, cfg=cfg,
+        saved = await self._save(key, guild_id, model=model, size=size, steps=steps, cfg=cfg,
                                  count=count, negative=negative, upscale=upscale)
         log.info("channel %s in guild %s: defaults %s saved by user %s",
                  interaction.channel_id, guild_id, saved.to_hash(), interaction.user.id)
@@ -124,7 +191,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
         guild_id = require_server_admin(interaction, "change this channel's defaults")
         key = self.bot.keys.channel_defaults(guild_id, interaction.channel_id or 0)
         with _store():
-            await defaults.clear(self.bot.redis, key, setting)
+            await defaults.clear(self.bot.redis, key, setting, index=self._index(guild_id))
         what = f"this channel's `{setting}` default" if setting else "all this channel's defaults"
         await _reply(interaction, f"🧹 Forgot {what}.\n\n" + await self._overview(interaction))
 
@@ -137,14 +204,18 @@ class SettingsCog(commands.GroupCog, group_name="settings",
 
     # --- shared ---------------------------------------------------------------------------
 
-    async def _save(self, key: str, **values: object) -> Defaults:
+    def _index(self, guild_id: int | None) -> str | None:
+        """The server's index of saved defaults; None in DMs (no server to leave)."""
+        return None if guild_id is None else self.bot.keys.defaults_index(guild_id)
+
+    async def _save(self, key: str, guild_id: int | None, **values: object) -> Defaults:
         """Check every value as /pony would, then store them together, or nothing."""
         checked = defaults.check(self.bot.config, values)
         if not checked.given():
             raise UserFacingError("Give at least one option to save (model, size, steps, cfg, "
                                   "count, negative, upscale).")
         with _store():
-            await defaults.save(self.bot.redis, key, checked)
+            await defaults.save(self.bot.redis, key, checked, index=self._index(guild_id))
         return checked
 
     async def _overview(self, interaction: discord.Interaction) -> str:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return convert.main(rest, settings.config, settings.path.parent)
     if rest:
         parser.error(f"unexpected arguments: {' '.join(rest)}")
-    return run_process(run_worker(config_path(args.config)))
+    return run_process(run_worker(config_path(args.config)), "worker")
 
 
 if __name__ == "__main__":

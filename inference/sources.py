@@ -13,27 +13,43 @@ A picture a user uploaded is fetched from the attachment URL Discord sent with t
 `ponybot_core.downloads` (Discord's hosts only, bounded size and time, its type read from its
 bytes, its pixels counted before it is decoded).
 
-What cannot come back — the job expired from Redis, the message or the attachment deleted — is a
-`SourceUnavailable` whose text is meant for the user; the worker gives the job up with it.
+Both kinds of picture are decoded the same way (`ponybot_core.downloads.decode_image`): only a
+first frame, every frame of an animation counted first, within a deadline and stopped by a
+Cancel, any damage one refusal, any pixel format as the RGB(A) it shows.
+
+What cannot come back — the job expired from Redis, the message or the attachment deleted, a
+picture refused — is a `SourceUnavailable` whose text is meant for the user; the worker gives
+the job up with it, once. A Cancel while the picture decodes is `SamplingCancelled`, as it is
+while sampling.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import threading
 import time
 
 import discord
 from PIL import Image
 
+from inference.progress import SamplingCancelled
 from ponybot_core.config import UploadsConfig
-from ponybot_core.downloads import DownloadRefused, decode_image, download_image, open_image
-from ponybot_core.image_parameters import parameters_of
+from ponybot_core.downloads import (
+    DecodeCancelled,
+    Decoded,
+    DecodeGuard,
+    DownloadRefused,
+    decode_image,
+    download_image,
+)
 from ponybot_core.job import Job, JobKind
 from ponybot_core.queue import QueueView
 
 # The `image.info` key an uploaded picture's own parameters travel under to the result.
 SOURCE_PARAMETERS = "source_parameters"
+# A picture this bot posted was sized by its own config (an upscaled hires picture can pass the
+# uploads' 16 M pixels): only Pillow's own bomb limit applies to it.
+OWN_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 class SourceUnavailable(Exception):
@@ -41,11 +57,13 @@ class SourceUnavailable(Exception):
 
 
 async def fetch_source_image(client: discord.Client, queue: QueueView, job: Job,
-                             uploads: UploadsConfig) -> Image.Image:
+                             uploads: UploadsConfig,
+                             cancelled: threading.Event | None = None) -> Image.Image:
     """Image `job.source_index` of job `job.source_job_id`, or the picture the user uploaded
-    (`job.source_upload`), decoded (mode as posted)."""
+    (`job.source_upload`), decoded (8-bit RGB, or RGBA where it is transparent). Setting
+    `cancelled` stops the decode."""
     if job.source_job_id is None and job.source_upload is not None:
-        return await fetch_upload(job, uploads)
+        return await fetch_upload(job, uploads, cancelled=cancelled)
     if job.source_job_id is None or job.source_index is None:
         raise ValueError(f"job {job.id} ({job.kind.value}) names no source image")
     # 1. The earlier job and where its result was posted.
@@ -67,10 +85,16 @@ async def fetch_source_image(client: discord.Client, queue: QueueView, job: Job,
         data = await images[job.source_index].read()
     except (discord.NotFound, discord.Forbidden) as exc:
         raise SourceUnavailable(f"image {job.source_index + 1} could not be downloaded") from exc
-    return await asyncio.to_thread(_decode, data)
+    try:
+        picture = await _decoded(data, OWN_MAX_PIXELS, uploads.timeout_s, cancelled)
+    except DownloadRefused as exc:
+        raise SourceUnavailable(f"image {job.source_index + 1} could not be read back: "
+                                f"{exc}") from exc
+    return picture.image
 
 
-async def fetch_upload(job: Job, uploads: UploadsConfig) -> Image.Image:
+async def fetch_upload(job: Job, uploads: UploadsConfig, *,
+                       cancelled: threading.Event | None = None) -> Image.Image:
     """The picture a user attached to `/pony image:` or `/upscale`, fetched and decoded within
     this worker's own bounds (the bot checked only what Discord said about it). For an
     upscale, the picture's own `parameters` ride along in `image.info` so the upscaled file
@@ -80,17 +104,23 @@ async def fetch_upload(job: Job, uploads: UploadsConfig) -> Image.Image:
     try:
         downloaded = await download_image(job.source_upload.url, hosts=uploads.hosts,
                                           max_bytes=uploads.max_bytes, timeout_s=uploads.timeout_s)
-        return await asyncio.to_thread(_decode_upload, downloaded.data, max_pixels)
+        picture = await _decoded(downloaded.data, max_pixels, uploads.timeout_s, cancelled)
     except DownloadRefused as exc:
         raise SourceUnavailable(f"your picture cannot be used: {exc}") from exc
+    if picture.parameters:
+        picture.image.info[SOURCE_PARAMETERS] = picture.parameters
+    return picture.image
 
 
-def _decode_upload(data: bytes, max_pixels: int) -> Image.Image:
-    parameters = parameters_of(open_image(data, max_pixels=max_pixels))
-    image = decode_image(data, max_pixels=max_pixels)
-    if parameters:
-        image.info[SOURCE_PARAMETERS] = parameters
-    return image
+async def _decoded(data: bytes, max_pixels: int, timeout_s: float,
+                   cancelled: threading.Event | None) -> Decoded:
+    """`decode_image` off the event loop (leases, heartbeats and the cancel watcher go on),
+    stopped by its deadline (the download's timeout, again) or a Cancel."""
+    guard = DecodeGuard(timeout_s=timeout_s, cancelled=cancelled)
+    try:
+        return await asyncio.to_thread(decode_image, data, max_pixels=max_pixels, guard=guard)
+    except DecodeCancelled:
+        raise SamplingCancelled(0, 0) from None
 
 
 async def _fetch_message(
@@ -113,12 +143,3 @@ async def _fetch_message(
         return await webhook.fetch_message(message_id)
     except discord.NotFound:
         return None
-
-
-def _decode(data: bytes) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as exc:  # truncated download, not an image
-        raise SourceUnavailable("the picture could not be read back") from exc
-    return image

@@ -37,6 +37,7 @@ from spandrel import (
 )
 
 from ponybot_core.config import UpscalerEntry, resolve_path
+from ponybot_core.downloads import normalised
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,10 @@ class Upscaler:
 
     def upscale(self, image: Image.Image) -> Image.Image:
         """The image `scale` times larger; alpha, if any, is resized alongside."""
-        # 1. Split off what the network does not see.
-        alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
+        # 1. The picture as the 8-bit RGB(A) it shows (16-bit gray would clip to white), and
+        #    what the network does not see split off.
+        image = normalised(image)
+        alpha = image.getchannel("A") if image.mode == "RGBA" else None
         mode = "L" if self.descriptor.input_channels == 1 else "RGB"
         pixels = np.array(image.convert(mode))  # a writable copy for torch
         if pixels.ndim == 2:

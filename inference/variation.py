@@ -23,7 +23,11 @@ from PIL import Image
 from inference.prompt_embeds import encode_prompts
 from inference.sampling import Sampled, generators
 from inference.schedulers import set_scheduler
+from ponybot_core.downloads import normalised
 from ponybot_core.job import Job, JobKind
+
+# What shows through a transparent source picture (AUTOMATIC1111's img2img_background_color).
+IMG2IMG_BACKGROUND = (255, 255, 255)
 
 
 def img2img_view(pipe: StableDiffusionPipeline) -> StableDiffusionImg2ImgPipeline:
@@ -46,9 +50,10 @@ def inference_steps(steps: int, strength: float) -> int:
 
 
 def starting_image(source: Image.Image, width: int, height: int) -> Image.Image:
-    """The source as RGB at the job's size (an upscaled or downscaled file goes back to the
-    size the model draws at)."""
-    image = source.convert("RGB")
+    """The source as the RGB it shows (transparency flattened on white, as AUTOMATIC1111's
+    img2img does by default) at the job's size (an upscaled or downscaled file goes back to
+    the size the model draws at)."""
+    image = normalised(source, background=IMG2IMG_BACKGROUND)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image

@@ -80,7 +80,9 @@ class Worker:
         self.name = name or os.environ.get("PONYBOT_WORKER_NAME") or \
             f"{socket.gethostname()}-{os.getpid()}"
         self.consumer = Consumer(redis, self.keys, self.name, lease_s=config.queue.lease_s,
-                                 result_ttl_s=config.queue.result_ttl_s)
+                                 result_ttl_s=config.queue.result_ttl_s,
+                                 cancelled_ttl_s=config.queue.cancelled_ttl_s,
+                                 dead_ttl_s=config.queue.dead_ttl_s)
         self.leases = LeaseKeeper(self.consumer, lease_s=config.queue.lease_s)
         self.client = client
         self.poster = Poster(client)
@@ -208,7 +210,7 @@ class Worker:
                 #    (or the picture given to /pony image: or /upscale).
                 source = None if first.kind is JobKind.GENERATE else \
                     await fetch_source_image(self.client, self.consumer.view, first,
-                                             self.config.uploads)
+                                             self.config.uploads, cancels.all)
                 fetched = time.perf_counter()
                 # 5. The model (cached after the first job); an upscale needs none.
                 pipe = None if first.kind is JobKind.UPSCALE else \

@@ -4,11 +4,15 @@
     config     the file is valid (and where relative paths start)
     token      DISCORD_TOKEN is set and Discord accepts it (`GET /users/@me`)
     commands   /pony is registered with Discord for this application
-    redis      reachable, version 6.2 or newer (streams, XAUTOCLAIM), AOF on (else a warning)
+    data       the data folder (redis.data_dir) is a folder this user can write
+    redis      reachable, version 6.2 or newer (streams, XAUTOCLAIM), AOF on (else a warning);
+               the embedded one only while `ponybot up` runs (a url file it left is stale)
     models     the default model's files are usable (others: warnings), upscalers likewise
     device     CUDA / MPS / CPU, the dtype, and free memory against what SD 1.x needs
 
-The exit code is 0 only when nothing failed: then a `/pony` would succeed.
+The exit code is 0 only when nothing failed: then a `/pony` would succeed. `ponybot up` runs
+the checks it can fix nothing without (`before_up`: data, token, the configured Redis) before it
+starts anything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +53,9 @@ class Finding(BaseModel):
     topic: str
     detail: str
     fix: str | None = None
+    # A failure that may pass by itself (a network down, a Redis restarting): `ponybot up`
+    # exits 1 for it, which service managers retry, rather than 2.
+    transient: bool = False
 
 
 def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -92,16 +100,29 @@ async def diagnose(path: Path) -> list[Finding]:
                f"{len(config.upscalers)} upscaler(s); relative paths start in "
                f"{settings.path.parent}")]  # fmt: skip
     findings += await check_discord(settings)
+    findings.append(check_data_folder(settings))
     findings.append(await check_redis(settings))
     findings += check_files(settings)
     findings.append(check_device(settings))
     return findings
 
 
+async def before_up(settings: Settings) -> list[Finding]:
+    """What `ponybot up` checks once it holds the data folder, before it starts anything: the
+    token (not the commands: the bot registers them when it starts) and the configured Redis,
+    or the embedded redis-server it is about to start."""
+    findings = await check_discord(settings, commands=False)
+    if settings.redis_url:
+        findings.append(await check_redis(settings))
+    else:
+        findings.append(embedded_redis_finding(settings.resolve(settings.config.redis.data_dir)))
+    return findings
+
+
 # --- Discord ------------------------------------------------------------------------------------
 
 
-async def check_discord(settings: Settings) -> list[Finding]:
+async def check_discord(settings: Settings, *, commands: bool = True) -> list[Finding]:
     """The token (through discord.py's own login: `GET /users/@me`), then the commands."""
     token = settings.secrets.discord_token
     if token is None:
@@ -111,7 +132,9 @@ async def check_discord(settings: Settings) -> list[Finding]:
                 Finding(status="skip", topic="commands", detail="needs the token")]
     api = settings.config.discord.api_base
     use_endpoints(settings.config.discord)
-    client = discord.Client(intents=discord.Intents.none())
+    # Login is REST only; the guilds intent just spares a "Guilds intent seems to be
+    # disabled" warning.
+    client = discord.Client(intents=discord.Intents(guilds=True))
     try:
         try:
             await client.login(token.get_secret_value())
@@ -122,12 +145,14 @@ async def check_discord(settings: Settings) -> list[Finding]:
                     Finding(status="skip", topic="commands", detail="needs a valid token")]
         except (discord.HTTPException, OSError) as exc:
             return [Finding(status="fail", topic="token", detail=f"cannot reach {api}: {exc}",
+                            transient=True,
                             fix="check the network (or discord.api_base in the config)"),
                     Finding(status="skip", topic="commands", detail="needs Discord")]
         assert client.user is not None
         findings = [Finding(status="ok", topic="token",
                             detail=f"accepted: logged in as {client.user} ({client.user.id})")]
-        findings.append(await check_commands(client, settings))
+        if commands:
+            findings.append(await check_commands(client, settings))
         return findings
     finally:
         await client.close()
@@ -171,6 +196,7 @@ async def check_redis(settings: Settings) -> Finding:
         persistence = await redis.info("persistence")
     except (RedisError, OSError) as exc:
         return Finding(status="fail", topic="redis", detail=f"{masked_url(url)} unreachable: {exc}",
+                       transient=True,
                        fix="start Redis, or fix REDIS_URL / redis.url (unset both to have "
                            "`ponybot up` start an embedded one)")
     finally:
@@ -190,7 +216,8 @@ async def check_redis(settings: Settings) -> Finding:
 
 
 def embedded_redis_finding(data_dir: Path) -> Finding:
-    """No Redis configured and none running: what `ponybot up` would start."""
+    """No Redis configured and no `ponybot up` holding the data folder (a url file a killed
+    one left behind is stale): what `ponybot up` would start."""
     try:
         binary = redis_server_binary()
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
@@ -205,7 +232,7 @@ def embedded_redis_finding(data_dir: Path) -> Finding:
                        detail=f"{binary} is Redis {version}; 6.2 or newer is needed",
                        fix="point PONYBOT_REDIS_SERVER at a newer redis-server, or set REDIS_URL")
     return Finding(status="ok", topic="redis",
-                   detail=f"not running yet: `ponybot up` starts the embedded Redis {version} "
+                   detail=f"ponybot up is not running: it starts the embedded Redis {version} "
                           f"with AOF in {data_dir}")
 
 
@@ -215,6 +242,40 @@ def version_at_least(version: str, minimum: tuple[int, int]) -> bool:
 
 
 # --- files and device ---------------------------------------------------------------------------
+
+
+def check_data_folder(settings: Settings, *, create: bool = False) -> Finding:
+    """The data folder (`redis.data_dir`: the AOF, `up`'s lock, the Redis password) exists and
+    takes a file, or can be made; `create` (for `ponybot up`) makes it."""
+    data_dir = settings.resolve(settings.config.redis.data_dir)
+    fix = (f"make {data_dir} a folder that user {_user()} can write, or set redis.data_dir "
+           "in the config to one")
+    try:
+        if create:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        if not data_dir.exists():
+            ancestor = next(p for p in data_dir.parents if p.exists())
+            if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+                return Finding(status="fail", topic="data",
+                               detail=f"{data_dir} cannot be made: {ancestor} is not a "
+                                      "writable folder", fix=fix)
+            return Finding(status="ok", topic="data",
+                           detail=f"{data_dir} (made by `ponybot up`)")
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        return Finding(status="fail", topic="data",
+                       detail=f"{data_dir} is not a writable folder: {exc.strerror}", fix=fix)
+    return Finding(status="ok", topic="data", detail=f"{data_dir} writable")
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
 
 
 def check_files(settings: Settings) -> list[Finding]:

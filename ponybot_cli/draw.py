@@ -2,10 +2,11 @@
 
 It is how a server owner checks a model before inviting the bot, so it draws exactly what
 `/pony` would: the same option checks and defaults (option > model > config), the same tag
-language and caption (as in a channel that is not age-restricted, unless `--nsfw`), the same
-job, sampled by the worker's own code (one pipeline call for the job's images, one seeded
-generator per image: the same seed gives the same picture as the bot), upscaled by the same
-upscaler, and written as PNGs with the same `parameters` text. It prints the caption the model
+language, caption and channel policy (as in a channel that is not age-restricted, unless
+`--nsfw`), the same job (ponybot_request.jobs.build_job, which every way into the bot calls),
+sampled by the worker's own code (one pipeline call for the job's images, one seeded generator
+per image: the same seed gives the same picture as the bot), upscaled by the same upscaler,
+and written as PNGs with the same `parameters` text. It prints the caption the model
 saw and shows a progress bar while sampling.
 """
 
@@ -13,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.errors import UserFacingError
-from bot.options import PonyOptions
-from bot.resolution import resolve
 from inference.inventory import check_model
 from ponybot_cli.settings import load_or_explain
 from ponybot_core.config import Settings, Size
-from ponybot_core.job import MAX_SEED, Job
+from ponybot_core.job import Job
+from ponybot_request.errors import UserFacingError
+from ponybot_request.jobs import Channel, PonyRequest, Requester, build_job
+from ponybot_request.options import PonyOptions
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -99,30 +99,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def job_for(settings: Settings, args: argparse.Namespace) -> tuple[Job, tuple[str, ...]]:
-    """The options checked and the caption rendered as `/pony` does; UserFacingError if not."""
-    from bot.prompting import render_prompt  # the /pony caption path itself, not a copy
-
+    """The job /pony would queue for these options (ponybot_request.jobs.build_job, with
+    nobody's saved settings, in a channel that is age-restricted only with `--nsfw`);
+    UserFacingError if it would be refused."""
     config = settings.config
+    if args.upscale and not config.upscalers:
+        raise UserFacingError("--upscale: no upscaler is configured ([[upscalers]] in the "
+                              "config)")
     options = PonyOptions.parse(
         config, tags=args.tags, negative=args.negative, seed=args.seed, steps=args.steps,
         cfg=args.cfg, count=args.count, size=args.size, model=args.model,
     )  # fmt: skip
-    resolved = resolve(options, config)  # /pony's resolution, with nobody's saved defaults
-    entry, generation = resolved.model, resolved.generation
-    if args.upscale and not config.upscalers:
-        raise UserFacingError("--upscale: no upscaler is configured ([[upscalers]] in the "
-                              "config)")
-    rendered, notes = render_prompt(resolved.options, entry, config, age_restricted=args.nsfw)
-    job = Job(
-        application_id=0, interaction_id=0, interaction_token="", guild_id=None, channel_id=0,
-        user_id=0, model_id=entry.id, tags=options.tags.strip(), prompt=rendered.positive,
-        negative_prompt=rendered.negative,
-        seed=generation.seed if generation.seed is not None else secrets.randbelow(MAX_SEED),
-        seeded=generation.seed is not None, steps=generation.steps, cfg=generation.cfg,
-        sampler=generation.sampler, width=generation.width, height=generation.height,
-        count=generation.count, upscale=args.upscale,
-    )  # fmt: skip
-    return job, tuple(notes)
+    request = PonyRequest(by=Requester(user_id=0), options=options, upscale=args.upscale)
+    here = Channel(guild_id=None, channel_id=0, age_restricted=args.nsfw)
+    built = build_job(request, here, None, config=config)
+    return built.job, built.notes
 
 
 async def draw(settings: Settings, job: Job) -> tuple[list[Image], str | None, str | None]:

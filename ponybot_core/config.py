@@ -101,10 +101,10 @@ class LongPrompts(StrEnum):
 
 
 class CaptionProfile(_Strict):
-    """How one model's training captions were written, so that `/pony` (bot/tags.py) writes
-    its prompts the same way. The rules mirror the knobs of the caption builder the pony
-    fine-tunes were trained with (translunar-diffusion's `load_images_using_metadata`);
-    config.toml cites the evidence for each shipped profile."""
+    """How one model's training captions were written, so that `/pony`
+    (ponybot_request/tags.py) writes its prompts the same way. The rules mirror the knobs of the
+    caption builder the pony fine-tunes were trained with (translunar-diffusion's
+    `load_images_using_metadata`); config.toml cites the evidence for each shipped profile."""
 
     # Between tags. Users may type commas for every model; space-separated text is read as
     # one tag per word for models whose captions are space-separated with `_` inside tags.
@@ -182,6 +182,11 @@ class ModelEntry(_Strict):
         return ModelFormat.DIFFUSERS
 
 
+# How long a job that ended without a result stays in Redis (the queue's defaults too).
+CANCELLED_TTL_S = 3600
+DEAD_TTL_S = 3 * 24 * 3600
+
+
 class QueueConfig(_Strict):
     # Queued + running jobs one user may have in one server (`/queue limit` overrides it).
     user_limit: Annotated[int, Field(ge=1)] = 3
@@ -189,8 +194,14 @@ class QueueConfig(_Strict):
     max_attempts: Annotated[int, Field(ge=1)] = 3
     # A job whose worker has not renewed its lease for this long is reclaimed by another worker.
     lease_s: Annotated[float, Field(gt=0)] = 60.0
-    # How long a finished job's parameters stay in Redis (result buttons, re-rolls).
+    # How long a posted job's parameters stay in Redis (result buttons, re-rolls).
     result_ttl_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    # A job that ended without a result is kept only this long (its Cancel button and
+    # `/queue cancel` say "already cancelled" until then): cancelled, or taken back when the
+    # bot's answer failed.
+    cancelled_ttl_s: Annotated[int, Field(ge=60)] = CANCELLED_TTL_S
+    # A dead-lettered job, for the admin to look up from the dead-letter stream.
+    dead_ttl_s: Annotated[int, Field(ge=60)] = DEAD_TTL_S
 
 
 class WorkerConfig(_Strict):

@@ -9,18 +9,36 @@ A URL in a job or a message is data a user influenced, so nothing about it is tr
 - what the bytes are is read from the bytes (PNG, JPEG or WebP signatures), never from the
   file name or a Content-Type header;
 - the picture's size is read from its header and refused over the pixel limit before a pixel
-  is decompressed (a 100-byte PNG can declare 100,000 × 100,000 pixels).
+  is decompressed (a 100-byte PNG can declare 100,000 × 100,000 pixels);
+- an animation (APNG, animated WebP) counts every frame against that limit, from its header
+  (a 10 MiB APNG can hold 160,000 frames), and only its first frame is ever decoded;
+- decoding stops at the next block of the file it reads once its job is cancelled or its
+  deadline has passed (`DecodeGuard`);
+- whatever Pillow raises on damaged bytes is one `DownloadRefused` naming the damage: retrying
+  a file that cannot be read does not make it readable;
+- every mode a PNG, JPEG or WebP decodes to (16-bit gray, palettes with transparency, CMYK, ...)
+  comes out as the 8-bit RGB or RGBA it shows (`normalised`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
+import struct
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-from PIL import Image, ImageOps
+from PIL import Image, ImageMath, ImageOps
+
+from ponybot_core.image_parameters import parameters_of
+
+log = logging.getLogger(__name__)
 
 # The picture formats we take, by the content type Discord reports and by Pillow's name.
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
@@ -34,6 +52,20 @@ class DownloadRefused(Exception):
 
 class DownloadFailed(Exception):
     """The download did not work this time (connection, timeout, Discord's 5xx)."""
+
+
+class DecodeCancelled(Exception):
+    """The job whose picture was being decoded was cancelled: the decode stopped."""
+
+
+# What Pillow raises on bytes it cannot read: its own fuzzers' list of "known exceptions"
+# (Tests/oss-fuzz), plus EOFError (a frame that is not there) and the struct/index errors of a
+# header cut short. Any of them means the file is damaged, not that the worker is.
+PILLOW_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, SyntaxError, EOFError, ValueError, MemoryError, NotImplementedError, OverflowError,
+    IndexError, struct.error, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+DAMAGED = "the picture is damaged or cut off and cannot be read"
 
 
 @dataclass(frozen=True)
@@ -107,33 +139,147 @@ async def download_image(url: str, *, hosts: list[str], max_bytes: int,
     return Downloaded(bytes(data), found)
 
 
-def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+class DecodeGuard:
+    """Stops a decode from outside and counts what it read. Pillow reads a file in blocks as it
+    decompresses it (64 KiB of PNG data at a time), and every block is read through the guard:
+    past the deadline the picture is refused, once `cancelled` is set the decode stops
+    (`DecodeCancelled`). `bytes_read` bounds the work done: tests count it."""
+
+    def __init__(self, *, timeout_s: float | None = None,
+                 cancelled: threading.Event | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.cancelled = cancelled
+        self.bytes_read = 0
+
+    def check(self) -> None:
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise DecodeCancelled("the job was cancelled while its picture was decoded")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DownloadRefused(f"the picture took longer than {self.timeout_s:g} s to decode")
+
+
+class _GuardedFile(io.BytesIO):
+    """The picture's bytes as the file Pillow reads, each read checked by the guard."""
+
+    def __init__(self, data: bytes, guard: DecodeGuard) -> None:
+        super().__init__(data)
+        self.guard = guard
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.guard.check()
+        chunk = super().read(size)
+        self.guard.bytes_read += len(chunk)
+        return chunk
+
+
+@contextlib.contextmanager
+def refused_when_damaged() -> Iterator[None]:
+    """Whatever Pillow raises on bad bytes, as the one `DownloadRefused` a user is told."""
+    try:
+        yield
+    except PILLOW_ERRORS as exc:
+        raise DownloadRefused(DAMAGED) from exc
+
+
+def open_image(data: bytes, *, max_pixels: int, guard: DecodeGuard | None = None) -> Image.Image:
     """The picture opened lazily (only its header read), refused when it is not a PNG, JPEG
-    or WebP or has more than `max_pixels` pixels."""
+    or WebP, cannot be read, or holds more than `max_pixels` pixels: in one frame, or in all
+    the frames of an animation together."""
     found = sniff_format(data[:16])
     if found is None:
         raise DownloadRefused("the file is not a PNG, JPEG or WebP picture")
     try:
-        image = Image.open(io.BytesIO(data), formats=[found])
-    except Image.DecompressionBombError:
+        image = Image.open(_GuardedFile(data, guard or DecodeGuard()), formats=[found])
+    except Image.DecompressionBombError:  # past Pillow's own limit, which is above ours
         raise DownloadRefused(f"the picture has more than {max_pixels:,} pixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DownloadRefused("the picture could not be read") from exc
+    except PILLOW_ERRORS as exc:
+        raise DownloadRefused(DAMAGED) from exc
     width, height = image.size
     if width * height > max_pixels:
         raise DownloadRefused(f"the picture is {width}×{height}: more than {max_pixels:,} pixels")
+    # Pillow counts frames from the header: APNG's acTL chunk (plus a default image that is
+    # not part of the animation), animated WebP's frame list. A JPEG's extra images (MPO: an
+    # HDR gain map, a stereo pair) are not frames of an animation: only the first is used.
+    frames = getattr(image, "n_frames", 1) if image.format in ("PNG", "WEBP") else 1
+    if frames > 1 and frames * width * height > max_pixels:
+        raise DownloadRefused(
+            f"the picture is an animation of {frames:,} frames of {width}×{height}: more than "
+            f"{max_pixels:,} pixels in all (give a still picture, or a shorter animation: "
+            f"only its first frame is used)")
     return image
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """The picture decoded (its first frame, turned upright as its EXIF says), within the
-    same limits as `open_image`."""
-    image = open_image(data, max_pixels=max_pixels)
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # the first frame, upright, 8-bit RGB or RGBA (`normalised`)
+    parameters: str | None  # its AUTOMATIC1111 `parameters`, if it carries them
+
+
+def decode_image(data: bytes, *, max_pixels: int, guard: DecodeGuard | None = None) -> Decoded:
+    """The picture's first frame decoded, turned upright as its EXIF says and normalised,
+    with its `parameters`; within the limits of `open_image` and the guard's."""
+    guard = guard or DecodeGuard()
+    image = open_image(data, max_pixels=max_pixels, guard=guard)
+    with refused_when_damaged():
+        image.load()  # the first frame only: Pillow decodes a later one only when asked
+        picture = normalised(_upright(image))
+    guard.check()
+    return Decoded(picture, _parameters(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    # Pixels that decoded are a picture even when its EXIF is not: shown as stored, then.
     try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DownloadRefused("the picture could not be read (damaged or cut off)") from exc
-    return ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image)
+    except PILLOW_ERRORS:
+        log.info("a picture's EXIF could not be read; its orientation is ignored")
+        return image
+
+
+def _parameters(image: Image.Image) -> str | None:
+    # Read after the first frame is loaded: Pillow then has the text chunks it met on the way,
+    # and `image.text` does not walk every frame of an APNG to look for more. They only ride
+    # along to an upscale's file: a picture whose parameters cannot be read is still a picture.
+    try:
+        return parameters_of(image)
+    except Exception:
+        log.warning("a picture's parameters could not be read", exc_info=True)
+        return None
+
+
+def normalised(image: Image.Image, *,
+               background: tuple[int, int, int] | None = None) -> Image.Image:
+    """The picture as the 8-bit RGB it shows, or RGBA where it is transparent; with a
+    `background`, always RGB: the picture composited on it.
+
+    Pillow's `convert` does most modes right; the ones it gets wrong are fixed first: 16-bit
+    gray (`I;16*`, and `I`, which is how Pillow has read 16-bit gray PNGs) is clipped at 255
+    by `convert`, turning every picture white, so it is scaled from 0-65535 instead; `F` is on
+    L's 0-255 scale (Pillow's convention) and rounded, not truncated; a transparent level in a
+    16-bit gray PNG (tRNS) becomes an alpha channel."""
+    alpha: Image.Image | None = None
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I
+        wide = image if image.mode == "I" else image.convert("I")
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):
+            alpha = ImageMath.lambda_eval(lambda a: (a["gray"] != transparent) * 255,
+                                          gray=wide).convert("L")
+        image = wide.point(lambda v: v * (255 / 65535) + 0.5).convert("L")
+        if alpha is not None:
+            image.putalpha(alpha)
+    elif image.mode == "F":
+        image = image.point(lambda v: v + 0.5).convert("L")
+    has_alpha = "A" in image.getbands() or image.mode in ("RGBa", "La") or (
+        image.info.get("transparency") is not None and image.mode in ("1", "L", "P", "RGB")) or (
+        image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA")
+    if image.mode != ("RGBA" if has_alpha else "RGB"):
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    if background is None or image.mode == "RGB":
+        return image
+    flat = Image.new("RGBA", image.size, (*background, 255))
+    flat.alpha_composite(image)
+    return flat.convert("RGB")
 
 
 def _too_big(size: int, limit: int, *, at_least: bool = False) -> DownloadRefused:

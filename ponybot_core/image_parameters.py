@@ -4,21 +4,32 @@ the bot's **Parameters** menu from any picture, ours or another tool's.
 One module for the format, torch-free, so the bot process (which never imports the ML stack)
 and the workers read and write exactly the same text:
 
-- where it lives: a PNG `tEXt`/`iTXt` chunk named `parameters`, or for WebP and JPEG the EXIF
-  UserComment, written the way A1111 writes it (piexif's "UNICODE" UTF-16 comment in a
-  big-endian EXIF block) through Pillow's own Exif API;
+- where it lives: a PNG `tEXt`/`iTXt`/`zTXt` chunk named `parameters`, or for WebP and JPEG
+  the EXIF UserComment, written the way A1111 writes it (piexif's "UNICODE" UTF-16 comment in
+  a big-endian EXIF block) through Pillow's own Exif API;
 - what it says: the prompt, `Negative prompt: ...`, then one line of `Key: value` pairs
   (`Steps: 25, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: ...`), a value
   with a comma, colon or newline in double quotes (A1111's `quote`), read back by the same
   rules as A1111's `parse_generation_parameters`.
+
+Any picture a user posts can be hostile, so reading one (`find_parameters`) decodes no pixel
+at all: it walks the file's container (PNG chunks, JPEG segments, WebP RIFF chunks; at most
+`MAX_CHUNKS`), inflates compressed text no further than `PARAMETERS_LIMIT` characters, hands
+only the EXIF block to Pillow's EXIF reader, and says why a file it cannot read is damaged
+(`UnreadablePicture`). Reading the settings line (`scan_settings`) takes time linear in its
+length, where A1111's regex takes time quadratic in it. Both are CPU work: callers on an
+event loop run them in a thread.
 """
 
 from __future__ import annotations
 
-import io
+import codecs
 import json
 import math
 import re
+import struct
+import zlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import ExifTags, Image
@@ -33,12 +44,22 @@ if TYPE_CHECKING:
 SAMPLER_NAMES = {Sampler.DDIM: "DDIM", Sampler.EULER_A: "Euler a",
                  Sampler.DPMPP_2M_KARRAS: "DPM++ 2M Karras"}
 
+# Characters of `parameters` text read from a picture or parsed; the rest is cut, and said to
+# be. A1111's own texts are a few KB even with long prompts and many LoRA hashes.
+PARAMETERS_LIMIT = 64 * 1024
+# Chunks (PNG), segments (JPEG) or RIFF chunks (WebP) walked in one file. A PNG of 10 MiB in
+# libpng's 8 KiB IDAT chunks has about 1,300; a file of nothing but empty chunks, 870,000.
+MAX_CHUNKS = 10_000
+
 _UNICODE_PREFIX = b"UNICODE\x00"
 _ASCII_PREFIX = b"ASCII\x00\x00\x00"
 _NEGATIVE = "Negative prompt:"
-# A1111's `re_param`: `Key: value` pairs, a value either quoted or up to the next comma.
-_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt")
+_KEYWORD = b"parameters\x00"
+# The most bytes one character takes in each encoding the text may come in.
+_BYTES_PER_CHAR = {"latin-1": 1, "utf-8": 4, "utf-16-be": 4, "utf-16-le": 4}
 
 
 def quote(value: str) -> str:
@@ -67,34 +88,225 @@ def parameters_exif(parameters: str) -> bytes:
     return exif.tobytes()
 
 
-def parameters_of(image: Image.Image) -> str | None:
-    """The `parameters` an opened picture carries (PNG text chunk or EXIF UserComment).
-    Reading a PNG's text may decode the whole picture: open it with a pixel limit first
-    (`ponybot_core.downloads.open_image`)."""
-    early = image.info.get("parameters")  # a PNG chunk before the pixels, as A1111 writes it
-    if isinstance(early, str):
-        return early or None
-    text = getattr(image, "text", None)  # PNG: this decodes the pixels to reach later chunks
-    if text and "parameters" in text:
-        return text["parameters"] or None
-    exif = image.getexif()
-    comment = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
-    if comment is None:
-        return None
-    if not isinstance(comment, bytes):
-        return str(comment) or None
-    if comment.startswith(_UNICODE_PREFIX):
-        encoding = "utf-16-le" if exif.endian == "<" else "utf-16-be"
-        return comment[len(_UNICODE_PREFIX):].decode(encoding, errors="replace") or None
-    if comment.startswith(_ASCII_PREFIX):
-        comment = comment[len(_ASCII_PREFIX):]
-    return comment.rstrip(b"\x00").decode("utf-8", errors="replace") or None
+# --- reading a picture --------------------------------------------------------------------------
+
+
+class UnreadablePicture(Exception):
+    """The picture is damaged or not one we can read; `str(error)` says why, for the user."""
+
+
+@dataclass(frozen=True)
+class FoundParameters:
+    text: str  # at most PARAMETERS_LIMIT characters
+    cut: bool  # the picture's text went on past PARAMETERS_LIMIT: the rest was not read
+    where: str  # "PNG tEXt chunk", "EXIF UserComment", ...
+
+
+def find_parameters(data: bytes) -> FoundParameters | None:
+    """The `parameters` a PNG, JPEG or WebP file carries, None when it carries none; raises
+    UnreadablePicture when it cannot be read. Decodes no pixel: the whole cost is one walk
+    over at most MAX_CHUNKS chunk headers and at most PARAMETERS_LIMIT characters of text.
+    In a PNG the first `parameters` text chunk wins, wherever it is (A1111 writes it before
+    the pixels); a file cut off after it still shows it."""
+    if data.startswith(_PNG_SIGNATURE):
+        return _png_parameters(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        exif = _jpeg_exif(data)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        exif = _webp_exif(data)
+    else:
+        raise UnreadablePicture("it is not a PNG, JPEG or WebP picture")
+    return _exif_parameters(exif) if exif is not None else None
 
 
 def read_parameters(data: bytes) -> str | None:
-    """The parameters of a file we made (fit_image's PNG or WebP)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return parameters_of(image)
+    """The text of `find_parameters`: for files we made (fit_image's PNG or WebP)."""
+    found = find_parameters(data)
+    return found.text if found else None
+
+
+def parameters_of(image: Image.Image) -> str | None:
+    """The `parameters` Pillow read when it opened `image`: a PNG text chunk before the pixels
+    (where A1111 and our workers write them) or the EXIF UserComment Pillow kept. Decodes
+    nothing: a PNG's `image.text` or `getexif()` would decode every frame to reach chunks
+    after the pixels; `find_parameters(data)` finds those without decoding."""
+    early = image.info.get("parameters")
+    if isinstance(early, str):
+        return early[:PARAMETERS_LIMIT] or None
+    exif = image.info.get("exif")
+    found = _exif_parameters(exif) if isinstance(exif, bytes) else None
+    return found.text if found else None
+
+
+def _png_parameters(data: bytes) -> FoundParameters | None:
+    exif: tuple[int, int] | None = None  # where the first eXIf chunk is, if any
+    at = len(_PNG_SIGNATURE)
+    for count in range(MAX_CHUNKS):
+        if at + 8 > len(data):
+            raise UnreadablePicture(f"it is cut off after {at:,} bytes, before its end (IEND)")
+        length, kind = struct.unpack_from(">I4s", data, at)
+        body, end = at + 8, at + 12 + length
+        if count == 0 and kind != b"IHDR":
+            raise UnreadablePicture("it does not start with its header (IHDR)")
+        if end > len(data):
+            raise UnreadablePicture(f"it is cut off in {_chunk_name(kind, at)}")
+        if kind == b"IEND":
+            break
+        if kind in _PNG_TEXT and data.startswith(_KEYWORD, body):
+            _check_crc(data, at, end, "its `parameters` text")
+            found = _png_text(kind, data, body + len(_KEYWORD), end - 4)
+            return found if found.text else None
+        if kind == b"eXIf" and exif is None:
+            exif = (at, end)
+        at = end
+    else:
+        raise UnreadablePicture(f"it has more than {MAX_CHUNKS:,} chunks")
+    if exif is None:
+        return None
+    _check_crc(data, *exif, "its EXIF data")
+    return _exif_parameters(data[exif[0] + 8:exif[1] - 4])
+
+
+def _chunk_name(kind: bytes, at: int) -> str:
+    """How to name a chunk to the user: by its type when it is one (`IDAT`, `VP8 `)."""
+    name = kind.decode("latin-1").strip()
+    return f"its `{name}` chunk" if name.isascii() and name.isalnum() else f"a chunk at byte {at:,}"
+
+
+def _check_crc(data: bytes, at: int, end: int, what: str) -> None:
+    (expected,) = struct.unpack_from(">I", data, end - 4)
+    if zlib.crc32(memoryview(data)[at + 4:end - 4]) != expected:
+        raise UnreadablePicture(f"{what} fails its checksum")
+
+
+def _png_text(kind: bytes, data: bytes, start: int, end: int) -> FoundParameters:
+    """The text of a tEXt, zTXt or iTXt chunk whose body (after `parameters\\0`) is
+    data[start:end]."""
+    where = f"PNG {kind.decode()} chunk"
+    body = memoryview(data)[start:end]
+    if kind == b"tEXt":
+        return FoundParameters(*_decoded(body, "latin-1"), where=where)
+    if kind == b"zTXt":
+        if body[:1] != b"\x00":
+            raise UnreadablePicture("its `parameters` text is compressed in an unknown way")
+        return FoundParameters(*_decoded(*_inflated(body[1:], "latin-1")), where=where)
+    # iTXt: compression flag and method, language tag, translated keyword, then the text.
+    language_end = data.find(b"\x00", start + 2, end)
+    keyword_end = data.find(b"\x00", language_end + 1, end) if language_end >= 0 else -1
+    if len(body) < 2 or keyword_end < 0:
+        raise UnreadablePicture("its `parameters` text chunk is malformed")
+    text = memoryview(data)[keyword_end + 1:end]
+    if body[0]:
+        if body[1] != 0:
+            raise UnreadablePicture("its `parameters` text is compressed in an unknown way")
+        return FoundParameters(*_decoded(*_inflated(text, "utf-8")), where=where)
+    return FoundParameters(*_decoded(text, "utf-8"), where=where)
+
+
+def _inflated(compressed: memoryview, encoding: str) -> tuple[bytes, str, bool]:
+    """Inflated no further than the bytes PARAMETERS_LIMIT characters can take: a zTXt bomb
+    of gigabytes costs what its first 256 KiB cost."""
+    cap = PARAMETERS_LIMIT * _BYTES_PER_CHAR[encoding]
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(compressed, cap + 1)
+    except zlib.error as exc:
+        raise UnreadablePicture(f"its compressed `parameters` text is damaged ({exc})") from None
+    if len(raw) <= cap and not inflater.eof:
+        raise UnreadablePicture("its compressed `parameters` text is cut off")
+    return raw, encoding, len(raw) > cap
+
+
+def _decoded(raw: bytes | memoryview, encoding: str, more: bool = False) -> tuple[str, bool]:
+    """`raw` as text of at most PARAMETERS_LIMIT characters, and whether any was cut (`more`:
+    the text went on past `raw`)."""
+    cap = PARAMETERS_LIMIT * _BYTES_PER_CHAR[encoding]
+    cut = more or len(raw) > cap
+    # Not final when cut: half a character at the cut is dropped, not shown as U+FFFD.
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    text = decoder.decode(bytes(raw[:cap]), final=not cut)
+    if len(text) > PARAMETERS_LIMIT:
+        text, cut = text[:PARAMETERS_LIMIT], True
+    return text, cut
+
+
+def _jpeg_exif(data: bytes) -> bytes | None:
+    """The first EXIF block (APP1 `Exif\\0\\0`) before a JPEG's pixels (SOS), as Pillow takes it."""
+    at = 2
+    for _ in range(MAX_CHUNKS):
+        if at + 2 > len(data):
+            raise UnreadablePicture(f"it is cut off after {at:,} bytes, before its pixels")
+        if data[at] != 0xFF or data[at + 1] == 0x00:
+            raise UnreadablePicture(f"byte {at:,} is not a JPEG marker")
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        at += 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a segment
+            continue
+        if marker in (0xD9, 0xDA):  # the end, or the pixels: EXIF is not after them
+            return None
+        if at + 2 > len(data):
+            raise UnreadablePicture(f"it is cut off after {at:,} bytes, before its pixels")
+        (length,) = struct.unpack_from(">H", data, at)
+        end = at + length
+        if length < 2:
+            raise UnreadablePicture(f"its segment at byte {at - 2:,} has an impossible length")
+        if end > len(data):
+            raise UnreadablePicture(f"it is cut off in a segment at byte {at - 2:,}")
+        if marker == 0xE1 and data.startswith(b"Exif\x00\x00", at + 2):
+            return data[at + 2:end]
+        at = end
+    raise UnreadablePicture(f"it has more than {MAX_CHUNKS:,} segments before its pixels")
+
+
+def _webp_exif(data: bytes) -> bytes | None:
+    """The EXIF chunk of a WebP (RIFF) file."""
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    riff_end = 8 + riff_size
+    at = 12
+    for _ in range(MAX_CHUNKS):
+        if at >= riff_end:
+            return None
+        if at + 8 > len(data):
+            raise UnreadablePicture(f"it is cut off after {at:,} bytes, before its end")
+        fourcc, size = struct.unpack_from("<4sI", data, at)
+        end = at + 8 + size
+        if end > len(data):
+            raise UnreadablePicture(f"it is cut off in {_chunk_name(fourcc, at)}")
+        if fourcc == b"EXIF":
+            return data[at + 8:end]
+        at = end + (size & 1)  # chunks are padded to an even size
+    raise UnreadablePicture(f"it has more than {MAX_CHUNKS:,} chunks")
+
+
+def _exif_parameters(block: bytes) -> FoundParameters | None:
+    """The UserComment of an EXIF block, read by Pillow's EXIF (TIFF) reader, which bounds
+    what it reads by the block's own size."""
+    exif = Image.Exif()
+    try:
+        exif.load(block)
+        comment = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+    except Exception as exc:  # Pillow's TIFF reader raises all kinds on bytes that are not TIFF
+        raise UnreadablePicture("its EXIF data is damaged") from exc
+    where = "EXIF UserComment"
+    if comment is None:
+        return None
+    if not isinstance(comment, bytes):
+        text, cut = _decoded(str(comment).encode("utf-8"), "utf-8")
+        return FoundParameters(text, cut, where) if text else None
+    if comment.startswith(_UNICODE_PREFIX):
+        encoding = "utf-16-le" if exif.endian == "<" else "utf-16-be"
+        text, cut = _decoded(memoryview(comment)[len(_UNICODE_PREFIX):], encoding)
+    else:
+        body = comment[len(_ASCII_PREFIX):] if comment.startswith(_ASCII_PREFIX) else comment
+        cap = PARAMETERS_LIMIT * _BYTES_PER_CHAR["utf-8"]
+        text, cut = _decoded(body[:cap].rstrip(b"\x00"), "utf-8", len(body) > cap)
+    return FoundParameters(text, cut, where) if text else None
+
+
+# --- reading the text ---------------------------------------------------------------------------
 
 
 class A1111Parameters(BaseModel):
@@ -114,6 +326,8 @@ class A1111Parameters(BaseModel):
     denoising_strength: float | None = None
     # Every other `Key: value` pair, as written (`Model hash`, `Postprocess upscaler`, ...).
     other: dict[str, str] = {}
+    # The text went on past PARAMETERS_LIMIT characters: what came after was not read.
+    cut: bool = False
 
     def our_sampler(self) -> Sampler | None:
         """The sampler as one of ours, if it is one."""
@@ -122,13 +336,84 @@ class A1111Parameters(BaseModel):
                      if wanted in (name.casefold(), s.value)), None)
 
 
-def parse_parameters(text: str) -> A1111Parameters:
+@dataclass(frozen=True)
+class SettingsScan:
+    pairs: list[tuple[str, str]]  # (key, value as written) in order, as A1111's regex finds them
+    visited: int  # characters looked at, counted: a few times the line's length at most
+
+
+# The pieces of A1111's `re_param`,
+#     \s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)
+# each matched on its own: runs of one kind of character, which a regex matches in one pass.
+_SPACES = re.compile(r"\s*")
+_WORD = re.compile(r"\w")
+_KEY_RUN = re.compile(r"[\w \-/]*")
+_QUOTED_RUN = re.compile(r'[^\\"]*(?:\\.[^\\"]*)*')  # (?:\\.|[^\\"])*, unrolled
+
+
+def scan_settings(line: str) -> SettingsScan:
+    """The `Key: value` pairs of a settings line: what `re.findall(re_param, line)` finds, in
+    time linear in the line's length.
+
+    A backtracking search for `re_param` starts again at every position where a match failed
+    and rescans what follows: a line of 30,000 letters without a colon takes half a billion
+    steps. But every way it can fail is decided by a run of key characters that the next
+    start would only rescan to the same end, so the scan jumps past it."""
+    n = len(line)
+    pairs: list[tuple[str, str]] = []
+    visited = 0
+    at = 0
+    while at < n:
+        # 1. `\s*` then `\w`: whitespace is not a key character, so `\s*` never gives any back.
+        key_start = _SPACES.match(line, at).end()  # type: ignore[union-attr]
+        visited += key_start - at + 1
+        if key_start >= n or not _WORD.match(line, key_start):
+            at = key_start + 1  # every start up to key_start skips to the same character
+            continue
+        # 2. `[\w \-/]+:` -- the run of key characters ends where it ends; only a colon there,
+        # after at least two key characters, makes a key. Starts inside the run meet the same
+        # end (or are too short), so the next start worth trying is the end itself.
+        key_end = _KEY_RUN.match(line, key_start + 1).end()  # type: ignore[union-attr]
+        visited += key_end - key_start
+        if key_end - key_start < 2 or key_end >= n or line[key_end] != ":":
+            at = key_end
+            continue
+        # 3. `\s*` then a quoted value followed by `,` or the end; else everything up to the
+        # next comma (which always matches, so the key is never given back).
+        value_start = _SPACES.match(line, key_end + 1).end()  # type: ignore[union-attr]
+        visited += value_start - key_end
+        if value_start < n and line[value_start] == '"':
+            # A later value's opening quote cannot lie inside this run (it follows a colon or
+            # a space, never an escaping backslash): quoted runs never overlap.
+            run_start = value_start + 1
+            run_end = _QUOTED_RUN.match(line, run_start).end()  # type: ignore[union-attr]
+            visited += run_end - run_start + 1
+            after = run_end + 1
+            closed = run_end > run_start and run_end < n and line[run_end] == '"'
+            if closed and (after == n or line[after] == "," or
+                           (after == n - 1 and line[after] == "\n")):  # `$` before a last \n
+                pairs.append((line[key_start:key_end], line[value_start:after]))
+                at = after + 1 if after < n and line[after] == "," else after
+                continue
+        comma = line.find(",", value_start)
+        value_end = n if comma < 0 else comma
+        visited += value_end - value_start + 1
+        pairs.append((line[key_start:key_end], line[value_start:value_end]))
+        at = value_end + 1
+    return SettingsScan(pairs, visited)
+
+
+def parse_parameters(text: str, *, cut: bool = False) -> A1111Parameters:
     """Read a `parameters` text the way A1111 reads it: the last line is the settings when it
-    has at least three `Key: value` pairs; before it the prompt, then the negative prompt."""
+    has at least three `Key: value` pairs; before it the prompt, then the negative prompt.
+    Only the first PARAMETERS_LIMIT characters are read; `cut`: the text was cut already."""
+    if len(text) > PARAMETERS_LIMIT:
+        text, cut = text[:PARAMETERS_LIMIT], True
     *lines, last = text.strip().split("\n")
-    if len(_PAIR.findall(last)) < 3:
+    found = scan_settings(last).pairs
+    if len(found) < 3:
         lines.append(last)
-        last = ""
+        found = []
     prompt: list[str] = []
     negative: list[str] = []
     for line in lines:
@@ -140,7 +425,7 @@ def parse_parameters(text: str) -> A1111Parameters:
         else:
             prompt.append(line)
     pairs: dict[str, str] = {}
-    for key, value in _PAIR.findall(last):
+    for key, value in found:
         if len(value) >= 2 and value[0] == value[-1] == '"':
             try:
                 value = json.loads(value)
@@ -155,18 +440,19 @@ def parse_parameters(text: str) -> A1111Parameters:
         sampler=pairs.pop("Sampler", None) or None,
         cfg=_float(pairs.pop("CFG scale", None)),
         seed=_int(pairs.pop("Seed", None)),
-        width=int(size[1]) if size else None,
-        height=int(size[2]) if size else None,
+        width=_int(size[1]) if size else None,
+        height=_int(size[2]) if size else None,
         model=pairs.pop("Model", None) or None,
         denoising_strength=_float(pairs.pop("Denoising strength", None)),
         other=pairs,
+        cut=cut,
     )
 
 
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
-    except ValueError:
+    except ValueError:  # not a number, or more digits than Python converts (4,300)
         return None
 
 

@@ -54,7 +54,8 @@ class Keys:
         return f"{self.prefix}:durations"
 
     def token(self, job_id: str) -> str:
-        """A job's interaction token, kept only while Discord accepts it (15 min)."""
+        """A job's interaction token, kept only while Discord accepts it (15 min), and never
+        longer than its job's hash once the job has ended."""
         return f"{self.prefix}:token:{job_id}"
 
     @property
@@ -82,6 +83,26 @@ class Keys:
     def channel_defaults(self, guild_id: int | None, channel_id: int) -> str:
         """Hash of one channel's `/settings channel` defaults."""
         return f"{self.prefix}:defaults:{guild_id or 0}:channel:{channel_id}"
+
+    def defaults_index(self, guild_id: int) -> str:
+        """Set of the `user_defaults` and `channel_defaults` keys saved in one server, so that
+        the bot's removal from it deletes them without a SCAN of the keyspace."""
+        return f"{self.prefix}:defaults:{guild_id}:index"
+
+    def defaults_guild(self, key: str | bytes) -> int | None:
+        """The server a `user_defaults` or `channel_defaults` key belongs to; None for any
+        other key (an index, a DM's defaults)."""
+        text = key.decode() if isinstance(key, bytes) else key
+        parts = text.removeprefix(f"{self.prefix}:defaults:").split(":")
+        if len(parts) != 3 or parts[1] not in ("user", "channel") or not parts[0].isdigit():
+            return None
+        return int(parts[0]) or None
+
+    @property
+    def defaults_indexed(self) -> str:
+        """Set once the defaults saved before servers had a `defaults_index` are in theirs
+        (one SCAN per deployment, by the first bot that knows about indexes)."""
+        return f"{self.prefix}:defaults_indexed"
 
     def drawable(self, parameters_id: str) -> str:
         """Parameters the Parameters menu read from a picture, kept (with a TTL) for its

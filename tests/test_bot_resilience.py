@@ -25,7 +25,7 @@ async def test_unreachable_redis_is_reported_and_the_bot_keeps_running(fake, set
 
 def test_the_bot_process_never_imports_the_ml_stack():
     code = (
-        "import sys, bot.__main__, bot.app, cogs.pony, bot.tags, bot.options\n"
+        "import sys, bot.__main__, bot.app, cogs.pony, ponybot_request.jobs\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'spandrel')"
         " if m in sys.modules)\n"
         "print(','.join(heavy))"

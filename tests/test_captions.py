@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.tags import caption_tags, parse_tags, render
 from ponybot_core.config import ModelEntry, load_config
+from ponybot_request.tags import caption_tags, parse_tags, render
 from tests.translunar_reference import METADATA_PARAMS, training_caption
 
 SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")

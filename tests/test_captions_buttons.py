@@ -1,7 +1,7 @@
-"""Re-roll, U and V check the caption again, as /pony does (bot/policy.py): a picture drawn in
-an age-restricted channel, or before the server blocked one of its tags, is not re-drawn where
-that is no longer allowed. Real discord.py against the fake Discord, real Redis, the tiny
-pipeline and a tiny Real-ESRGAN net."""
+"""Re-roll, U and V check the caption again, as /pony does (ponybot_request/policy.py): a
+picture drawn in an age-restricted channel, or before the server blocked one of its tags, is not
+re-drawn where that is no longer allowed. Real discord.py against the fake Discord, real Redis,
+the tiny pipeline and a tiny Real-ESRGAN net."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Policy on the caption the model will see (bot/policy.py): ratings outside age-restricted
-channels, a server's blocked tags, whatever the punctuation, namespace spelling or short form.
-`/pony` runs exactly this (bot/prompting.py's render_prompt), and so does every button job."""
+"""Policy on the caption the model will see (ponybot_request/policy.py): ratings outside
+age-restricted channels, a server's blocked tags, whatever the punctuation, namespace spelling or
+short form. `/pony` runs exactly this (ponybot_request/prompting.py's render_prompt), and so
+does every button job."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.errors import UserFacingError
-from bot.options import PonyOptions
-from bot.prompting import render_prompt
 from ponybot_core.config import ModelEntry, load_config
+from ponybot_request.options import PonyOptions
+from ponybot_request.prompting import render_prompt
 
 SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")
 MODELS = [SHIPPED.model(i) for i in ("pony-diffusion", "v1", "v2")]

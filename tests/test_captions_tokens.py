@@ -1,5 +1,5 @@
-"""The bot's CLIP token count (bot/clip_tokens.py) is the worker's: the same tokenizer files
-through transformers' CLIPTokenizer, which the bot process may not import."""
+"""The bot's CLIP token count (ponybot_request/clip_tokens.py) is the worker's: the same
+tokenizer files through transformers' CLIPTokenizer, which the bot process may not import."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import clip_tokens
+from ponybot_request import clip_tokens
 
 transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return transformers.CLIPTokenizer.from_pretrained(clip_tokens.MERGES.parent)
+    return transformers.CLIPTokenizer.from_pretrained(clip_tokens.FILES)
 
 
 def reference(tokenizer, text: str) -> int:

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from ponybot_cli import doctor
-from ponybot_cli.doctor import Finding, check_device, check_files, check_redis, diagnose
+from ponybot_cli.doctor import (
+    Finding,
+    check_data_folder,
+    check_device,
+    check_files,
+    check_redis,
+    diagnose,
+)
 from ponybot_cli.redis_server import RedisServer, free_port
 from ponybot_core.config import Secrets, Settings, load_config
 from ponybot_testkit.world import BOT_TOKEN
@@ -66,9 +73,9 @@ async def test_with_everything_in_place_every_line_passes_in_order(
         redis_server: RedisServer) -> None:
     findings = await diagnose(write_config(tmp_path, tiny_pipeline_dir, fake))
 
-    assert [f.topic for f in findings] == ["config", "token", "commands", "redis", "model tiny",
-                                           "model gone", "device"]
-    assert [f.status for f in findings] == ["ok", "ok", "ok", "ok", "ok", "warn", "ok"]
+    assert [f.topic for f in findings] == ["config", "token", "commands", "data", "redis",
+                                           "model tiny", "model gone", "device"]
+    assert [f.status for f in findings] == ["ok", "ok", "ok", "ok", "ok", "ok", "warn", "ok"]
     found = by_topic(findings)
     assert found["token"].detail.startswith("accepted: logged in as ")
     assert "/pony" in found["commands"].detail and "globally" in found["commands"].detail
@@ -170,8 +177,49 @@ async def test_without_redis_configured_the_embedded_one_is_checked(
     finding = await check_redis(settings)
 
     assert finding.status == "ok"
-    assert finding.detail.startswith("not running yet: `ponybot up` starts the embedded Redis 6.")
+    assert finding.detail.startswith("ponybot up is not running: it starts the embedded Redis 6.")
     assert finding.detail.endswith(f"with AOF in {tmp_path / 'redis-data'}")
+
+
+async def test_a_url_file_no_ponybot_up_holds_is_stale_not_an_unreachable_redis(
+        fake, tiny_pipeline_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    settings = settings_for(write_config(tmp_path, tiny_pipeline_dir, fake))
+    data_dir = tmp_path / "redis-data"
+    data_dir.mkdir()
+    # What a `ponybot up` killed with -9 leaves: its url file, not its lock.
+    (data_dir / "url").write_text(f"redis://127.0.0.1:{free_port()}/0\n")
+
+    finding = await check_redis(settings)
+
+    assert finding.status == "ok"
+    assert finding.detail.startswith("ponybot up is not running: it starts the embedded Redis")
+
+
+def test_a_data_folder_that_cannot_be_made_fails_with_what_to_do(
+        fake, tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    config = write_config(tmp_path, tiny_pipeline_dir, fake)
+    config.write_text(config.read_text().replace('data_dir = "redis-data"',
+                                                 'data_dir = "blocker/redis-data"'))
+
+    finding = check_data_folder(settings_for(config))
+
+    assert finding.status == "fail"
+    assert finding.detail == (f"{tmp_path / 'blocker/redis-data'} cannot be made: "
+                              f"{tmp_path / 'blocker'} is not a writable folder")
+    assert finding.fix is not None and "set redis.data_dir in the config" in finding.fix
+
+
+def test_check_looks_at_the_data_folder_without_making_it(
+        fake, tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    settings = settings_for(write_config(tmp_path, tiny_pipeline_dir, fake))
+
+    finding = check_data_folder(settings)
+
+    assert finding.status == "ok"
+    assert finding.detail == f"{tmp_path / 'redis-data'} (made by `ponybot up`)"
+    assert not (tmp_path / "redis-data").exists()
 
 
 def test_redis_older_than_6_2_is_refused() -> None:

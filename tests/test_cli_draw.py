@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.options import PonyOptions
-from bot.prompting import render_prompt
-from bot.resolution import resolve
 from inference.device import choose_placement
 from inference.models import ModelCache
 from inference.result_post import image_parameters
@@ -21,6 +18,9 @@ from inference.sampling import sample_batch
 from ponybot_cli.main import main
 from ponybot_core.config import load_config
 from ponybot_core.job import Job
+from ponybot_request.options import PonyOptions
+from ponybot_request.prompting import render_prompt
+from ponybot_request.resolution import resolve
 
 
 def write_config(folder: Path, pipeline_dir: Path, upscaler: Path | None = None) -> Path:

@@ -1,6 +1,9 @@
 """Bounded downloads (ponybot_core/downloads.py), against a real HTTP server on 127.0.0.1 that
 misbehaves the ways a URL can: not Discord's, a redirect, a lying or missing Content-Length, a
-trickle, bytes that are not what the name says, a decompression bomb."""
+trickle, bytes that are not what the name says, a decompression bomb; and bounded decoding of
+what comes back: animations counted frame by frame from their header, only a first frame ever
+decoded, every damaged file refused with one reason, a decode stopped by its deadline or a
+cancel."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import struct
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -15,14 +19,27 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from ponybot_core.downloads import (
+    DecodeCancelled,
+    DecodeGuard,
     DownloadFailed,
     DownloadRefused,
     decode_image,
     download_image,
     open_image,
     url_allowed,
+)
+from ponybot_testkit.hostile_pictures import (
+    BAD_EXIF,
+    animated_webp,
+    apng_bomb,
+    apng_frames,
+    jpeg_with_app1,
+    truncated,
+    webp_declaring,
+    webp_with_exif,
 )
 
 LIMIT = 64 * 1024
@@ -233,4 +250,142 @@ def test_a_jpeg_is_decoded_upright_as_its_exif_says():
     out = io.BytesIO()
     Image.new("RGB", (40, 20)).save(out, format="JPEG", exif=exif.tobytes())
 
-    assert decode_image(out.getvalue(), max_pixels=10_000).size == (20, 40)
+    assert decode_image(out.getvalue(), max_pixels=10_000).image.size == (20, 40)
+
+
+# --- animations ------------------------------------------------------------------------------
+
+MAX_PIXELS = 4096 * 4096
+
+
+@pytest.mark.parametrize(("bomb", "said"), [
+    (apng_frames(64, 64, 3, declared=160_000, damaged=True), "160,000 frames of 64×64"),
+    (apng_bomb(1000, 4096, 4096), "1,000 frames of 4096×4096"),
+], ids=["160,000 frames declared, none decodable", "1,000 frames of 4096²"])
+def test_an_animation_with_more_pixels_in_all_than_the_limit_is_refused_from_its_header(
+        bomb, said):
+    guard = DecodeGuard()
+
+    with pytest.raises(DownloadRefused, match=f"animation of {said}") as refused:
+        decode_image(bomb, max_pixels=MAX_PIXELS, guard=guard)
+
+    # Only the header was read: the acTL chunk that declares the frames comes before any
+    # pixel data (and where no frame can be decoded, decoding one would say "damaged").
+    assert guard.bytes_read < bomb.index(b"IDAT") + 64
+    assert "damaged" not in str(refused.value)
+
+
+@pytest.mark.parametrize("webp", [animated_webp(64, 64, 5), webp_declaring(64, 64, frames=5)],
+                         ids=["written by Pillow", "built by hand"])
+def test_an_animated_webp_counts_its_frames_too(webp):
+    with pytest.raises(DownloadRefused, match="animation of 5 frames of 64×64"):
+        open_image(webp, max_pixels=64 * 64 * 4)
+
+
+@pytest.mark.parametrize("animation", [apng_frames(8, 8, 3), animated_webp(8, 8, 3)],
+                         ids=["APNG", "WebP"])
+def test_an_animation_within_the_limit_gives_its_first_frame(animation):
+    decoded = decode_image(animation, max_pixels=MAX_PIXELS)
+
+    assert decoded.image.size == (8, 8)
+    assert decoded.image.getpixel((0, 0))[:3] == (0, 0, 0)  # frame 0's gray; others differ
+
+
+def test_the_10_mib_apng_of_160000_frames_is_decoded_from_its_first_frame_only():
+    # 160,000 frames of one pixel: few pixels in all, but walking the frames (as reading a
+    # PNG's text chunks at the end does) costs seconds of CPU per upload.
+    bomb = apng_frames(1, 1, 160_000, parameters="walked every frame")
+    assert len(bomb) > 9 * 1024 * 1024
+    guard = DecodeGuard()
+
+    decoded = decode_image(bomb, max_pixels=MAX_PIXELS, guard=guard)
+
+    assert decoded.image.size == (1, 1) and decoded.parameters is None
+    assert guard.bytes_read < 4096  # the header and the first frame, nothing past them
+
+
+def test_a_pictures_own_parameters_come_with_it_decoded():
+    still = io.BytesIO()
+    info = PngInfo()
+    info.add_text("parameters", "pinkie pie\nSteps: 20, Sampler: DDIM, CFG scale: 7")
+    Image.new("RGB", (8, 8)).save(still, format="PNG", pnginfo=info)
+
+    assert decode_image(still.getvalue(), max_pixels=MAX_PIXELS).parameters == \
+        "pinkie pie\nSteps: 20, Sampler: DDIM, CFG scale: 7"
+
+
+# --- damaged pictures ------------------------------------------------------------------------
+
+
+def _saved(fmt: str, mode: str = "RGB", size: tuple[int, int] = (96, 96)) -> bytes:
+    import numpy as np
+
+    rng = np.random.default_rng(7)  # noise: no format can squeeze it into a few bytes
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    pixels = rng.integers(0, 256, (size[1], size[0], bands), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if bands == 1 else pixels, mode)
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def _bad_crc(data: bytes) -> bytes:
+    at = data.index(b"IHDR") + 4 + 13  # the IHDR chunk's CRC
+    return data[:at] + bytes(b ^ 0xFF for b in data[at:at + 4]) + data[at + 4:]
+
+
+def _bad_zlib(data: bytes) -> bytes:
+    at = data.index(b"IDAT") + 4
+    return data[:at] + b"\xde\xad\xbe\xef" * 8 + data[at + 32:]
+
+
+DAMAGED = {
+    "PNG cut off": truncated(_saved("PNG")),
+    "PNG cut off in its header": _saved("PNG")[:40],
+    "PNG with a broken CRC": _bad_crc(_saved("PNG")),
+    "PNG whose pixels are not zlib": _bad_zlib(_saved("PNG")),
+    "JPEG cut off": truncated(_saved("JPEG"), 0.3),
+    "JPEG cut off in its header": _saved("JPEG")[:30],
+    "WebP cut off": truncated(_saved("WEBP")),
+    "APNG cut off in its first frame": truncated(apng_frames(64, 64, 3), 0.1),
+    "APNG whose frames are not zlib": apng_frames(64, 64, 3, damaged=True),
+    "a PNG signature and nothing else": b"\x89PNG\r\n\x1a\n",
+    "a RIFF WEBP header and nothing else": b"RIFF\x10\x00\x00\x00WEBPVP8 ",
+}
+
+
+@pytest.mark.parametrize("data", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_picture_is_refused_with_one_reason_whatever_pillow_raises(data):
+    with pytest.raises(DownloadRefused, match="damaged"):
+        decode_image(data, max_pixels=MAX_PIXELS)
+
+
+# --- a decode stopped from outside -----------------------------------------------------------
+
+
+def test_a_decode_stops_at_the_next_read_once_its_job_is_cancelled():
+    cancelled = threading.Event()
+    cancelled.set()
+    guard = DecodeGuard(cancelled=cancelled)
+
+    with pytest.raises(DecodeCancelled):
+        decode_image(_saved("PNG", size=(512, 512)), max_pixels=MAX_PIXELS, guard=guard)
+    assert guard.bytes_read == 0
+
+
+def test_a_decode_is_refused_past_its_deadline():
+    guard = DecodeGuard(timeout_s=0)  # already past: the first read stops it
+
+    with pytest.raises(DownloadRefused, match=r"longer than 0 s to decode"):
+        decode_image(_saved("JPEG", size=(512, 512)), max_pixels=MAX_PIXELS, guard=guard)
+    assert guard.bytes_read == 0
+
+
+@pytest.mark.parametrize("exif", BAD_EXIF.values(), ids=BAD_EXIF.keys())
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_a_picture_whose_exif_is_broken_is_used_as_stored(exif, fmt):
+    data = jpeg_with_app1(b"Exif\0\0" + exif) if fmt == "JPEG" else webp_with_exif(exif)
+
+    decoded = decode_image(data, max_pixels=MAX_PIXELS)
+
+    assert decoded.image.size == (8, 8) and decoded.parameters is None

@@ -5,6 +5,7 @@ A1111 itself read the same way, from PNG text and from WebP/JPEG EXIF."""
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -18,11 +19,15 @@ from inference.fit import encode_webp
 from inference.png_parameters import png_with_parameters
 from ponybot_core.config import Sampler
 from ponybot_core.image_parameters import (
+    PARAMETERS_LIMIT,
     format_parameters,
     parameters_exif,
     parse_parameters,
+    quote,
     read_parameters,
+    scan_settings,
 )
+from ponybot_testkit.hostile_pictures import HOSTILE_LINES, hostile_parameters, hostile_texts
 from ponybot_testkit.world import make_job
 
 A1111_TEXT = (
@@ -145,3 +150,92 @@ def test_a_picture_without_parameters_has_none():
     Image.new("RGB", (8, 8)).save(out, format="WEBP")
 
     assert read_parameters(out.getvalue()) is None
+
+
+# --- hostile text: linear work, A1111's answers (issue 16) ------------------------------------
+
+# A1111's `re_param`, as modules/infotext_utils.py has it: the reference the scanner must agree
+# with, on lines short enough for its backtracking.
+A1111_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+MEGABYTE = 1_000_000
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE_LINES))
+def test_a_megabyte_settings_line_is_scanned_in_steps_linear_in_its_length(shape):
+    line = HOSTILE_LINES[shape](MEGABYTE)
+
+    scan = scan_settings(line)
+
+    # Every character is looked at a bounded number of times: A1111's regex looks at the
+    # characters after each start position again, about n²/2 steps for these lines.
+    assert scan.visited <= 4 * len(line), (shape, scan.visited)
+
+
+@given(st.text(st.sampled_from(list('ab1_ \t:,"\\-/é\u00a0\x85\n')), max_size=60)
+       | st.text(max_size=60))
+def test_the_scanner_finds_exactly_the_pairs_a1111s_regex_finds(line):
+    assert scan_settings(line).pairs == A1111_RE_PARAM.findall(line)
+
+
+def test_a_text_longer_than_the_limit_is_cut_there_and_says_so():
+    text = hostile_parameters(MEGABYTE)
+
+    parsed = parse_parameters(text)
+
+    assert parsed.cut
+    assert parsed.prompt.startswith("pinkie pie") and parsed.negative_prompt.startswith("lowres")
+    assert len(parsed.negative_prompt) <= PARAMETERS_LIMIT
+    assert not parse_parameters(A1111_TEXT).cut
+
+
+@given(hostile_texts())
+def test_any_text_at_all_parses_without_raising(text):
+    parsed = parse_parameters(text)
+
+    assert len(parsed.prompt) + len(parsed.negative_prompt) <= len(text)
+    assert parsed.cut == (len(text) > PARAMETERS_LIMIT)
+
+
+def test_numbers_too_long_for_python_are_none_not_an_error():
+    digits = "9" * 5000  # int() refuses more than 4300 digits
+    parsed = parse_parameters(f"p\nSteps: {digits}, Seed: {digits}, Size: {digits}x{digits}")
+
+    assert (parsed.steps, parsed.seed, parsed.width, parsed.height) == (None, None, None, None)
+
+
+_LINE = st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"))
+_KEY = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_ /-]{0,12}[A-Za-z0-9_]\Z")
+_KNOWN = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength"}
+
+
+@given(prompt=st.lists(st.text(_LINE, max_size=30).map(str.strip), min_size=1, max_size=4)
+       .filter(lambda lines: lines[0] != "").map("\n".join),
+       negative=st.lists(st.text(_LINE, max_size=30).map(str.strip), max_size=3)
+       .filter(lambda lines: not lines or lines[0] != "").map("\n".join),
+       steps=st.integers(1, 150), seed=st.integers(0, 2**32 - 1),
+       sampler=st.text(_LINE, min_size=1, max_size=20).map(str.strip).filter(bool),
+       cfg=st.floats(0.5, 30, allow_nan=False).map(lambda x: round(x, 2)),
+       size=st.tuples(st.integers(8, 4096), st.integers(8, 4096)),
+       model=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+       .map(str.strip).filter(lambda v: v != "" and not v.startswith('"')),
+       other=st.dictionaries(_KEY.filter(lambda k: k not in _KNOWN),
+                             st.text(st.characters(blacklist_categories=("Cs",)), min_size=1,
+                                     max_size=30).map(str.strip)
+                             .filter(lambda v: v != "" and not v.startswith('"')),
+                             max_size=5))
+def test_any_a1111_parameters_text_reads_back_as_written(prompt, negative, steps, seed, sampler,
+                                                         cfg, size, model, other):
+    if any(line.startswith("Negative prompt:") for line in prompt.split("\n")):
+        return  # A1111 reads such a prompt line as the start of the negative prompt
+    pairs = {"Steps": str(steps), "Sampler": sampler, "CFG scale": f"{cfg:g}",
+             "Seed": str(seed), "Size": f"{size[0]}x{size[1]}", "Model": model, **other}
+    text = "\n".join([prompt, *([f"Negative prompt: {negative}"] if negative else []),
+                      ", ".join(f"{k}: {quote(v)}" for k, v in pairs.items())])
+
+    parsed = parse_parameters(text)
+
+    assert (parsed.prompt, parsed.negative_prompt) == (prompt, negative)
+    assert (parsed.steps, parsed.seed, parsed.cfg) == (steps, seed, float(f"{cfg:g}"))
+    assert (parsed.sampler, parsed.model, (parsed.width, parsed.height)) == (sampler, model, size)
+    assert parsed.other == other
+    assert not parsed.cut

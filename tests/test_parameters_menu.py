@@ -1,22 +1,42 @@
 """The **Parameters** message context menu and its **Draw this** button, end to end on real
 discord.py against the fake Discord, real Redis and the tiny pipeline: what a picture says it
 was drawn with, read from PNG text or WebP/JPEG EXIF, shown privately; drawn again, as an
-ordinary queued job, when the picture is one of ours; bad pictures refused."""
+ordinary queued job, when the picture is one of ours; bad pictures refused; hostile ones
+(issue 16) read without decoding a pixel and without holding up the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from PIL.PngImagePlugin import PngInfo
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bot.answering import OUR_FAULT, what_to_say
+from bot.errors import QueueUnavailable
 from ponybot_core.config import Config, Settings, UploadsConfig
-from ponybot_core.image_parameters import parameters_exif
+from ponybot_core.image_parameters import PARAMETERS_LIMIT, parameters_exif
 from ponybot_core.keys import Keys
 from ponybot_core.queue import QueueView
+from ponybot_testkit.hostile_pictures import (
+    BAD_EXIF,
+    apng_bomb,
+    jpeg_with_app1,
+    long_line_png,
+    png_with_text,
+    truncated,
+    webp_with_exif,
+    with_bad_crc,
+    ztxt_bomb_png,
+)
 from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, USER_ID, running_bot
 from tests.test_uploads import bomb_png
 
@@ -226,3 +246,126 @@ async def test_a_picture_not_on_discords_hosts_is_refused_and_never_fetched(
 
     assert itx.ephemeral and "not on Discord's attachment servers" in itx.original.content
     assert fake.cdn_requests == []
+
+
+# --- hostile pictures (issue 16) ----------------------------------------------------------------
+
+
+def on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.fixture
+def parsed_on_loop(bot, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each parameters text the menu parses: whether it was parsed on the event loop."""
+    seen: list[bool] = []
+    # load_extension executes the cog's module anew: spy on the one the bot runs.
+    cog_module = sys.modules["cogs.parameters"]
+    real = cog_module.parse_parameters
+
+    def spy(*args, **kwargs):
+        seen.append(on_event_loop())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cog_module, "parse_parameters", spy)
+    return seen
+
+
+@pytest.fixture
+def pixels_decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every picture Pillow decodes while the test runs (the fake Discord measures JPEG and WebP
+    attachments by opening them, which decodes nothing)."""
+    seen: list[str] = []
+    real = ImageFile.ImageFile.load
+
+    def spy(self):
+        seen.append(f"{self.format} {self.size}")
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return seen
+
+
+async def test_a_long_parameters_line_is_parsed_off_the_event_loop(fake, bot, parsed_on_loop):
+    # 30 KB: what stalled the whole bot for 9 s, until another user's /pony was too late.
+    message = post(fake, ("long.png", long_line_png(30_000)))
+
+    answer = (await parameters_of(fake, message)).original
+
+    assert parsed_on_loop == [False]
+    shown = fields(answer)
+    assert "pinkie pie" in shown["Prompt"] and shown["Negative prompt"].startswith("```\nlowres")
+    assert "unnamed model" in shown["Draw this"]
+
+
+async def test_parameters_longer_than_the_limit_are_shown_cut_and_say_so(fake, bot):
+    message = post(fake, ("bomb.png", ztxt_bomb_png(4 << 20)))  # 4 MiB of text in 4 KB
+
+    answer = (await parameters_of(fake, message)).original
+
+    assert answer.ephemeral
+    assert f"only its first {PARAMETERS_LIMIT:,} characters" in fields(answer)["Cut short"]
+
+
+async def test_an_animated_png_bomb_is_answered_without_decoding_a_pixel(fake, bot,
+                                                                           pixels_decoded):
+    bomb = apng_bomb(frames=30, width=1024, height=1024, parameters=THEIRS)
+    message = post(fake, ("bomb.png", bomb))
+
+    answer = (await parameters_of(fake, message)).original
+
+    assert pixels_decoded == []
+    shown = fields(answer)
+    assert (shown["Seed"], shown["Model"]) == ("12", "anything-v3")
+
+
+async def test_text_that_would_overflow_discords_embed_is_shown_within_its_limits(fake, bot):
+    huge = ("`" * 3000 + "\nNegative prompt: " + "n" * 3000 + "\nSteps: " + "9" * 4000
+            + f", Sampler: {'s' * 3000}, CFG scale: 7, Seed: 1, Size: {'5' * 300}x5, "
+            + f"Model: {'m' * 5000}")
+    message = post(fake, ("huge.png", png(huge)))
+
+    answer = (await parameters_of(fake, message)).original
+
+    # Discord refuses a field over 1,024 characters or an embed over 6,000 (the fake checks
+    # the 6,000): the whole answer would be lost.
+    shown = fields(answer)
+    assert shown["Prompt"].startswith("```\n`\u200b`") and "Not offered" in shown["Draw this"]
+    assert all(len(value) <= 1024 for value in shown.values()), {
+        name: len(value) for name, value in shown.items()}
+
+
+@pytest.mark.parametrize(("picture", "reason"), [
+    (("cut.png", truncated(png(), len(png()) - 20)), "cut off"),
+    (("sum.png", with_bad_crc(png_with_text(THEIRS), b"tEXt")), "checksum"),
+    (("exif.jpg", jpeg_with_app1(BAD_EXIF["not tiff"])), "EXIF"),
+    (("exif.webp", webp_with_exif(BAD_EXIF["not tiff"])), "EXIF"),
+], ids=["png cut off", "png bad checksum", "jpeg bad exif", "webp bad exif"])
+async def test_a_damaged_picture_is_answered_once_privately_with_the_reason(
+        fake, bot, redis, picture, reason):
+    message = post(fake, picture)
+
+    itx = await parameters_of(fake, message)
+
+    said = itx.original.content
+    assert itx.ephemeral and itx.followups == []
+    assert f"`{picture[0]}` is damaged or not a picture we can read" in said and reason in said
+    assert "Redis" not in said
+    assert await nothing_queued(redis)
+
+
+def test_only_a_redis_outage_is_called_one():
+    click = SimpleNamespace(command=None, data={"custom_id": "pony:draw:x"})
+    unavailable = str(QueueUnavailable())
+
+    assert what_to_say(click, RedisConnectionError("gone")) == unavailable
+    assert what_to_say(click, RedisTimeoutError("slow")) == unavailable
+    # A picture Pillow cannot read, a full disk: not Redis, whatever OSError says.
+    assert what_to_say(click, OSError("image file is truncated")) == OUR_FAULT
+    assert what_to_say(click, EOFError()) == OUR_FAULT
+    # Redis answered, with an error: a bug of ours, not an outage.
+    assert what_to_say(click, ResponseError("WRONGTYPE")) == OUR_FAULT

@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 
 from bot.defaults import Defaults, Layers
 from bot.guild_settings import GuildSettings
-from bot.options import PonyOptions
-from bot.resolution import Layer, resolve
 from ponybot_core.config import Config, Sampler, Settings
 from ponybot_core.job import Job
 from ponybot_core.keys import Keys
+from ponybot_request.options import PonyOptions
+from ponybot_request.resolution import Layer, resolve
 from ponybot_testkit.fake_discord import FakeDiscord
 from ponybot_testkit.world import (
     CHANNEL_ID,

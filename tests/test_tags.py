@@ -1,4 +1,4 @@
-"""The tag language (bot/tags.py): a readable specification, then hypothesis properties.
+"""The tag language (ponybot_request/tags.py): a readable specification, then hypothesis properties.
 
 The models are the shipped ones, read from config.toml: these tests say what each of them is
 sent. Where a caption rule comes from is cited in config.toml; tests/test_captions.py checks
@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bot.tags import (
+from ponybot_core.config import CaptionProfile, Limits, LongPrompts, ModelEntry, load_config
+from ponybot_request.tags import (
     MAX_INPUT_CHARS,
     Rating,
     RenderedPrompt,
@@ -28,7 +29,6 @@ from bot.tags import (
     render,
     validate,
 )
-from ponybot_core.config import CaptionProfile, Limits, LongPrompts, ModelEntry, load_config
 
 SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")
 V1 = SHIPPED.model("v1")
@@ -455,7 +455,7 @@ def test_render_writes_the_models_caption_language(text, negative, model, age_re
         if model in (V1, V2):
             assert ":" not in tag  # every namespace written `ns=value`
     if not age_restricted:
-        # `safe`, or a rating bot/policy.py refuses here (render leaves refusing to it).
+        # `safe`, or a rating ponybot_request/policy.py refuses here (render leaves refusing to it).
         ratings = [rating_of(t) for t in caption_tags(result.positive, model.caption)]
         assert [r for r in ratings if r] in ([Rating.SAFE], [Rating.QUESTIONABLE],
                                              [Rating.EXPLICIT])

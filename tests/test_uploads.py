@@ -15,12 +15,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from redis.asyncio import Redis
 
-from bot.uploads import model_size
 from ponybot_core.config import Config, Settings, UpscalerEntry
 from ponybot_core.image_parameters import parse_parameters, read_parameters
 from ponybot_core.job import JobKind
 from ponybot_core.keys import Keys
 from ponybot_core.queue import JobStatus, QueueView
+from ponybot_request.jobs import model_size
+from ponybot_testkit.hostile_pictures import apng_frames, truncated
 from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, USER_ID
 from tests.conftest import queued_job_id, until_finished
 
@@ -343,6 +344,81 @@ async def test_the_worker_checks_the_bytes_it_downloads_not_what_discord_said(
     assert state is not None and state.attempts == 1  # refused for good, not retried
 
 
+@pytest.mark.parametrize("name", ["pony", "upscale"])
+async def test_a_truncated_upload_is_refused_once_and_never_retried(
+        fake, bot, start_worker, redis, name):
+    options = {"tags": "pony"} if name == "pony" else {}
+    itx = await command(fake, name, image=("mine.png", picture(64, 64)), **options)
+    job_id = queued_job_id(itx)
+    uploaded_attachment(fake, itx).served = truncated(picture(64, 64))  # the upload stopped
+    await start_worker()
+
+    assert await until_finished(redis, [job_id]) == [JobStatus.DEAD]
+    assert "your picture cannot be used: the picture is damaged or cut off" in \
+        itx.original.content
+    state = await QueueView(redis, Keys()).state(job_id)
+    assert state is not None and state.attempts == 1
+    assert len(fake.cdn_requests) == 1  # downloaded once: nothing retried it
+
+
+async def test_an_animation_bomb_is_refused_from_its_header_before_any_frame_is_decoded(
+        fake, bot, start_worker, redis):
+    itx = await pony_image(fake, picture(64, 64))
+    job_id = queued_job_id(itx)
+    # 160,000 frames declared; no frame's data is valid, so decoding any frame would end in
+    # "damaged": being told about the frames means the header alone decided.
+    uploaded_attachment(fake, itx).served = apng_frames(64, 64, 3, declared=160_000,
+                                                        damaged=True)
+    await start_worker()
+
+    assert await until_finished(redis, [job_id]) == [JobStatus.DEAD]
+    content = itx.original.content
+    assert "your picture cannot be used: the picture is an animation of 160,000 frames of " \
+        "64×64" in content
+    assert "damaged" not in content
+    state = await QueueView(redis, Keys()).state(job_id)
+    assert state is not None and state.attempts == 1
+    assert len(fake.cdn_requests) == 1
+
+
+async def test_a_variation_of_a_posted_picture_that_comes_back_damaged_is_refused_once(
+        fake, bot, start_worker, redis):
+    await start_worker()
+    first = await finished(fake, await pony_image(fake, picture(64, 64)))
+    posted = first.attachments[0]
+    posted.served = truncated(posted.data)
+    vary = next(c["custom_id"] for row in first.components for c in row["components"]
+                if c["custom_id"].startswith("pony:vary:"))
+
+    itx = await fake.click(first.id, vary, user_id=USER_ID)
+    await itx.wait_response(timeout=5)
+    job_id = queued_job_id(itx)
+
+    assert await until_finished(redis, [job_id]) == [JobStatus.DEAD]
+    assert "image 1 could not be read back: the picture is damaged or cut off" in \
+        itx.original.content
+    state = await QueueView(redis, Keys()).state(job_id)
+    assert state is not None and state.attempts == 1
+    assert fake.cdn_requests.count(posted.url.removeprefix(fake.base_url)) == 1
+
+
+async def test_a_cancel_stops_an_uploads_decode_as_it_stops_sampling(fake, bot, redis, settings):
+    import threading
+
+    from inference.progress import SamplingCancelled
+    from inference.sources import fetch_upload
+
+    itx = await pony_image(fake, picture(256, 256))
+    job = await QueueView(redis, Keys()).job(queued_job_id(itx))
+    assert job is not None
+    cancelled = threading.Event()
+    cancelled.set()
+
+    with pytest.raises(SamplingCancelled):
+        await fetch_upload(job, settings.config.uploads, cancelled=cancelled)
+    assert len(fake.cdn_requests) == 1
+
+
 async def test_the_worker_enforces_its_own_size_limit(fake, bot, settings, start_worker, redis):
     itx = await command(fake, "upscale", image=("art.png", picture(64, 64)))
     job_id = queued_job_id(itx)
@@ -375,7 +451,7 @@ def test_the_bot_process_imports_no_ml_stack_for_uploads_or_parameters():
     import sys
 
     code = ("import sys, bot.app, cogs.pony, cogs.upscale, cogs.parameters, bot.uploads, "
-            "bot.drawable, ponybot_core.downloads, ponybot_core.image_parameters\n"
+            "ponybot_request.drawable, ponybot_core.downloads, ponybot_core.image_parameters\n"
             "print(','.join(m for m in ('torch', 'diffusers', 'transformers', 'spandrel') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -9,11 +9,12 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from ponybot_core.config import CANCELLED_TTL_S, DEAD_TTL_S
 from ponybot_core.job import Job
 from ponybot_core.keys import WORKER_GROUP, Keys
 from ponybot_core.queue.delivery import Delivery, Outcome
 from ponybot_core.queue.scripts import Scripts
-from ponybot_core.queue.state import JobStatus, kept_on_takeover
+from ponybot_core.queue.state import JobStatus, Lifetimes, kept_on_takeover
 from ponybot_core.queue.views import QueueView, text
 
 # How many servers the take script looks at to find a job for a loaded model.
@@ -22,13 +23,14 @@ RING_LOOKAHEAD = 64
 
 class Consumer:
     def __init__(self, redis: Redis, keys: Keys, name: str, *, lease_s: float,
-                 result_ttl_s: int) -> None:
+                 result_ttl_s: int, cancelled_ttl_s: int = CANCELLED_TTL_S,
+                 dead_ttl_s: int = DEAD_TTL_S) -> None:
         self.redis = redis
         self.keys = keys
         self.name = name
         self.group = WORKER_GROUP
         self.lease_s = lease_s
-        self.result_ttl_s = result_ttl_s
+        self.lifetimes = Lifetimes(result_ttl_s, cancelled_ttl_s, dead_ttl_s)
         self.scripts = Scripts(redis)
         self.view = QueueView(redis, keys)
 

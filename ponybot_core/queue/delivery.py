@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ponybot_core.hires import work_units
 from ponybot_core.job import Job
-from ponybot_core.queue.state import JobStatus, sources
+from ponybot_core.queue.state import FINAL, JobStatus, sources
 from ponybot_core.queue.views import text
 
 if TYPE_CHECKING:
@@ -116,8 +116,10 @@ class Delivery:
         k = c.keys
         flat = [item for pair in fields.items() for item in pair]
         reply = await c.scripts.transition(
-            keys=[k.job(self.job_id), k.stream, k.ring, k.paused, k.dead, k.durations],
-            args=[c.group, self.lease, target.value, sources(target), effect, c.result_ttl_s,
+            keys=[k.job(self.job_id), k.stream, k.ring, k.paused, k.dead, k.durations,
+                  k.token(self.job_id)],
+            args=[c.group, self.lease, target.value, sources(target), effect,
+                  c.lifetimes.of(target) if target in FINAL else "",
                   dead_reason, DEAD_LETTERS_KEPT,
                   "" if worker_seconds is None else f"{worker_seconds:.3f}", *flat],
         )  # fmt: skip

@@ -1,5 +1,6 @@
 """The bot's side of the queue: enqueue (with positions and the per-user cap), record the
-message that shows a job, edit a job that waits, cancel, clear, pause and resume."""
+message that shows a job, edit a job that waits, cancel, clear, pause and resume, and forget
+a server the bot left."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from ponybot_core.config import CANCELLED_TTL_S, DEAD_TTL_S
 from ponybot_core.job import INTERACTION_TOKEN_TTL_S, Job
 from ponybot_core.keys import Keys
 from ponybot_core.queue.scripts import Scripts
-from ponybot_core.queue.state import EDITABLE, JobStatus, sources
+from ponybot_core.queue.state import EDITABLE, JobStatus, Lifetimes, sources
 from ponybot_core.queue.views import text
 
 GLOBAL = "*"
@@ -50,10 +52,11 @@ class Edited:
 
 
 class Producer:
-    def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: int,
+                 cancelled_ttl_s: int = CANCELLED_TTL_S, dead_ttl_s: int = DEAD_TTL_S) -> None:
         self.redis = redis
         self.keys = keys
-        self.result_ttl_s = result_ttl_s
+        self.lifetimes = Lifetimes(result_ttl_s, cancelled_ttl_s, dead_ttl_s)
         self.scripts = Scripts(redis)
 
     async def enqueue(self, job: Job, *, user_limit: int | None = None) -> Enqueued:
@@ -96,8 +99,8 @@ class Producer:
     async def cancel(self, job_id: str) -> Cancelled:
         """Remove a queued job, or ask its worker to stop a running one at the next step."""
         was, job_json, message, *token = await self.scripts.cancel(
-            keys=[self.keys.job(job_id), self.keys.ring],
-            args=[self.result_ttl_s, sources(JobStatus.CANCELLED)],
+            keys=[self.keys.job(job_id), self.keys.ring, self.keys.token(job_id)],
+            args=[self.lifetimes.cancelled_s, sources(JobStatus.CANCELLED)],
         )
         job = Job.from_json(job_json).model_copy(
             update={"interaction_token": text(token[0]) if token else ""}) if job_json else None
@@ -128,3 +131,14 @@ class Producer:
         member = GLOBAL if guild_id is None else str(guild_id)
         await self.scripts.resume(keys=[self.keys.paused, self.keys.ring, self.keys.wake,
                                         self.keys.waiting(guild_id or 0)], args=[member])
+
+    async def forget_server(self, guild_id: int) -> list[Cancelled]:
+        """The bot was removed from the server: its pause goes, and so do its waiting jobs if
+        it was paused (no one there can resume it now, so they could never run). A server
+        that was not paused keeps its waiting jobs: they run like any other."""
+        if not await self.redis.sismember(self.keys.paused, str(guild_id)):
+            return []
+        cancelled = await self.clear(guild_id)
+        # A job given back meanwhile is not stuck behind a pause nobody can lift: it runs.
+        await self.resume(guild_id)
+        return cancelled

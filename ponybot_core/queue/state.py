@@ -16,11 +16,13 @@ while its server is paused). Nothing outside `ponybot_core.queue` reads a job ha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from ponybot_core.config import CANCELLED_TTL_S, DEAD_TTL_S
 from ponybot_core.job import Job
 
 
@@ -49,6 +51,23 @@ FINAL = frozenset(s for s, moves in LEGAL.items() if not moves)
 # The one status in which a job's parameters may still change (✏️ Edit on a queued message,
 # lua/edit.lua): not a move, the status stays; once taken, a worker draws what it read.
 EDITABLE = JobStatus.QUEUED
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long a finished job's keys (its hash and its token key) stay in Redis, by how it
+    ended. A posted job's result buttons read its hash for days; a job that ended without a
+    result only answers "already cancelled" a while; a dead one waits a few days for the admin.
+    A job that has not ended has no TTL: it is live state, and every end sets one."""
+
+    posted_s: int
+    cancelled_s: int = CANCELLED_TTL_S
+    dead_s: int = DEAD_TTL_S
+
+    def of(self, status: JobStatus) -> int:
+        """The lifetime of a job that ended in `status` (one of FINAL)."""
+        return {JobStatus.POSTED: self.posted_s, JobStatus.CANCELLED: self.cancelled_s,
+                JobStatus.DEAD: self.dead_s}[status]
 
 
 def sources(target: JobStatus) -> str:

@@ -2,7 +2,9 @@
 
 Tests build it with ``add_guild`` / ``add_channel`` / ``add_user`` before or after the bot
 connects; a connected bot hears about additions as GUILD_CREATE / CHANNEL_CREATE /
-CHANNEL_UPDATE, like a bot added to a server. (Not to be confused with
+CHANNEL_UPDATE, like a bot added to a server, and about ``remove_guild`` / ``remove_channel`` /
+``remove_thread`` as GUILD_DELETE (the bot was removed, not an outage) / CHANNEL_DELETE /
+THREAD_DELETE. (Not to be confused with
 ``ponybot_testkit.world``, the ids and config the whole test suite shares.)
 """
 
@@ -69,6 +71,32 @@ class WorldSetup:
         self.channels[cid] = ch
         event = "CHANNEL_UPDATE" if existing else "CHANNEL_CREATE"
         self._broadcast(event, self._channel_json(ch), INTENT_GUILDS)
+
+    def remove_guild(self, guild_id: int) -> None:
+        """The bot leaves (is kicked from) a guild: it and its channels are gone, and
+        connected bots get GUILD_DELETE without ``unavailable`` (an outage would set it)."""
+        gid = int(guild_id)
+        if self.guilds.pop(gid, None) is None:
+            raise ValueError(f"unknown guild {gid}")
+        for cid in [c.id for c in self.channels.values() if c.guild_id == gid]:
+            del self.channels[cid]
+        self._broadcast("GUILD_DELETE", {"id": str(gid)}, INTENT_GUILDS)
+
+    def remove_channel(self, channel_id: int) -> None:
+        """A guild channel is deleted; connected bots get CHANNEL_DELETE."""
+        ch = self.channels.pop(int(channel_id), None)
+        if ch is None or ch.guild_id is None:
+            raise ValueError(f"unknown guild channel {channel_id}")
+        self._broadcast("CHANNEL_DELETE", self._channel_json(ch), INTENT_GUILDS)
+
+    def remove_thread(self, guild_id: int, thread_id: int, parent_id: int) -> None:
+        """A thread is deleted; connected bots get THREAD_DELETE. (The fake keeps no threads:
+        the event carries what Discord's does, ids and the public-thread type.)"""
+        if int(guild_id) not in self.guilds:
+            raise ValueError(f"unknown guild {guild_id}")
+        self._broadcast("THREAD_DELETE", {"id": str(int(thread_id)), "guild_id": str(int(guild_id)),
+                                          "parent_id": str(int(parent_id)), "type": 11},
+                        INTENT_GUILDS)
 
     def add_user(self, user_id: int, name: str | None = None, *, bot: bool = False) -> None:
         """Register a user (unknown users are created on the fly by invoke/click)."""

@@ -1,10 +1,14 @@
 -- Move a job from one status to another, if the caller still holds it and the move is legal
 -- (the table of legal moves is `ponybot_core.queue.state.LEGAL`; the caller passes its part).
--- KEYS: 1 job hash, 2 stream, 3 ring, 4 paused set, 5 dead-letter stream, 6 durations list
+-- An ending gives every key of the job (hash, token key) the lifetime of that ending in the
+-- same step (`ponybot_core.queue.state.Lifetimes`): nothing of a finished job lives for ever.
+-- KEYS: 1 job hash, 2 stream, 3 ring, 4 paused set, 5 dead-letter stream, 6 durations list,
+--       7 the job's token key
 -- ARGV: 1 group, 2 lease ('' = the holder is not checked), 3 new status,
 --       4 statuses it may come from (comma-separated), 5 effect: '' | 'end' | 'requeue',
---       6 ttl of a finished job (s), 7 dead-letter reason ('' = none), 8 dead-letter max
---       length, 9 worker seconds ('' = none), 10.. field, value pairs to set
+--       6 lifetime of the job after this ending (s; with 'end'), 7 dead-letter reason
+--       ('' = none), 8 dead-letter max length, 9 worker seconds ('' = none),
+--       10.. field, value pairs to set
 -- Returns {'ok' | 'same' | 'lost' | 'illegal' | 'gone', status before}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'gone', ''} end
@@ -30,7 +34,11 @@ if entry and (ARGV[5] == 'end' or ARGV[5] == 'requeue') then
 end
 if ARGV[5] == 'end' then
   redis.call('SREM', redis.call('HGET', KEYS[1], 'user_set'), id)
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+  local ttl = tonumber(ARGV[6])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  -- Never lengthen the token's own (Discord's 15 minutes); Redis 6.2 has no EXPIRE ... LT.
+  local left = redis.call('TTL', KEYS[7])
+  if left == -1 or left > ttl then redis.call('EXPIRE', KEYS[7], ttl) end
 elseif ARGV[5] == 'requeue' then
   -- Back to the front of its server's list: it has waited longest. Nobody holds it now.
   local w = redis.call('HGET', KEYS[1], 'waiting')

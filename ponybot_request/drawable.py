@@ -2,15 +2,21 @@
 again: **Draw this** under the Parameters menu's answer.
 
 Only pictures made with one of this bot's models can be drawn again: their prompt is already in
-that model's caption language, so it is drawn as written (checked by bot.policy at the click,
-like every button's caption). What this bot cannot do as written is brought within its limits
-and said in a note (steps or CFG out of range, a sampler or size it does not offer); the seed
-is kept, so with the same model, size and sampler it is the same picture.
+that model's caption language, so it is drawn as written, through the channel's policy like
+every job (ponybot_request.policy.apply, in build_job: outside age-restricted channels a
+`suggestive` caption is drawn `safe`, with the channel's negative tags). What this bot cannot
+do as written is brought within its limits and said in a note (steps or CFG out of range, a
+sampler or size it does not offer); the seed is kept, so with the same model, size and sampler
+it is the same picture.
+
+The parameters wait in Redis for the button (`keys.drawable`) under `drawable_id`, a digest of
+the parameters themselves: however often the menu is used on a picture (or on copies of it),
+it keeps one key.
 """
 
 from __future__ import annotations
 
-import secrets
+import hashlib
 from typing import Any
 
 from ponybot_core.config import Config, ModelEntry
@@ -38,9 +44,15 @@ def why_not_drawable(parsed: A1111Parameters, config: Config) -> str | None:
     return None
 
 
+def drawable_id(parsed: A1111Parameters) -> str:
+    """The id the parameters are kept under: the same for the same parameters (32 hex
+    digits, what a button's custom_id may carry)."""
+    return hashlib.sha256(parsed.model_dump_json().encode()).hexdigest()[:32]
+
+
 def drawing_fields(parsed: A1111Parameters, config: Config) -> tuple[dict[str, Any], list[str]]:
-    """The Job fields (all but where the request came from) and the notes for the user.
-    Call only when `why_not_drawable` is None."""
+    """The Job fields (all but where the request came from; `seed` None when the picture's
+    cannot be used) and the notes for the user. Call only when `why_not_drawable` is None."""
     entry = our_model(config, parsed.model)
     assert entry is not None, "why_not_drawable said it is drawable"
     limits, defaults = config.limits, config.defaults
@@ -71,8 +83,7 @@ def drawing_fields(parsed: A1111Parameters, config: Config) -> tuple[dict[str, A
         "tags": parsed.prompt,
         "prompt": parsed.prompt,
         "negative_prompt": parsed.negative_prompt,
-        "seed": parsed.seed if seeded else secrets.randbelow(MAX_SEED),
-        "seeded": seeded,
+        "seed": parsed.seed if seeded else None,
         "steps": steps,
         "cfg": cfg,
         "sampler": sampler,

@@ -6,7 +6,6 @@ anything, so these checks are the truth; each failure names the option and the a
 
 from __future__ import annotations
 
-from discord import app_commands
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -16,9 +15,9 @@ from pydantic import (
     model_validator,
 )
 
-from bot.errors import UserFacingError
 from ponybot_core.config import Config, Limits, Sampler, Size
 from ponybot_core.job import MAX_SEED
+from ponybot_request.errors import UserFacingError
 
 
 class PonyOptions(BaseModel):
@@ -91,7 +90,8 @@ def out_of_limits(limits: Limits, *, steps: int | None, cfg: float | None, count
 
 
 class Generation(BaseModel):
-    """The sampling parameters once every layer of defaults is applied (`bot.resolution`)."""
+    """The sampling parameters once every layer of defaults is applied
+    (`ponybot_request.resolution`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -106,14 +106,6 @@ class Generation(BaseModel):
 
 def _config(info: ValidationInfo) -> Config:
     assert info.context is not None, "PonyOptions.parse passes the config"
-    return info.context["config"]
+    config: Config = info.context["config"]
+    return config
 
-
-def model_choices(config: Config, current: str) -> list[app_commands.Choice[str]]:
-    """Registry entries whose id or name contains what the user typed (Discord shows 25)."""
-    needle = current.casefold().strip()
-    return [
-        app_commands.Choice(name=f"{m.name} ({m.id})"[:100], value=m.id)
-        for m in config.models
-        if needle in m.id.casefold() or needle in m.name.casefold()
-    ][:25]

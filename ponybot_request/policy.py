@@ -16,28 +16,74 @@ Outside age-restricted channels a caption is refused if a piece contains `questi
 tag refuses a caption that has its words in a row, or a piece that squashes to it, in any
 caption language the bot knows: each configured model's spelling of it counts
 (`twilight sparkle` blocked also blocks V1's `twilight`, `artist:x` also `by=x`).
+
+`apply` is what every job goes through (`ponybot_request.jobs.build_job`), whatever wrote its
+caption: `/pony`'s own rendering, an earlier job (the buttons), a picture's parameters (Draw
+this). Outside age-restricted channels it first makes the caption one such a channel draws
+(`tags.for_all_ages`: the rating `safe`, the model's `sfw_negative_tags` out of the caption and
+into the negative prompt), then checks it as above. A caption `/pony` rendered for the channel
+already is left exactly as it is.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-import discord
-
-from bot.errors import UserFacingError
-from bot.tags import Rating, config_tag, fold, squash, write_tag
-from ponybot_core.config import Config
+from ponybot_core.config import Config, ModelEntry
+from ponybot_request.errors import UserFacingError
+from ponybot_request.tags import (
+    Rating,
+    caption_tags,
+    config_tag,
+    fold,
+    for_all_ages,
+    squash,
+    write_tag,
+)
 
 REFUSED_OUTSIDE_AGE_RESTRICTED = (Rating.QUESTIONABLE, Rating.EXPLICIT)
 _WORD = re.compile(r"[^\W_]+")
 
 
-def is_age_restricted(interaction: discord.Interaction) -> bool:
-    """Whether the channel the interaction came from is age-restricted (NSFW); DMs are not."""
-    channel = interaction.channel
-    is_nsfw = getattr(channel, "is_nsfw", None)
-    return bool(is_nsfw()) if callable(is_nsfw) else False
+@dataclass(frozen=True)
+class Allowed:
+    """A caption and negative prompt as this channel draws them, and what the user should know."""
+
+    positive: str
+    negative: str
+    notes: tuple[str, ...] = ()
+
+
+def apply(
+    caption: str,
+    negative: str,
+    *,
+    model: ModelEntry,
+    config: Config,
+    age_restricted: bool,
+    blocked_tags: Iterable[str] = (),
+    earlier: str | None = None,
+) -> Allowed:
+    """The caption made what this channel draws, then checked (`check_caption`); raises
+    UserFacingError when it may not be drawn here (module docstring)."""
+    notes: list[str] = []
+    if not age_restricted:
+        profile = model.caption
+        written = caption_tags(caption, profile)
+        kept, notes = for_all_ages(written, profile)
+        if kept != written:
+            caption = profile.separator.join(kept)
+        have = {squash(t) for t in caption_tags(negative, profile)}
+        missing = _dedupe(w for w in (write_tag(config_tag(t), profile)
+                                      for t in profile.sfw_negative_tags)
+                          if squash(w) not in have)
+        if missing:
+            negative = profile.separator.join([*filter(None, [negative.strip()]), *missing])
+    check_caption(caption, config=config, age_restricted=age_restricted,
+                  blocked_tags=blocked_tags, earlier=earlier)
+    return Allowed(caption, negative, tuple(notes))
 
 
 def check_caption(

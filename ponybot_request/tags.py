@@ -4,7 +4,8 @@ training captions were written.
     parse_tags(text, profile=...)  ->  TagPrompt        derpibooru's own spelling, in typed order
     render(prompt, model, ...)     ->  RenderedPrompt   the caption the model sees, with notes
 
-What a channel or a server allows is bot/policy.py's job, checked on the rendered caption.
+What a channel or a server refuses is ponybot_request/policy.py's job, checked on the rendered
+caption.
 
 Canonical form is how derpibooru, and so the training metadata, spells tags: `oc only`,
 `artist:lulubell`, `oc:kindle` (the metadata example in Lun's training notes, LunNova/Blog
@@ -32,7 +33,8 @@ tell the user which tags changed. Decisions (tests/test_tags.py spells each one 
   first (rating, then score), where CLIP's 75-token window never cuts it.
 - Ratings: at most one; when several are given the most explicit wins, so policy judges the
   riskiest thing asked for. Outside age-restricted channels `suggestive` becomes `safe` and a
-  missing rating is `safe`; `questionable`/`explicit` are left for bot/policy.py to refuse.
+  missing rating is `safe`; `questionable`/`explicit` are left for ponybot_request/policy.py
+  to refuse.
 - A tag both wanted and negative is kept as a negative only.
 """
 
@@ -46,8 +48,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from bot import clip_tokens
 from ponybot_core.config import CaptionProfile, Limits, LongPrompts, ModelEntry
+from ponybot_request import clip_tokens
 
 # Discord caps an option at 6000 characters; anything longer is not a real prompt.
 MAX_INPUT_CHARS = 10_000
@@ -322,31 +324,61 @@ def write_tag(tag: str, profile: CaptionProfile) -> str:
 
 
 def caption_tags(caption: str, profile: CaptionProfile) -> list[str]:
-    """A rendered caption back into its tags."""
-    if not caption:
-        return []
-    parts = caption.split() if profile.splits_on_spaces else caption.split(profile.separator)
-    return [p for p in parts if p]
+    """A caption back into its tags, as the model's captions separate them: by spaces, or by
+    commas whatever the spaces around them (a picture's parameters may say `a,b`)."""
+    if profile.splits_on_spaces:
+        return caption.split()
+    if "," in profile.separator:
+        return [t.strip() for t in caption.split(",") if t.strip()]
+    return [t for t in caption.split(profile.separator) if t]
+
+
+def for_all_ages(tags: Sequence[str], profile: CaptionProfile) -> tuple[list[str], list[str]]:
+    """Wanted tags as a channel that is not age-restricted draws them, and what to tell the
+    user: the rating is `safe` (`suggestive` becomes it; with no rating it is put first) and
+    the profile's `sfw_negative_tags` are left out. `questionable` and `explicit` stay, for
+    ponybot_request/policy.py to refuse. Reads canonical tags and a finished caption's written
+    ones alike, each by its letters: `Rating: Suggestive!` is `suggestive`."""
+    unwanted = {squash(t) for t in profile.sfw_negative_tags if rating_of(t) is None}
+    kept: list[str] = []
+    gone: list[str] = []
+    rated = made_safe = False
+    for tag in tags:
+        rating = rating_of(tag)
+        if rating is Rating.SUGGESTIVE:
+            tag, rating, made_safe = Rating.SAFE.value, Rating.SAFE, True
+        if rating is None and squash(tag) in unwanted:
+            gone.append(tag)
+            continue
+        rated = rated or rating is not None
+        kept.append(tag)
+    if not rated:
+        kept.insert(0, Rating.SAFE.value)
+    notes = []
+    if made_safe:
+        notes.append("This channel is not age-restricted, so the rating is `safe`.")
+    if gone:
+        notes.append(f"This channel is not age-restricted: left out {_names(gone)}.")
+    return _dedupe(kept), notes
 
 
 def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> RenderedPrompt:
     """Write the prompt the way `model`'s captions were written (its `caption` profile).
 
     Precedence: the user's negatives beat wanted tags (parse_tags); outside age-restricted
-    channels the channel's negatives do too; wanted tags beat the model's default negatives,
+    channels the channel's negatives do too (`for_all_ages`); wanted tags beat the model's
+    default negatives,
     and a typed score tag replaces the model's default one."""
     profile = model.caption
     notes: list[str] = []
     items = list(prompt.items)
 
-    # 1. The rating: what the channel allows is bot/policy.py's; this only spells it.
+    # 1. The rating, and outside age-restricted channels what such a channel allows (the
+    #    refusals are ponybot_request/policy.py's; this only spells what is drawn).
     rating = prompt.rating
     if not age_restricted:
-        if rating is Rating.SUGGESTIVE:
-            items[items.index(rating.value)] = Rating.SAFE.value
-            notes.append("This channel is not age-restricted, so the rating is `safe`.")
-        elif rating is None:
-            items.insert(0, Rating.SAFE.value)
+        items, channel_notes = for_all_ages(items, profile)
+        notes += channel_notes
         if rating in (None, Rating.SUGGESTIVE):
             rating = Rating.SAFE
     unseen_tags = {config_tag(t) for t in profile.unseen_tags}
@@ -379,15 +411,7 @@ def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> Ren
     if not scores and score_tag and score_tag not in prompt.negatives:
         items.insert(1 if items and items[0] in _RATINGS else 0, score_tag)
 
-    # 4. Outside age-restricted channels the channel's negatives beat wanted tags.
-    channel_negatives = [] if age_restricted else [config_tag(t) for t in profile.sfw_negative_tags]
-    refused = set(channel_negatives) - set(_RATINGS)
-    if refused & set(items):
-        gone = [t for t in items if t in refused]
-        items = [t for t in items if t not in refused]
-        notes.append(f"This channel is not age-restricted: left out {_names(gone)}.")
-
-    # 5. Each tag in the model's words.
+    # 4. Each tag in the model's words.
     written = [(tag, write_tag(tag, profile)) for tag in items]
     positive = _dedupe(w for _, w in written if w)
     rewritten = [
@@ -400,13 +424,14 @@ def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> Ren
         notes.append(f"Written as the model's captions were: {shown}{more}.")
 
     defaults = [config_tag(t) for t in profile.negative_tags]
+    channel_negatives = [] if age_restricted else [config_tag(t) for t in profile.sfw_negative_tags]
     negative = _dedupe(
         w for w in (write_tag(t, profile) for t in [*prompt.negatives, *defaults,
                                                       *channel_negatives])
         if w and w not in positive
     )
 
-    # 6. CLIP's window.
+    # 5. CLIP's window.
     positive, window_note = _fit_window(positive, profile)
     if window_note:
         notes.append(window_note)

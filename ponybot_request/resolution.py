@@ -10,20 +10,63 @@ The most specific layer that says something wins, field by field:
     6. config.toml: `default_model`, `[defaults]`     Layer.CONFIG
 
 The result says which layer gave each value, so the queued message can name the saved
-defaults that applied. `/pony` and `ponybot draw` (no layers) both resolve here; button jobs
-never do: a re-roll re-uses its original job's parameters.
+defaults that applied. `/pony` and `ponybot draw` (no layers) both resolve here, through
+`ponybot_request.jobs.build_job`; button jobs never do: a re-roll re-uses its original job's
+parameters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, Protocol, get_args
 
-from bot import guild_settings
-from bot.defaults import NO_LAYERS, SETTINGS, Defaults, Layers, Setting
-from bot.options import Generation, PonyOptions
 from ponybot_core.config import Config, ModelEntry, Size
+from ponybot_request.options import Generation, PonyOptions
+
+Setting = Literal["model", "size", "steps", "cfg", "count", "negative", "upscale"]
+# The `/pony` options a user or a channel can save (`/settings`), in the order they are shown.
+SETTINGS: tuple[Setting, ...] = get_args(Setting)
+
+
+class SavedOptions(Protocol):
+    """One user's or one channel's saved options (`bot.defaults.Defaults`): one per name in
+    SETTINGS, None where nothing is saved."""
+
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def size(self) -> str | None: ...
+    @property
+    def steps(self) -> int | None: ...
+    @property
+    def cfg(self) -> float | None: ...
+    @property
+    def count(self) -> int | None: ...
+    @property
+    def negative(self) -> str | None: ...
+    @property
+    def upscale(self) -> bool | None: ...
+
+
+class ServerChoice(Protocol):
+    """The server's own settings (`bot.guild_settings.GuildSettings`), as far as defaults go."""
+
+    def configured_model(self, config: Config) -> str | None: ...
+
+
+class Saved(Protocol):
+    """Everything saved that applies to one request (`bot.defaults.Layers`, read in one
+    round trip): read here by its shape, so this package needs nothing of the bot's stores."""
+
+    @property
+    def user(self) -> SavedOptions: ...
+    @property
+    def channel(self) -> SavedOptions: ...
+    @property
+    def server(self) -> ServerChoice: ...
+    @property
+    def notes(self) -> tuple[str, ...]: ...
 
 
 class Layer(StrEnum):
@@ -47,14 +90,14 @@ class Resolved:
 
     model: ModelEntry
     # The command's options with the resolved model and negative tags in: what the caption
-    # is written from (`bot.prompting.render_prompt`).
+    # is written from (`ponybot_request.prompting.render_prompt`).
     options: PonyOptions
     size: Size
     upscale: bool
     generation: Generation
-    # Every setting in `bot.defaults.SETTINGS`, and `sampler`.
+    # Every setting in SETTINGS, and `sampler`.
     sources: dict[str, Layer]
-    # Saved values that no longer pass today's checks (`Layers.notes`).
+    # Saved values that no longer pass today's checks (`Saved.notes`).
     ignored: tuple[str, ...] = ()
 
     def saved_from(self, layer: Layer) -> list[Setting]:
@@ -82,17 +125,22 @@ class Resolved:
         }[name]
 
 
-def resolve(options: PonyOptions, config: Config, layers: Layers = NO_LAYERS, *,
+def resolve(options: PonyOptions, config: Config, saved: Saved | None = None, *,
             upscale: bool | None = None) -> Resolved:
-    """Apply the layers to one request. `options` and every layer were checked already
-    (`PonyOptions.parse`, `bot.defaults.from_hash`); `upscale` is the command's option."""
-    given = Defaults(model=options.model, size=options.size, steps=options.steps,
-                     cfg=options.cfg, count=options.count, negative=options.negative or None,
-                     upscale=upscale)
-    people = ((Layer.OPTION, given), (Layer.USER, layers.user), (Layer.CHANNEL, layers.channel))
+    """Apply the layers to one request. `options` and every saved layer were checked already
+    (`PonyOptions.parse`, `bot.defaults.from_hash`); `upscale` is the command's option; None
+    for `saved` is nobody's saved settings (`ponybot draw`)."""
+    given = {"model": options.model, "size": options.size, "steps": options.steps,
+             "cfg": options.cfg, "count": options.count, "negative": options.negative or None,
+             "upscale": upscale}
+    people: list[tuple[Layer, SavedOptions]] = []
+    if saved is not None:
+        people = [(Layer.USER, saved.user), (Layer.CHANNEL, saved.channel)]
 
     def said(name: Setting) -> tuple[Any, Layer] | None:
         """Layers 1-3: the most specific value someone gave for `name`."""
+        if given[name] is not None:
+            return given[name], Layer.OPTION
         return next(((getattr(d, name), layer) for layer, d in people
                      if getattr(d, name) is not None), None)
 
@@ -104,9 +152,10 @@ def resolve(options: PonyOptions, config: Config, layers: Layers = NO_LAYERS, *,
     sources: dict[str, Layer] = {}
     # The model first: its own sampling sits below everyone's choices.
     requested = said("model")
-    model = guild_settings.model_for(config, layers.server, requested and requested[0])
+    server_model = saved.server.configured_model(config) if saved is not None else None
+    model = config.model(requested[0] if requested else server_model or config.default_model)
     sources["model"] = requested[1] if requested else (
-        Layer.SERVER if layers.server.configured_model(config) else Layer.CONFIG)
+        Layer.SERVER if server_model else Layer.CONFIG)
     steps, sources["steps"] = said("steps") or below(model.steps, config.defaults.steps)
     cfg, sources["cfg"] = said("cfg") or below(model.cfg, config.defaults.cfg)
     sampler, sources["sampler"] = below(model.sampler, config.defaults.sampler)
@@ -123,5 +172,5 @@ def resolve(options: PonyOptions, config: Config, layers: Layers = NO_LAYERS, *,
         generation=Generation(seed=options.seed, steps=steps, cfg=cfg, sampler=sampler,
                               count=count, width=dims.width, height=dims.height),
         sources=sources,
-        ignored=layers.notes,
+        ignored=saved.notes if saved is not None else (),
     )

@@ -1,0 +1,340 @@
+"""One way to build a job (ponybot_request/jobs.py): every entry point calls `build_job`, nothing
+else makes a Job or draws a seed, and whatever the entry point, the caption it queues in a
+channel that is not age-restricted is one such a channel draws: rated `safe`, nothing explicit
+or questionable, the model's channel negatives in the negative prompt, the server's blocked
+tags refused. Hypothesis generates the tag lists, ratings in every spelling among them."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ponybot_core.config import Config, ModelEntry, Secrets, Settings, UpscalerEntry, load_config
+from ponybot_core.image_parameters import A1111Parameters
+from ponybot_core.job import Job, JobKind, UploadedImage
+from ponybot_request.errors import UserFacingError
+from ponybot_request.jobs import (
+    Channel,
+    DrawThisRequest,
+    EditRequest,
+    FromResult,
+    PonyRequest,
+    Request,
+    Requester,
+    UpscaleRequest,
+    build_job,
+)
+from ponybot_request.options import PonyOptions
+from ponybot_request.tags import Rating, caption_tags, config_tag, rating_of, squash, write_tag
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = load_config(ROOT / "config.toml")
+# With an upscaler, so that U and `upscale` build jobs instead of being refused for want of one.
+CONFIG = Config.model_validate({**SHIPPED.model_dump(), "upscalers": [
+    UpscalerEntry(id="x4", name="x4", path=Path("x4.pth")).model_dump()]})
+MODELS = [CONFIG.model(i) for i in ("pony-diffusion", "v1", "v2")]
+BY = Requester(user_id=5, application_id=1, interaction_id=2, interaction_token="tok")
+GUILD, CHANNEL = 3, 4
+BLOCKED = "balloons"
+
+
+def channel(*, age_restricted: bool = False, blocked: tuple[str, ...] = ()) -> Channel:
+    return Channel(guild_id=GUILD, channel_id=CHANNEL, age_restricted=age_restricted,
+                   blocked_tags=blocked)
+
+
+def earlier_job(caption: str, model: ModelEntry, negative: str = "") -> Job:
+    """A job drawn earlier in this channel (perhaps while it was age-restricted)."""
+    return Job(application_id=1, interaction_id=9, guild_id=GUILD, channel_id=CHANNEL,
+               user_id=BY.user_id, model_id=model.id, tags=caption, prompt=caption,
+               negative_prompt=negative, seed=7, steps=25, cfg=7.0,
+               sampler=CONFIG.defaults.sampler, width=512, height=512, count=2)
+
+
+def cli_job(text: str, model: ModelEntry, here: Channel) -> Job:
+    """`ponybot draw` (ponybot_cli/draw.py), which knows only `--nsfw` of channels."""
+    from ponybot_cli.draw import job_for
+
+    args = argparse.Namespace(tags=text, negative=None, seed=None, steps=None, cfg=None,
+                              count=None, size=None, model=model.id, upscale=False,
+                              nsfw=here.age_restricted)
+    settings = Settings(config=CONFIG, secrets=Secrets(), path=ROOT / "config.toml")
+    return job_for(settings, args)[0]
+
+
+# Each entry point as the request it makes from `text`, what the user typed or what an earlier
+# caption said (the Parameters menu reads a picture's; a button re-uses its job's).
+EntryPoint = Callable[[str, ModelEntry], Request]
+ENTRY_POINTS: dict[str, EntryPoint] = {
+    "/pony": lambda text, model: PonyRequest(
+        by=BY, options=PonyOptions.parse(CONFIG, tags=text, model=model.id)),
+    "🔁 re-roll": lambda text, model: FromResult(kind="reroll", by=BY,
+                                                source=earlier_job(text, model)),
+    "U1": lambda text, model: FromResult(kind="upscale", by=BY, source=earlier_job(text, model),
+                                         index=0),
+    "V2": lambda text, model: FromResult(kind="vary", by=BY, source=earlier_job(text, model),
+                                         index=1),
+    "⬆️ hires": lambda text, model: FromResult(kind="hires", by=BY,
+                                              source=earlier_job(text, model)),
+    "✏️ edit under a result": lambda text, model: EditRequest(
+        by=BY, source=earlier_job("pony", model), form=PonyOptions.parse(CONFIG, tags=text)),
+    "✏️ edit of a queued job": lambda text, model: EditRequest(
+        by=BY, source=earlier_job("pony", model), form=PonyOptions.parse(CONFIG, tags=text),
+        in_place=True),
+    "Draw this": lambda text, model: DrawThisRequest(
+        by=BY, parameters=A1111Parameters(prompt=text, negative_prompt="lowres",
+                                          model=model.name)),
+}
+ALL_ENTRY_POINTS = [*ENTRY_POINTS, "ponybot draw"]
+
+
+def job_from(entry_point: str, text: str, model: ModelEntry, here: Channel) -> Job:
+    if entry_point == "ponybot draw":
+        return cli_job(text, model, here)
+    request = ENTRY_POINTS[entry_point](text, model)
+    return build_job(request, here, None, config=CONFIG).job
+
+
+# --- what the policy promises ------------------------------------------------------------------
+
+REFUSED = ("explicit", "questionable")
+# A refused rating's letters with anything but spaces and commas between them.
+SPELLED_REFUSED = re.compile("|".join("[^\\s,]*".join(word) for word in REFUSED))
+
+
+def assert_for_all_ages(job: Job, model: ModelEntry, blocked: tuple[str, ...]) -> None:
+    """The caption is one a channel that is not age-restricted draws (module docstring)."""
+    profile = model.caption
+    tags = caption_tags(job.prompt, profile)
+    ratings = [rating_of(t) for t in tags]
+    assert Rating.SAFE in ratings, job.prompt
+    assert set(ratings) <= {None, Rating.SAFE}, job.prompt
+    assert not SPELLED_REFUSED.search(job.prompt.lower()), job.prompt
+    written = {squash(t) for t in tags}
+    negatives = {squash(t) for t in caption_tags(job.negative_prompt, profile)}
+    for tag in profile.sfw_negative_tags:
+        spelled = squash(write_tag(config_tag(tag), profile))
+        assert spelled in negatives, (tag, job.negative_prompt)
+        assert spelled not in written or rating_of(tag) is not None, (tag, job.prompt)
+    for tag in blocked:
+        assert squash(tag) not in written, job.prompt
+
+
+# --- the property ------------------------------------------------------------------------------
+
+punctuation = st.sampled_from(list(".!?-*()[]{}'\"/\\:;=+~^%$#@&|<>`_"))
+
+
+@st.composite
+def spelled(draw: st.DrawFn, words: tuple[str, ...]) -> str:
+    """A rating (or a channel negative) as someone might type it or a picture carry it: any
+    case, punctuation in and around it, a `rating` namespace in any spelling."""
+    word = draw(st.sampled_from(words))
+    letters = [c.upper() if draw(st.booleans()) else c for c in word]
+    out = "".join(c + "".join(draw(st.lists(punctuation, max_size=1))) for c in letters)
+    prefix = draw(st.sampled_from(["", "rating:", "rating=", "Rating: ", "rating_", "-"]))
+    return prefix + out + "".join(draw(st.lists(punctuation, max_size=2)))
+
+
+FILLER = ["solo", "pony", "twilight sparkle", "artist:pierogarts", "oc:nebula", "looking_at_you",
+          "scr800", "unicorn", "pinkie pie", BLOCKED, "safe", "suggestive", "nudity",
+          "rating:suggestive", "Rating: Explicit"]
+tag_lists = st.lists(
+    st.one_of(st.sampled_from(FILLER),
+              spelled(("safe", "suggestive", "questionable", "explicit", "nudity"))),
+    min_size=1, max_size=8)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.sampled_from(ALL_ENTRY_POINTS), tag_lists, st.sampled_from([", ", ",", " , ", ",\n"]),
+       st.sampled_from(MODELS), st.sampled_from([(), (BLOCKED,)]))
+def test_every_entry_point_queues_only_what_a_channel_for_all_ages_draws(
+        entry_point, tags, separator, model, blocked):
+    text = separator.join(tags)
+    if entry_point == "ponybot draw":
+        blocked = ()  # on the owner's own machine: no server, nothing blocked
+    try:
+        job = job_from(entry_point, text, model, channel(blocked=blocked))
+    except UserFacingError as refusal:
+        said = str(refusal)
+        if "age-restricted" in said:
+            assert any(SPELLED_REFUSED.search(t.lower()) for t in tags), said
+        if "Not allowed on this server" in said:
+            assert blocked and any(BLOCKED in t for t in tags), said
+        return
+    assert_for_all_ages(job, model, blocked)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("entry_point", ALL_ENTRY_POINTS)
+@pytest.mark.parametrize("tags", ["suggestive, pony, solo", "rating:suggestive, pony, solo",
+                                  "Rating: Suggestive!, pony, solo", "pony, nudity, solo"])
+def test_what_issue_16_saw_is_drawn_safe_with_the_channels_negatives(entry_point, tags, model):
+    job = job_from(entry_point, tags, model, channel())
+
+    assert_for_all_ages(job, model, ())
+    assert {"pony", "solo"} <= {squash(t) for t in caption_tags(job.prompt, model.caption)}
+
+
+@pytest.mark.parametrize("entry_point", ALL_ENTRY_POINTS)
+def test_explicit_is_refused_outside_age_restricted_channels_at_every_entry_point(entry_point):
+    with pytest.raises(UserFacingError, match="needs an age-restricted channel"):
+        job_from(entry_point, "Rating: Explicit, pony", MODELS[1], channel())
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)  # `ponybot draw` has no server
+def test_a_blocked_tag_is_refused_at_every_entry_point(entry_point):
+    with pytest.raises(UserFacingError, match="Not allowed on this server"):
+        job_from(entry_point, f"safe, pony, {BLOCKED}", MODELS[1],
+                 channel(blocked=(config_tag(BLOCKED),)))
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(tag_lists, st.sampled_from(MODELS))
+def test_a_caption_written_for_the_channel_is_re_drawn_there_exactly_as_it_is(tags, model):
+    """The policy changes nothing it made already: a /pony job's re-roll, upscale, variation
+    and hires in the same channel keep its caption and negative prompt to the letter."""
+    try:
+        first = job_from("/pony", ", ".join(tags), model, channel())
+    except UserFacingError:
+        return
+    for kind in ("reroll", "upscale", "vary", "hires"):
+        again = build_job(FromResult(kind=kind, by=BY, source=first, index=0), channel(), None,
+                          config=CONFIG).job
+        assert (again.prompt, again.negative_prompt) == (first.prompt, first.negative_prompt)
+
+
+@pytest.mark.parametrize("entry_point", ["🔁 re-roll", "Draw this"])
+def test_age_restricted_channels_draw_an_earlier_caption_as_written(entry_point):
+    caption = "Rating: Suggestive!, pony,solo, nudity"
+    job = job_from(entry_point, caption, MODELS[1], channel(age_restricted=True))
+    assert job.prompt == caption
+
+
+def test_an_upscale_of_an_upload_has_no_caption_to_write():
+    image = UploadedImage(url="https://cdn.discordapp.com/a/b/c.png", filename="c.png",
+                          content_type="image/png", size=10, width=100, height=50)
+    job = build_job(UpscaleRequest(by=BY, image=image), channel(), None, config=CONFIG).job
+    assert (job.kind, job.prompt, job.width, job.height) == (JobKind.UPSCALE, "", 104, 64)
+
+
+def test_a_queued_jobs_edit_is_checked_only_against_the_jobs_own_channel():
+    model = MODELS[1]
+    elsewhere = Channel(guild_id=GUILD, channel_id=CHANNEL + 1, age_restricted=True)
+    request = EditRequest(by=BY, source=earlier_job("pony", model),
+                          form=PonyOptions.parse(CONFIG, tags="explicit, pony"), in_place=True)
+    with pytest.raises(ValueError, match="the job's own channel"):
+        build_job(request, elsewhere, None, config=CONFIG)
+    with pytest.raises(UserFacingError, match="needs an age-restricted channel"):
+        build_job(request, channel(), None, config=CONFIG)
+
+
+def test_the_seed_is_kept_when_given_and_drawn_when_not():
+    asked = build_job(ENTRY_POINTS["/pony"]("pony, seed", MODELS[0]), channel(), None,
+                      config=CONFIG).job
+    given_ = build_job(PonyRequest(by=BY, options=PonyOptions.parse(CONFIG, tags="pony",
+                                                                    seed=42)),
+                       channel(), None, config=CONFIG).job
+    assert (given_.seed, given_.seeded) == (42, True) and not asked.seeded
+    rerolls = {build_job(FromResult(kind="reroll", by=BY, source=given_), channel(), None,
+                         config=CONFIG).job.seed for _ in range(8)}
+    assert len(rerolls) > 1 and all(0 <= s for s in rerolls)
+
+
+# --- every entry point calls build_job ---------------------------------------------------------
+
+PRODUCTION = ["bot", "cogs", "ponybot_cli", "ponybot_core", "ponybot_request"]
+BUILDER = ROOT / "ponybot_request" / "jobs.py"
+# Each way in, by the function Discord (or the command line) calls.
+ENTRY_FUNCTIONS = {
+    ("cogs/pony.py", "pony"): "/pony",
+    ("cogs/results.py", "reroll"): "🔁 Re-roll",
+    ("cogs/results.py", "upscale"): "U<i>",
+    ("cogs/results.py", "vary"): "V<i>",
+    ("cogs/results.py", "hires"): "⬆️ Hires",
+    ("cogs/results.py", "redraw_edited"): "✏️ Edit under a result",
+    ("cogs/edit.py", "edit_in_place"): "✏️ Edit of a queued job",
+    ("cogs/parameters.py", "draw"): "Draw this",
+    ("cogs/upscale.py", "upscale"): "/upscale",
+    ("ponybot_cli/draw.py", "job_for"): "ponybot draw",
+}
+
+
+def _functions(path: Path) -> dict[str, ast.AST]:
+    return {node.name: node for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def _called(node: ast.AST) -> set[str]:
+    names = set()
+    for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+        func = call.func
+        names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+    return names
+
+
+def _reaches_build_job(functions: dict[str, ast.AST], name: str) -> bool:
+    """`name` calls build_job, itself or through functions of its own module."""
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in functions:
+            continue
+        seen.add(current)
+        called = _called(functions[current])
+        if "build_job" in called:
+            return True
+        todo.extend(called)
+    return False
+
+
+@pytest.mark.parametrize(("where", "name"), list(ENTRY_FUNCTIONS),
+                         ids=list(ENTRY_FUNCTIONS.values()))
+def test_every_entry_point_calls_build_job(where, name):
+    functions = _functions(ROOT / where)
+    assert name in functions, f"{where} has no {name}()"
+    assert _reaches_build_job(functions, name), f"{where}:{name} does not call build_job"
+
+
+def test_build_job_is_the_only_place_a_job_is_made_or_a_seed_drawn():
+    """No `Job(...)`, `Job.model_validate(...)`, `secrets.randbelow` or `random` in production
+    code outside ponybot_request/jobs.py. (Reading a stored job back, `Job.from_json`, is not
+    making one, nor is the queue's hollow stand-in for an unreadable one; the worker's warm-up
+    in inference/ never enters the queue.)"""
+    offenders = []
+    for folder in PRODUCTION:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == BUILDER:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                made = (isinstance(func, ast.Name) and func.id == "Job") or (
+                    isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                    and func.value.id == "Job" and func.attr == "model_validate")
+                seeded = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+                    and (func.value.id, func.attr) in {("secrets", "randbelow"),
+                                                       ("random", "randint"),
+                                                       ("random", "randrange")}
+                if made or seeded:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_the_request_package_imports_neither_discord_nor_torch_nor_the_bot():
+    code = ("import sys, ponybot_request.jobs, ponybot_request.clip_tokens\n"
+            "print(','.join(m for m in ('discord', 'torch', 'diffusers', 'transformers', 'bot', "
+            "'cogs', 'inference') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""
