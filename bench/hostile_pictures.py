@@ -3,7 +3,8 @@
 Builds a corpus of hostile pictures (ponybot_testkit.hostile_pictures): the 30 KB PNG whose
 settings line stalled the bot, long EXIF comments in JPEG and WebP, an animated PNG of 1,000
 frames of 4096², compressed-text bombs, thousands of chunks, a WebP declaring a 16384² canvas,
-truncated files, bad EXIF. Each is read by the menu's own reading path
+truncated files, bad EXIF, an EXIF tag of 1.2 million RATIONALs (PNG, WebP, and JPEG split over
+APP1 segments). Each is read by the menu's own reading path
 (`cogs.parameters.read_picture`: find the text without decoding pixels, parse it) in a fresh
 subprocess, which reports its CPU seconds and the growth of its peak RSS (getrusage) around
 the read. Prints one row per picture, then the worst CPU and the worst peak RSS; then, for
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ponybot_core.image_parameters import MAX_CHUNKS, parameters_exif
 from ponybot_testkit import hostile_pictures as hostile
@@ -56,6 +58,12 @@ CORPUS: dict[str, Callable[[], bytes]] = {
     "WebP cut off": lambda: hostile.truncated(hostile.exif_picture("WEBP", THEIRS), 0.5),
     "PNG with a bad checksum": lambda: hostile.with_bad_crc(
         hostile.png_with_text(THEIRS), b"tEXt"),
+    "EXIF tag of 1.2 M RATIONALs, PNG": lambda: hostile.exif_png(
+        hostile.large_tag_exif(9_900_000, parameters=THEIRS)),
+    "EXIF tag of 1.2 M RATIONALs, WebP": lambda: hostile.exif_webp(
+        hostile.large_tag_exif(9_900_000, parameters=THEIRS)),
+    "EXIF tag of 1.2 M RATIONALs, JPEG APP1s": lambda: hostile.split_exif_jpeg(
+        hostile.large_tag_exif(9_600_000, tag=0x0128, in_exif_ifd=False)),
     **{f"JPEG with bad EXIF: {name}": partial(hostile.jpeg_with_app1, b"Exif\0\0" + exif)
        for name, exif in hostile.BAD_EXIF.items()},
     **{f"WebP with bad EXIF: {name}": partial(hostile.webp_with_exif, exif)
@@ -104,7 +112,7 @@ def peak_rss_reset() -> int:
     return status_kib("VmRSS")
 
 
-def measure(path: Path) -> dict[str, object]:
+def measure(path: Path) -> dict[str, Any]:
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
         root, os.environ.get("PYTHONPATH")]))}
@@ -113,7 +121,7 @@ def measure(path: Path) -> dict[str, object]:
     if done.returncode != 0:
         return {"cpu_s": float("nan"), "peak_rss_delta_mib": float("nan"),
                 "outcome": f"KILLED (exit {done.returncode}): {done.stderr.strip()[-200:]}"}
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -169,9 +177,9 @@ def main() -> None:
     measured = [row for row in rows if row[0] not in killed]
     if not measured:
         sys.exit("every picture failed: see the outcomes above")
-    worst_cpu = max(measured, key=lambda row: float(row[2]["cpu_s"]))  # type: ignore[arg-type]
+    worst_cpu = max(measured, key=lambda row: float(row[2]["cpu_s"]))
     worst_rss = max(measured,
-                    key=lambda row: float(row[2]["peak_rss_delta_mib"]))  # type: ignore[arg-type]
+                    key=lambda row: float(row[2]["peak_rss_delta_mib"]))
     print(f"\nworst CPU:      {worst_cpu[2]['cpu_s']:.3f} s ({worst_cpu[0]})")
     print(f"worst peak RSS: +{worst_rss[2]['peak_rss_delta_mib']:.1f} MiB ({worst_rss[0]})")
     if killed:

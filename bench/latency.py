@@ -25,10 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from redis.asyncio import Redis
 
 from ponybot_cli.redis_server import RedisServer
-from ponybot_core.config import Secrets, Settings
+from ponybot_core.config import LoadedConfig, Secrets
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.keys import Keys
-from ponybot_core.queue import QueueView
+from ponybot_core.queue import QueueReads
 from ponybot_testkit import world as t
 from ponybot_testkit.fake_discord import FakeDiscord
 from ponybot_testkit.tiny_models import build_tiny_pipeline
@@ -45,8 +45,8 @@ def line(name: str, values: list[float], unit: str = "ms", scale: float = 1000) 
 
 
 async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
-    from inference.device import choose_placement
-    from inference.models import ModelCache
+    from inference.models.cache import ModelCache
+    from inference.models.device import choose_placement
     from inference.worker import Worker, logged_in_client
 
     work = Path(tempfile.mkdtemp(prefix="ponybench-"))
@@ -63,7 +63,7 @@ async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
     config = t.tiny_config(pipeline, fake)
     config = config.model_copy(update={"worker": config.worker.model_copy(
         update={"device": device})})
-    settings = Settings(config=config, secrets=Secrets(DISCORD_TOKEN=t.BOT_TOKEN,
+    settings = LoadedConfig(config=config, secrets=Secrets(DISCORD_TOKEN=t.BOT_TOKEN,
                         REDIS_URL=server.url), path=work / "config.toml")
     redis = Redis.from_url(server.url)
     placement = choose_placement(device)
@@ -91,10 +91,14 @@ async def bench(jobs: int, sequential: int, steps: int, device: str) -> None:
             # Phase 2: one job at a time, so pickup latency is the queue's, not the backlog's.
             for i in range(sequential):
                 await one(i)
-                await fake.wait_for(lambda i=i: worker.jobs_done >= jobs + i + 1, timeout=60)
+
+                def done(at_least: int = jobs + i + 1) -> bool:
+                    return worker.jobs_done >= at_least
+
+                await fake.wait_for(done, timeout=60)
             keys = Keys(config.redis.key_prefix)
             ids = [keys.job_id(key) async for key in redis.scan_iter(match=keys.job("*"))]
-            states = [s for s in (await QueueView(redis, keys).states(ids)).values() if s]
+            states = [s for s in (await QueueReads(redis, keys).states(ids)).values() if s]
             worker.stop()
             await asyncio.wait_for(worker_task, 30)
     finally:

@@ -39,10 +39,10 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from inference.convert import convert
-from inference.device import Placement, choose_placement
-from inference.loading import ModelLoadError, load_from
-from inference.models import GIB, ModelCache, format_bytes, pipeline_bytes
+from inference.models.cache import GIB, ModelCache, format_bytes, pipeline_bytes
+from inference.models.convert import convert
+from inference.models.device import Placement, choose_placement
+from inference.models.loading import ModelLoadError, load_from
 from ponybot_core.config import Config, ModelEntry, ModelFormat, WorkerConfig
 
 Row = tuple[str, list[float] | str]

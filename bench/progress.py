@@ -33,9 +33,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-import inference.progress as progress
-from inference.loading import load_pipeline
-from inference.progress import ProgressReporter
+import inference.drawing.progress as progress
+from inference.drawing.progress import ProgressReporter
+from inference.models.loading import load_pipeline
 from ponybot_core.config import ModelEntry
 from ponybot_testkit.tiny_models import build_tiny_pipeline
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -97,7 +98,10 @@ class Raw:
                      work_s: float) -> None:
         redis = Redis.from_url(_url)
         while not stop.is_set():
-            reply = await redis.xreadgroup(WORKER_GROUP, name, {"raw": ">"}, count=1, block=50)
+            # redis-py types XREADGROUP's reply for RESP3 too; this client speaks RESP2.
+            reply = cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
+                         await redis.xreadgroup(WORKER_GROUP, name, {"raw": ">"}, count=1,
+                                                block=50))
             for entry_id, fields in reply[0][1] if reply else []:
                 Job.from_json(fields[b"job"])  # the same parsing work as ours
                 picked_up(fields[b"id"].decode())

@@ -2,7 +2,7 @@
 
 On a real redis-server this bench starts, jobs go through the real queue code (enqueue,
 record the queued message, take, post / cancel / dead-letter) and a user saves `/settings`
-through `bot.defaults`. For each kind it prints bytes per job two ways: MEMORY USAGE of the
+through `bot.saved_settings`. For each kind it prints bytes per job two ways: MEMORY USAGE of the
 job's own keys (hash, token key) and the INFO used_memory delta over all jobs divided by
 their number (which also counts each job's share of waiting lists, sets and the stream).
 Then the lifetimes are set to a few seconds, a mixed run ends, and the bench waits (on the
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from bot import defaults
-from bot.defaults import Defaults
+from bot import saved_settings
+from bot.saved_settings import SavedSettings
 from ponybot_cli.redis_server import RedisServer
 from ponybot_core.config import CANCELLED_TTL_S, DEAD_TTL_S, QueueConfig, Sampler
 from ponybot_core.job import Job
@@ -153,11 +153,11 @@ async def per_user(redis: Redis, results: int) -> None:
     q = Queue(redis, posted_s=RESULT_TTL_S, cancelled_s=CANCELLED_TTL_S, dead_s=DEAD_TTL_S)
     user = 1_200_000_000_000_999
     base = await fresh(redis)
-    key = KEYS.user_defaults(GUILD, user)
-    await defaults.save(redis, key, Defaults(model="pony-diffusion-v4", size="portrait",
+    key = KEYS.user_settings(GUILD, user)
+    await saved_settings.save(redis, key, SavedSettings(model="pony-diffusion-v4", size="portrait",
                                              steps=30, cfg=7.0, count=4, negative=NEGATIVE,
                                              upscale=True),
-                        index=KEYS.defaults_index(GUILD))
+                        index=KEYS.saved_settings_index(GUILD))
     settings = await used(redis) - base
     print(f"  saved settings: {await usage(redis, key):,} B own hash, {settings:,} B delta "
           "(with its server's index entry); kept while the bot is in the server")

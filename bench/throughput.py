@@ -25,10 +25,10 @@ from concurrent.futures import Future, ThreadPoolExecutor  # imports `queue`: af
 
 import torch
 
-from inference.device import choose_placement
-from inference.loading import load_pipeline
-from inference.png_parameters import png_with_parameters
-from inference.sampling import sample_batch
+from inference.drawing.sampling import sample_batch
+from inference.models.device import choose_placement
+from inference.models.loading import load_pipeline
+from inference.results.fit import png_with_parameters
 from ponybot_core.config import ModelEntry, Sampler
 from ponybot_core.job import Job
 
@@ -44,9 +44,11 @@ def jobs(n: int, size: int, steps: int, start: int) -> list[Job]:
 def load(args: argparse.Namespace, workdir: Path):
     placement = choose_placement(args.device)
     if args.random_sd1:
-        from diffusers import StableDiffusionPipeline
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+            StableDiffusionPipeline,
+        )
 
-        from inference.loading import SD1_CONFIG_DIR
+        from inference.models.loading import SD1_CONFIG_DIR
         pipe = StableDiffusionPipeline.from_pretrained(
             SD1_CONFIG_DIR, local_files_only=True, safety_checker=None,
             requires_safety_checker=False, low_cpu_mem_usage=False)

@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,10 +28,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from inference.device import choose_placement
-from inference.fit import LOSSY_QUALITIES, encode_webp, fit_image
-from inference.png_parameters import png_with_parameters
-from inference.upscale import Upscaler, load_upscaler
+from inference.models.device import choose_placement
+from inference.results.fit import LOSSY_QUALITIES, encode_webp, fit_image, png_with_parameters
+from inference.results.upscale import Upscaler, load_upscaler
 from ponybot_core.config import UpscalerEntry
 from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
 
@@ -85,7 +85,7 @@ def bench_upscaler(label: str, path: Path, args: argparse.Namespace, sizes: list
         upscaler.upscale(noise(32))  # warm up kernels
         for size in sizes:
             image = noise(size, seed=size)
-            seconds, result = timed(lambda u=upscaler, i=image: u.upscale(i), args.repeat)
+            seconds, result = timed(partial(upscaler.upscale, image), args.repeat)
             how = "whole image" if tile == 0 else f"tiles {tile}/{overlap}"
             print(f"  {size:4d} px -> {result.width:4d} px  {how:16s} {seconds * 1000:9.1f} ms"
                   f"  ({size * size / seconds / 1e6:6.2f} Mpx/s in)")
@@ -95,7 +95,7 @@ def bench_fit(name: str, image: Image.Image) -> None:
     print(f"\nfit {name} {image.width}x{image.height} against {LIMIT / 2**20:g} MiB:")
     steps = [("PNG (compress_level 4)", lambda: png_with_parameters(image, PARAMETERS)),
              ("WebP lossless", lambda: encode_webp(image, PARAMETERS, quality=None))]
-    steps += [(f"WebP quality {q}", lambda q=q: encode_webp(image, PARAMETERS, quality=q))
+    steps += [(f"WebP quality {q}", partial(encode_webp, image, PARAMETERS, quality=q))
               for q in LOSSY_QUALITIES]
     for label, encode in steps:
         seconds, data = timed(encode, 1)

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from bot.app import PonyBot
-from ponybot_core.config import config_path, load_settings
+from ponybot_core.config import config_path, load_config_and_secrets
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.logs import masked_url, setup_logging
 from ponybot_core.processes import run_process
@@ -16,12 +16,12 @@ from ponybot_core.redis_client import bot_redis
 log = logging.getLogger("bot")
 
 
-async def run(settings_path: str | None) -> int:
-    settings = load_settings(config_path(settings_path))
-    token, redis_url = settings.connection("bot")
-    log.info("config %s, Redis %s", settings.path, masked_url(redis_url))
-    use_endpoints(settings.config.discord)
-    bot = PonyBot(settings, bot_redis(redis_url))
+async def run(config_arg: str | None) -> int:
+    loaded = load_config_and_secrets(config_path(config_arg))
+    token, redis_url = loaded.connection("bot")
+    log.info("config %s, Redis %s", loaded.path, masked_url(redis_url))
+    use_endpoints(loaded.config.discord)
+    bot = PonyBot(loaded, bot_redis(redis_url))
     async with bot:
         await bot.start(token)
     return 0

@@ -14,10 +14,10 @@ from redis.asyncio import Redis
 from bot.answering import send_ephemeral, what_to_say
 from bot.cancelling import Cancelling
 from bot.submit import Submitter
-from ponybot_core.config import Settings
+from ponybot_core.config import LoadedConfig
 from ponybot_core.keys import Keys
 from ponybot_core.poster import Poster
-from ponybot_core.queue import Producer, QueueView
+from ponybot_core.queue import Producer, QueueReads
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ EXTENSIONS = ("cogs.pony", "cogs.results", "cogs.models", "cogs.queue", "cogs.po
 
 
 class PonyBot(commands.Bot):
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, loaded: LoadedConfig, redis: Redis) -> None:
         # Slash commands only: the guilds intent is all we need (no privileged intents).
         intents = discord.Intents.none()
         intents.guilds = True
@@ -36,24 +36,24 @@ class PonyBot(commands.Bot):
             command_prefix=commands.when_mentioned,
             intents=intents,
             help_command=None,
-            owner_ids=set(settings.config.discord.owners) or None,
+            owner_ids=set(loaded.config.discord.owners) or None,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
         )
-        self.settings = settings
-        self.config = settings.config
+        self.loaded = loaded
+        self.config = loaded.config
         self.redis = redis
-        self.keys = Keys(settings.config.redis.key_prefix)
-        q = settings.config.queue
+        self.keys = Keys(loaded.config.redis.key_prefix)
+        q = loaded.config.queue
         self.queue = Producer(redis, self.keys, result_ttl_s=q.result_ttl_s,
                               cancelled_ttl_s=q.cancelled_ttl_s, dead_ttl_s=q.dead_ttl_s)
-        self.queue_view = QueueView(redis, self.keys)
+        self.queue_reads = QueueReads(redis, self.keys)
         self.submitter = Submitter(self.config, redis, self.keys, self.queue,
                                    announce=lambda job, message_id: self.dispatch(
                                        "job_queued", job, message_id))
-        self.cancelling = Cancelling(self.queue, self.queue_view, self.config, Poster(self))
+        self.cancelling = Cancelling(self.queue, self.queue_reads, self.config, Poster(self))
 
     async def setup_hook(self) -> None:
-        self.tree.on_error = self.on_app_command_error
+        self.tree.error(self.on_app_command_error)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
@@ -76,9 +76,10 @@ class PonyBot(commands.Bot):
         except Exception:
             log.warning("Redis unreachable; syncing commands anyway")
         targets: list[discord.Object | None] = list(guilds) or [None]
-        for guild in targets:
-            synced = await self.tree.sync(guild=guild)
-            log.info("synced %d command(s) to %s", len(synced), guild.id if guild else "global")
+        for target in targets:
+            synced = await self.tree.sync(guild=target)
+            log.info("synced %d command(s) to %s", len(synced),
+                     "global" if target is None else target.id)
         try:
             await self.redis.set(key, digest)
         except Exception:

@@ -2,33 +2,105 @@
 
 A job for a model whose files no worker has used to be queued, taken, failed and dead-lettered
 before its user heard anything. Workers now say in their heartbeat which models and upscalers
-they can use (`inference.inventory`, no weights loaded), so `/pony` and the result buttons are
+they can use (`inference.models.inventory`, no weights read), so `/pony` and the result buttons are
 refused at once, privately, when live workers exist and none of them can serve the job. With no
 worker alive at all the job is queued anyway (one may be starting) and the queued message says
 how long workers have been gone.
+
+The heartbeats are read on every `/pony`, before it answers, so `WorkerRoster` reads them in the
+round trip that reads the saved settings (`bot.submit.Submitter.read`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from bot.errors import UserFacingError
 from ponybot_core.config import Config
-from ponybot_core.heartbeat import WorkerHeartbeat, last_beat_at, read_heartbeats
+from ponybot_core.heartbeat import WorkerHeartbeat
 from ponybot_core.job import Job, JobKind
 from ponybot_core.keys import Keys
 
 
-async def check_job(redis: Redis, keys: Keys, config: Config, job: Job) -> list[str]:
+@dataclass(frozen=True)
+class Workers:
+    """The live workers, as their heartbeats say (sorted by name), and when any worker, live
+    or gone, last beat (None: none ever did)."""
+
+    beats: list[WorkerHeartbeat]
+    last_beat: float | None
+
+
+@dataclass(frozen=True)
+class _Asked:
+    start: int  # where the roster's replies begin in the pipeline's
+    names: tuple[str, ...]  # whose heartbeat keys the pipeline reads
+
+
+class WorkerRoster:
+    """The live workers' heartbeats in one round trip, which can be one the caller makes anyway.
+
+    A heartbeat is a key named after its worker, and the names are in a sorted set
+    (ponybot_core.heartbeat): read afresh, that is two round trips, the names and then their
+    keys. The roster remembers the names it saw last and reads their keys in the same pipeline
+    as the set. The set is read every time, so what a caller gets is what a fresh read gives;
+    only a name it has not seen yet costs a second read, once (workers start rarely). N bot
+    processes each keep their own names: there is nothing to invalidate.
+    """
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self._names: tuple[str, ...] = ()
+        # The heartbeats parsed last, by their JSON: a burst of commands reads the same beats.
+        self._parsed: dict[bytes, WorkerHeartbeat] = {}
+
+    def ask(self, pipe: Pipeline) -> _Asked:
+        """Queue the roster's reads on `pipe`; `answer` reads the replies."""
+        asked = _Asked(len(pipe), self._names)
+        pipe.zrange(self.keys.workers, 0, -1, withscores=True)
+        if asked.names:
+            pipe.mget([self.keys.worker(name) for name in asked.names])
+        return asked
+
+    async def answer(self, redis: Redis, asked: _Asked, replies: Sequence[Any]) -> Workers:
+        """The workers, from the replies of the pipeline `ask` queued on (all of its replies);
+        reads the heartbeats of names not asked for. Redis errors propagate."""
+        roster: list[tuple[bytes, float]] = replies[asked.start]
+        names = [name.decode() for name, _ in roster]
+        raws: dict[str, bytes | None] = {}
+        if asked.names:
+            raws.update(zip(asked.names, replies[asked.start + 1], strict=True))
+        if new := [name for name in names if name not in raws]:
+            fresh = await redis.mget([self.keys.worker(n) for n in new])
+            # redis-py types replies as str too (decode_responses); this client reads bytes.
+            raws.update(zip(new, cast("list[bytes | None]", fresh), strict=True))
+        self._names = tuple(names)
+        parsed = {raw: self._parsed.get(raw) or WorkerHeartbeat.model_validate_json(raw)
+                  for name in names if (raw := raws[name])}
+        self._parsed = parsed
+        # The set is ordered by time of last beat: its last score is the newest.
+        return Workers(beats=sorted(parsed.values(), key=lambda b: b.name),
+                       last_beat=float(roster[-1][1]) if roster else None)
+
+    async def read(self, redis: Redis) -> Workers:
+        async with redis.pipeline(transaction=False) as pipe:
+            asked = self.ask(pipe)
+            replies = await pipe.execute()
+        return await self.answer(redis, asked, replies)
+
+
+def check_job(workers: Workers, config: Config, job: Job) -> list[str]:
     """Notes for the queued message; raises UserFacingError when the live workers cannot draw
-    `job` (nothing is queued then), QueueUnavailable when Redis cannot be asked."""
-    beats = await read_heartbeats(redis, keys)
-    last = None if beats else await last_beat_at(redis, keys)
-    if not beats:
-        return [no_worker_note(last)]
-    refusal = why_not_served(job, beats, config)
+    `job` (nothing is queued then)."""
+    if not workers.beats:
+        return [no_worker_note(workers.last_beat)]
+    refusal = why_not_served(job, workers.beats, config)
     if refusal:
         raise UserFacingError(refusal)
     return []

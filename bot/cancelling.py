@@ -11,7 +11,7 @@ from bot.permissions import is_owner, is_server_admin
 from ponybot_core.config import Config
 from ponybot_core.messages import cancelled_text
 from ponybot_core.poster import Poster
-from ponybot_core.queue import Cancelled, JobStatus, Producer, QueueView
+from ponybot_core.queue import Cancelled, JobStatus, Producer, QueueReads
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Cancelling:
     """What cancelling needs, and nothing else of the bot."""
 
     queue: Producer
-    view: QueueView
+    reads: QueueReads
     config: Config
     poster: Poster
 
@@ -35,7 +35,7 @@ class Cancelling:
 
 
 async def cancel_job(bot: Cancelling, interaction: discord.Interaction, job_id: str) -> str:
-    job = await bot.view.job(job_id)
+    job = await bot.reads.job(job_id)
     if job is None:
         raise UserFacingError(f"There is no job `{job_id}` (finished jobs are kept a while, "
                               "then forgotten).")

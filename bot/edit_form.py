@@ -2,9 +2,9 @@
 as `/pony` reads its options; the job it makes is ponybot_request.jobs.build_job's, checked
 exactly as `/pony`'s caption is.
 
-One form serves both Edit buttons: under a result (`pony:edit:<job>`, the edited job is queued
-as a new one, cogs/results.py) and on a queued message (`pony:edit-queued:<job>`, the job is
-changed where it waits, cogs/edit.py). The form carries its button's custom_id, and its submit
+One form serves both Edit buttons (cogs/edit.py): under a result (`pony:edit:<job>`, the edited
+job is queued as a new one) and on a queued message (`pony:edit-queued:<job>`, the job is
+changed where it waits). The form carries its button's custom_id, and its submit
 is read by that id (cogs/edit.py), never through discord.py's memory of the modal: a form
 opened before a restart of the bot still works after it.
 """
@@ -12,20 +12,15 @@ opened before a restart of the bot still works after it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
-from bot.buttons import JobButton
 from bot.errors import UserFacingError
 from ponybot_core.config import Config
 from ponybot_core.custom_ids import Action, custom_id
 from ponybot_core.job import Job
-from ponybot_core.queue import JobState, JobStatus
 from ponybot_request.options import PonyOptions
-
-if TYPE_CHECKING:
-    from bot.app import PonyBot
 
 # Discord: a text input holds at most 4000 characters; a label at most 45.
 _INPUT_LIMIT = 4000
@@ -98,36 +93,3 @@ def _whole_number(values: Mapping[str, str], name: str, *, optional: bool) -> in
         return int(text)
     except ValueError:
         raise UserFacingError(f"`{name}` must be a whole number (you gave {text!r}).") from None
-
-
-async def queued_and_yours(bot: PonyBot, job_id: str, user_id: int) -> JobState:
-    """The queued job's state, if it is `user_id`'s and still waits; else the refusal to show
-    (the queue checks "still waits" again as it edits)."""
-    state = await bot.queue_view.state(job_id)
-    if state is None:
-        raise UserFacingError(already_started(job_id, ""))
-    if state.job().user_id != user_id:
-        raise UserFacingError("Only the person who asked for this job can edit it.")
-    if state.status is not JobStatus.QUEUED:
-        raise UserFacingError(already_started(job_id, state.status))
-    return state
-
-
-class EditQueuedButton(JobButton, action=Action.EDIT_QUEUED):
-    """✏️ on a queued message: the requester changes the job before it starts."""
-
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": "Edit", "emoji": "✏️", "style": discord.ButtonStyle.secondary}
-
-    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
-        state = await queued_and_yours(bot, self.job_id, interaction.user.id)
-        await open_form(interaction, state.job(), bot.config, action=Action.EDIT_QUEUED,
-                        title="Edit your queued picture")
-
-
-def already_started(job_id: str, status: str) -> str:
-    if status in (JobStatus.RUNNING, JobStatus.POSTING):
-        return (f"Job `{job_id}` has already started, so it can no longer be edited; use ✏️ Edit "
-                "on its result to draw it again with changes.")
-    return f"Job `{job_id}` is {status or 'gone'}: there is nothing left to edit."

@@ -8,7 +8,7 @@ an admin can read them with `HGETALL`:
     user_limit  the per-user cap on queued + running jobs (`/queue limit`)
 
 `/pony` reads all of it in one HGETALL, pipelined with the user's and the channel's saved
-defaults (`bot.defaults.load_layers`). A value that cannot be read (hand-edited, from an
+defaults (`bot.saved_settings.load_layers`). A value that cannot be read (hand-edited, from an
 older version) counts as unset rather than breaking `/pony` for the whole server. The hash
 goes when the bot is removed from the server (`forget`).
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
@@ -26,6 +26,7 @@ from redis.exceptions import WatchError
 from bot.errors import UserFacingError
 from ponybot_core.config import Config, ModelEntry
 from ponybot_core.keys import Keys
+from ponybot_core.redis_client import as_str
 from ponybot_request import tags
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,9 @@ async def load(redis: Redis, keys: Keys, guild_id: int | None) -> GuildSettings:
     return from_hash(raw, guild_id)
 
 
-def from_hash(raw: dict[bytes, bytes], guild_id: int) -> GuildSettings:
+def from_hash(raw: Mapping[bytes | str, bytes | str], guild_id: int) -> GuildSettings:
     """The hash read back (`load`, or a caller that pipelined the HGETALL)."""
-    fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+    fields = {as_str(k, errors="replace"): as_str(v, errors="replace") for k, v in raw.items()}
     model = fields.get(MODEL_FIELD) or None
     blocked = _decode_blocked(fields.get(BLOCKED_FIELD), guild_id)
     user_limit = None

@@ -9,28 +9,34 @@ and records that message for the worker to edit. Every failure before the answer
 `UserFacingError`, answered privately by the caller, and nothing is queued. When the answer
 itself fails after queuing (Discord's 3 seconds ran out, Discord is down), the job is taken
 back out of the queue: what the user saw, "the application did not respond", stays true.
+
+Everything before the answer is time the user waits, and in a burst each round trip lets the
+other commands' work in first: `/pony` reads all it needs in one pipelined round trip (`read`:
+saved settings and live workers), runs the enqueue script, and answers. What can wait (the
+log line, recording the message for the worker) comes after the answer.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import discord
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bot import availability, guild_settings
+from bot import availability, guild_settings, saved_settings
+from bot.availability import WorkerRoster, Workers
 from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
-from bot.views import queued_view
+from bot.saved_settings import Layers
 from ponybot_core.config import Config
 from ponybot_core.job import Job
 from ponybot_core.keys import Keys
 from ponybot_core.logs import JobLog
-from ponybot_core.messages import queued_text
-from ponybot_core.queue import JobStatus, Producer, UserLimitReached
+from ponybot_core.messages import queued_text, queued_view
+from ponybot_core.queue import Enqueued, JobStatus, Producer, UserLimitReached
 from ponybot_request.jobs import Channel, Requester
 from ponybot_request.options import out_of_limits
 
@@ -88,6 +94,14 @@ def check_against_config(config: Config, job: Job) -> str:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """What `/pony` reads before it answers, read in one round trip (`Submitter.read`)."""
+
+    layers: Layers
+    workers: Workers
+
+
+@dataclass(frozen=True)
 class Submitter:
     """What queuing needs, and nothing else of the bot."""
 
@@ -97,21 +111,44 @@ class Submitter:
     queue: Producer
     # Tells the rest of the bot that a job's queued message is showing (cogs.positions).
     announce: Callable[[Job, int], None]
+    roster: WorkerRoster = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roster", WorkerRoster(self.keys))
+
+    async def read(self, interaction: discord.Interaction) -> Reading:
+        """The user's, the channel's and the server's saved settings and the live workers, in
+        one pipelined round trip. Redis errors propagate: callers say what failed."""
+        guild_id = interaction.guild_id
+        async with self.redis.pipeline(transaction=False) as pipe:
+            start = saved_settings.ask_layers(pipe, self.keys, guild_id=guild_id,
+                                        channel_id=interaction.channel_id,
+                                        user_id=interaction.user.id)
+            asked = self.roster.ask(pipe)
+            replies = await pipe.execute()
+        return Reading(layers=saved_settings.layers_from(self.config, replies, start,
+                                                   guild_id=guild_id),
+                       workers=await self.roster.answer(self.redis, asked, replies))
 
     async def submit(self, interaction: discord.Interaction, job: Job, *,
-                     notes: Sequence[str] = (), guild: GuildSettings | None = None) -> None:
+                     notes: Sequence[str] = (), guild: GuildSettings | None = None,
+                     workers: Workers | None = None) -> None:
         """Queue `job` and answer `interaction` with its queued message (a new public
         message; its interaction token travels with the job so the worker can edit it into
-        the result). `guild` is the server's settings when the caller has read them."""
-        await _submit(self, interaction, job, notes=notes, guild=guild)
+        the result). `guild` and `workers` are the server's settings and the live workers when
+        the caller has read them (`read`)."""
+        await _submit(self, interaction, job, notes=notes, guild=guild, workers=workers)
 
 
 async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
-                  notes: Sequence[str], guild: GuildSettings | None) -> None:
+                  notes: Sequence[str], guild: GuildSettings | None,
+                  workers: Workers | None) -> None:
     jlog = JobLog(log, job.id)
     # 1. Still possible with today's config, and with the workers running now.
     model_name = check_against_config(bot.config, job)
-    notes = (*notes, *await availability.check_job(bot.redis, bot.keys, bot.config, job))
+    if workers is None:
+        workers = await bot.roster.read(bot.redis)
+    notes = (*notes, *availability.check_job(workers, bot.config, job))
     # 2. Enqueue under the user's cap (the server's `/queue limit`, else the config's).
     try:
         if guild is None:
@@ -127,15 +164,6 @@ async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
     except (RedisError, OSError) as exc:
         jlog.warning("enqueue failed: %r", exc)
         raise QueueUnavailable() from exc
-    jlog.info(
-        "queued %s at %d for user=%s guild=%s model=%s paused=%s",
-        job.kind.value,
-        enqueued.position,
-        job.user_id,
-        job.guild_id,
-        job.model_id,
-        enqueued.paused,
-    )
     # 3. Answer with the position (or "paused"), the exact prompt and a Cancel button.
     try:
         callback = await interaction.response.send_message(
@@ -144,8 +172,10 @@ async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
             view=queued_view(job.id),
         )
     except discord.HTTPException as exc:
+        _log_queued(jlog, job, enqueued)
         await _take_back(bot, job, exc)
         return
+    _log_queued(jlog, job, enqueued)  # after the answer: the user does not wait for it
     # 4. Record the message for the worker. If the bot never records it (a crash right here),
     #    the worker falls back to a channel post, so the job is never stuck on it.
     message_id = callback.message_id or getattr(callback.resource, "id", None)
@@ -155,6 +185,11 @@ async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
             await bot.queue.record_message(job.id, message_id, position=enqueued.position)
         except (RedisError, OSError):
             jlog.warning("could not record message %s; the worker will post anew", message_id)
+
+
+def _log_queued(jlog: JobLog, job: Job, enqueued: Enqueued) -> None:
+    jlog.info("queued %s at %d for user=%s guild=%s model=%s paused=%s", job.kind.value,
+              enqueued.position, job.user_id, job.guild_id, job.model_id, enqueued.paused)
 
 
 async def _take_back(bot: Submitter, job: Job, exc: discord.HTTPException) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -41,7 +41,7 @@ from ponybot_core.image_parameters import (
 )
 from ponybot_core.logs import JobLog
 from ponybot_core.messages import code_block
-from ponybot_request.drawable import drawable_id, our_model, why_not_drawable
+from ponybot_request.drawable import drawable_id, for_draw_this, our_model, why_not_drawable
 from ponybot_request.jobs import DrawThisRequest, build_job
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ async def keep_drawable(bot: PonyBot, parsed: A1111Parameters) -> str:
     """Keep the parameters for a Draw this button, as long as results are kept; the id the
     button names. One key per picture, however often the menu is used on it: the id is the
     parameters' own digest, and keeping them again only renews the key's time."""
+    parsed = for_draw_this(parsed, bot.config)  # not the rest of what the picture says
     parameters_id = drawable_id(parsed)
     await bot.redis.set(bot.keys.drawable(parameters_id), parsed.model_dump_json(),
                         ex=bot.config.queue.result_ttl_s)
@@ -149,11 +150,8 @@ async def keep_drawable(bot: PonyBot, parsed: A1111Parameters) -> str:
 
 
 class DrawButton(JobButton, action=Action.DRAW):
-    """Its id names parameters in Redis (keys.drawable), not a job."""
-
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": "Draw this", "emoji": "🎨", "style": discord.ButtonStyle.primary}
+    """Its id names parameters in Redis (keys.drawable), not a job; its look is the table's
+    (ponybot_core.custom_ids.BUTTONS)."""
 
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
         await draw(bot, interaction, self.job_id)

@@ -11,11 +11,11 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import defaults
 from bot.choices import model_choices
 from bot.errors import QueueUnavailable
 from bot.submit import channel_of, requester
 from bot.uploads import checked_upload
+from ponybot_request import clip_tokens
 from ponybot_request.jobs import PonyRequest, build_job
 from ponybot_request.options import PonyOptions
 
@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 class PonyCog(commands.Cog):
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        # CLIP's vocabulary takes a fifth of a second to load: here, before the bot takes
+        # commands, rather than on the first caption, where the first user after a start and
+        # every command that came with theirs would wait for it.
+        clip_tokens.count("")
 
     @app_commands.command(name="pony", description="Draw ponies from derpibooru tags")
     @app_commands.describe(
@@ -67,18 +73,17 @@ class PonyCog(commands.Cog):
         )  # fmt: skip
         upload = None if image is None else checked_upload(
             image, config.uploads, max_pixels=config.uploads.max_pixels)
-        try:  # the user's, the channel's and the server's saved settings: one round trip
-            layers = await defaults.load_layers(
-                self.bot.redis, self.bot.keys, config, guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id, user_id=interaction.user.id)
+        try:  # saved settings and live workers: the one read before the enqueue
+            saved = await self.bot.submitter.read(interaction)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable() from exc
+        layers = saved.layers
         request = PonyRequest(by=requester(interaction), options=options, upscale=upscale,
                               image=upload, strength=strength, hires=bool(hires))
         built = build_job(request, channel_of(interaction, layers.server), layers,
                           config=config)
         await self.bot.submitter.submit(interaction, built.job, notes=built.notes,
-                                        guild=layers.server)
+                                        guild=layers.server, workers=saved.workers)
 
     @pony.autocomplete("model")
     async def _model_choices(

@@ -69,10 +69,10 @@ class PositionsCog(commands.Cog):
 
     async def update_positions(self) -> int:
         """One pass over the queue; returns the number of messages edited."""
-        view = self.bot.queue_view
-        positions = await view.positions()
+        reads = self.bot.queue_reads
+        positions = await reads.positions()
         edits = 0
-        states = await view.states(positions)
+        states = await reads.states(positions)
         for job_id, position in positions.items():
             if edits >= MAX_EDITS_PER_CYCLE:
                 break
@@ -99,7 +99,7 @@ class PositionsCog(commands.Cog):
         for job_id, watched in list(self.watched.items()):
             if not watched.job.token_usable(now):
                 del self.watched[job_id]
-        states = await self.bot.queue_view.states(self.watched)
+        states = await self.bot.queue_reads.states(self.watched)
         told = 0
         for job_id, state in states.items():
             watched = self.watched[job_id]

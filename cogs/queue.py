@@ -1,4 +1,5 @@
-"""`/queue`: see, pause, resume, clear and cancel jobs, cap users, list workers."""
+"""`/queue`: see, pause, resume, clear and cancel jobs, cap users, list workers; and the ✖️ Cancel
+button on every queued message (its look is ponybot_core.custom_ids.BUTTONS')."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import guild_settings
+from bot.buttons import JobButton
 from bot.permissions import is_owner, require_owner, require_server_admin
-from bot.views import CancelButton
+from ponybot_core.custom_ids import Action
 from ponybot_core.heartbeat import read_heartbeats
 
 if TYPE_CHECKING:
@@ -33,8 +35,8 @@ class QueueCog(commands.GroupCog, group_name="queue", group_description="The dra
             guild_id = None
         else:
             guild_id = require_server_admin(interaction)
-        snap = await self.bot.queue_view.snapshot(guild_id, all_guilds=everything)
-        per_job = await self.bot.queue_view.recent_job_seconds()
+        snap = await self.bot.queue_reads.snapshot(guild_id, all_guilds=everything)
+        per_job = await self.bot.queue_reads.recent_job_seconds()
         workers = max(1, len(await read_heartbeats(self.bot.redis, self.bot.keys)))
         lines = []
         if snap.paused_globally:
@@ -116,7 +118,7 @@ class QueueCog(commands.GroupCog, group_name="queue", group_description="The dra
 
 def eta(work: float, per_job_s: float | None, workers: int) -> str:
     """When the job is done: `work` is what is queued up to and including it, in plain jobs
-    (its position, but a hires job weighs its extra pixels × steps: `hires.work_units`)."""
+    (its position, but a hires job weighs its extra pixels × steps: `Job.work_units`)."""
     if per_job_s is None:
         return "ETA unknown"
     seconds = work * per_job_s / workers
@@ -128,8 +130,18 @@ async def reply(interaction: discord.Interaction, text: str) -> None:
                                             allowed_mentions=discord.AllowedMentions.none())
 
 
+class CancelButton(JobButton, action=Action.CANCEL):
+    """✖️ on a queued message: `/queue cancel` for the job, by a click."""
+
+    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
+        text = await bot.cancelling.cancel(interaction, self.job_id)
+        await interaction.response.send_message(text, ephemeral=True)
+
+
 async def setup(bot: PonyBot) -> None:
     bot.add_dynamic_items(CancelButton)
     await bot.add_cog(QueueCog(bot))
 
 
+async def teardown(bot: PonyBot) -> None:
+    bot.remove_dynamic_items(CancelButton)

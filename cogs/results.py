@@ -1,10 +1,11 @@
-"""The buttons under every result: 🔁 Re-roll, U1–Un (upscale), V1–Vn (variation), ✏️ Edit
-(a form, bot/edit_form.py), ⬆️ Hires (ponybot_core/hires.py), 🗑 Delete.
+"""The buttons under every result: 🔁 Re-roll, U1–Un (upscale), V1–Vn (variation), ⬆️ Hires
+(ponybot_core/hires_plan.py), 🗑 Delete; its ✏️ Edit is the edit cog's (cogs/edit.py).
 
 Workers post the buttons (`ponybot_core.messages.result_view`); the bot answers them here. Each is a
-`discord.ui.DynamicItem` whose template comes from `ponybot_core.custom_ids`, so a click on a result
-posted days ago, across any number of restarts, still finds its job: the parameters are read
-back from the job's state hash, which is kept `queue.result_ttl_s` after the job finished.
+`discord.ui.DynamicItem` (bot/buttons.py) whose template and look are its entry in
+`ponybot_core.custom_ids.BUTTONS`, so a click on a result posted days ago, across any number of
+restarts, still finds its job: the parameters are read back from the job's state hash, which is
+kept `queue.result_ttl_s` after the job finished.
 
 A click becomes a request for ponybot_request.jobs.build_job (which checks the earlier caption
 against this channel again) and an ordinary queued job through `bot.submit`, exactly like
@@ -17,22 +18,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 
 from bot import guild_settings
-from bot.buttons import JobButton
-from bot.edit_form import open_form
+from bot.buttons import JobButton, earlier_job, expired_text
 from bot.errors import UserFacingError
 from bot.permissions import is_owner, is_server_admin
 from bot.submit import channel_of, requester
 from ponybot_core.custom_ids import Action
 from ponybot_core.job import Job
 from ponybot_core.logs import JobLog
-from ponybot_core.queue import JobState, JobStatus
-from ponybot_request.jobs import EditRequest, FromResult, build_job, check_editable
-from ponybot_request.options import PonyOptions
+from ponybot_core.queue import JobStatus
+from ponybot_request.jobs import FromResult, build_job
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -45,7 +44,7 @@ log = logging.getLogger(__name__)
 
 async def reroll(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
     """🔁: the same parameters (and, for a variation, the same source image), a new seed."""
-    source, _ = await _source(bot, job_id)
+    source, _ = await earlier_job(bot, job_id)
     await _queue_from(bot, interaction, FromResult(kind="reroll", by=requester(interaction),
                                                    source=source))
 
@@ -65,41 +64,22 @@ async def vary(bot: PonyBot, interaction: discord.Interaction, job_id: str, inde
                                                    source=source, index=index))
 
 
-async def edit(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
-    """✏️: the form, prefilled with the job's tags, negative tags, seed and steps; submitted, it
-    becomes `redraw_edited` (cogs/edit.py reads the submit)."""
-    source, _ = await _source(bot, job_id)
-    check_editable(source)
-    await open_form(interaction, source, bot.config, action=Action.EDIT, title="Edit and redraw")
-
-
-async def redraw_edited(bot: PonyBot, interaction: discord.Interaction, job_id: str,
-                        options: PonyOptions) -> None:
-    """The submitted ✏️ form: the job again (same model, size, count; a variation from the
-    same picture) with the form's tags, negative tags, seed and steps, as a new queued job in
-    the channel the form was sent from. The new caption is checked here and now, as /pony
-    checks it."""
-    source, _ = await _source(bot, job_id)
-    await _queue_from(bot, interaction, EditRequest(by=requester(interaction), source=source,
-                                                    form=options))
-
-
 async def hires(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
     """⬆️: the same pictures drawn again in two passes: the same seeds at the same size (run on
     their own, so the first pass is exactly the picture shown), then enlarged and refined."""
-    source, _ = await _source(bot, job_id)
+    source, _ = await earlier_job(bot, job_id)
     await _queue_from(bot, interaction, FromResult(kind="hires", by=requester(interaction),
                                                    source=source))
 
 
 async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) -> None:
     """🗑: the result's requester, the server's admins and the bot's owners may delete it."""
-    job = await bot.queue_view.job(job_id)
+    job = await bot.queue_reads.job(job_id)
     own = job is not None and job.user_id == interaction.user.id
     admin = is_server_admin(interaction) and (job is None or job.guild_id == interaction.guild_id)
     if not (own or admin or is_owner(bot.config, interaction.user.id)):
         if job is None:
-            raise UserFacingError(_expired(bot))
+            raise UserFacingError(expired_text(bot.config))
         raise UserFacingError(
             "Only the person who asked for this picture or a server admin can delete it."
         )
@@ -116,34 +96,17 @@ async def delete(bot: PonyBot, interaction: discord.Interaction, job_id: str) ->
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _expired(bot: PonyBot) -> str:
-    hours = bot.config.queue.result_ttl_s / 3600
-    kept = f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} hours"
-    return (
-        f"⌛ This result has expired: its parameters are kept for {kept} after it is "
-        "posted. Use /pony to draw it again."
-    )
-
-
-async def _source(bot: PonyBot, job_id: str) -> tuple[Job, JobState]:
-    """The earlier job and its state, or the "expired" answer."""
-    state = await bot.queue_view.state(job_id)
-    if state is None:
-        raise UserFacingError(_expired(bot))
-    return state.job(), state
-
-
 async def _posted_image(bot: PonyBot, job_id: str, index: int) -> Job:
     """The earlier job, checked to have posted its images for the worker to fetch (which of
     them exist is build_job's to check)."""
-    source, state = await _source(bot, job_id)
+    source, state = await earlier_job(bot, job_id)
     if state.status is not JobStatus.POSTED or state.result_message_id is None:
         raise UserFacingError(f"Job `{job_id}` has no posted picture to start from.")
     return source
 
 
 async def _queue_from(bot: PonyBot, interaction: discord.Interaction,
-                      request: FromResult | EditRequest) -> None:
+                      request: FromResult) -> None:
     """Build the job the click asks for in this channel (ponybot_request.jobs.build_job: the
     earlier caption checked again, as /pony would) and queue it."""
     guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
@@ -180,61 +143,31 @@ async def _delete_message(bot: PonyBot, message: discord.Message, job: Job | Non
 
 
 class RerollButton(JobButton, action=Action.REROLL):
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": "Re-roll", "emoji": "🔁"}
-
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
         await reroll(bot, interaction, self.job_id)
 
 
 class UpscaleButton(JobButton, action=Action.UPSCALE):
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": f"U{(index or 0) + 1}"}
-
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
         await upscale(bot, interaction, self.job_id, self.index or 0)
 
 
 class VaryButton(JobButton, action=Action.VARY):
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": f"V{(index or 0) + 1}"}
-
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
         await vary(bot, interaction, self.job_id, self.index or 0)
 
 
-class EditButton(JobButton, action=Action.EDIT):
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": "Edit", "emoji": "✏️"}
-
-    async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
-        await edit(bot, interaction, self.job_id)
-
-
 class HiresButton(JobButton, action=Action.HIRES):
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": "Hires", "emoji": "⬆️"}
-
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
         await hires(bot, interaction, self.job_id)
 
 
 class DeleteButton(JobButton, action=Action.DELETE):
-    @classmethod
-    def look(cls, index: int | None) -> dict[str, Any]:
-        return {"label": "Delete", "emoji": "🗑️", "style": discord.ButtonStyle.danger}
-
     async def run(self, bot: PonyBot, interaction: discord.Interaction) -> None:
         await delete(bot, interaction, self.job_id)
 
 
-RESULT_BUTTONS = (RerollButton, UpscaleButton, VaryButton, EditButton, HiresButton,
-                  DeleteButton)
+RESULT_BUTTONS = (RerollButton, UpscaleButton, VaryButton, HiresButton, DeleteButton)
 
 
 async def setup(bot: PonyBot) -> None:

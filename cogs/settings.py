@@ -6,7 +6,7 @@
     /settings channel show|set|clear    this channel's defaults (set, clear: Manage Server)
 
 Everything is answered privately. Values are checked as the `/pony` options are
-(`bot.defaults.check`): one bad value refuses the command, naming the option, and nothing is
+(`bot.saved_settings.check`): one bad value refuses the command, naming the option, and nothing is
 stored. The order in which saved defaults apply is `ponybot_request.resolution`'s alone.
 
 What a server saved lives as long as the bot is there: when the bot is removed from a server,
@@ -28,15 +28,15 @@ from discord import app_commands
 from discord.ext import commands
 from redis.exceptions import RedisError
 
-from bot import defaults, guild_settings
+from bot import guild_settings, saved_settings
 from bot.choices import model_choices
-from bot.defaults import Defaults, Layers, Setting
 from bot.errors import UserFacingError
 from bot.guild_settings import SettingsUnavailable
 from bot.permissions import require_server_admin
+from bot.saved_settings import Layers, SavedSettings
 from ponybot_core.config import Config
 from ponybot_request.options import PonyOptions
-from ponybot_request.resolution import Layer, resolve
+from ponybot_request.resolution import SETTINGS, Layer, Setting, resolve
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -65,7 +65,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
 
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
-        # Defaults saved before servers indexed them get indexed once, in the background: a
+        # Settings saved before servers indexed them get indexed once, in the background: a
         # slow Redis never holds the bot's start.
         self.indexing: asyncio.Task[None] | None = None
         super().__init__()
@@ -79,7 +79,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
 
     async def _index_saved(self) -> None:
         try:
-            added = await defaults.index_saved(self.bot.redis, self.bot.keys)
+            added = await saved_settings.index_saved(self.bot.redis, self.bot.keys)
         except (RedisError, OSError) as exc:
             log.warning("could not index saved defaults (%r); the next start tries again", exc)
             return
@@ -97,7 +97,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
         redis, keys = self.bot.redis, self.bot.keys
         try:
             await guild_settings.forget(redis, keys, guild.id)
-            saved = await defaults.forget_server(redis, keys, guild.id)
+            saved = await saved_settings.forget_server(redis, keys, guild.id)
             cancelled = await self.bot.queue.forget_server(guild.id)
         except (RedisError, OSError) as exc:
             log.error("removed from guild %s but could not forget its settings: %r", guild.id,
@@ -118,7 +118,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
 
     async def _forget_channel(self, guild_id: int, channel_id: int) -> None:
         try:
-            await defaults.forget_channel(self.bot.redis, self.bot.keys, guild_id, channel_id)
+            await saved_settings.forget_channel(self.bot.redis, self.bot.keys, guild_id, channel_id)
         except (RedisError, OSError) as exc:
             log.error("channel %s of guild %s was deleted but its defaults could not be: %r",
                       channel_id, guild_id, exc)
@@ -139,7 +139,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
         size: SizeChoice | None = None, steps: int | None = None, cfg: float | None = None,
         count: int | None = None, negative: str | None = None, upscale: bool | None = None,
     ) -> None:  # fmt: skip
-        key = self.bot.keys.user_defaults(interaction.guild_id, interaction.user.id)
+        key = self.bot.keys.user_settings(interaction.guild_id, interaction.user.id)
         saved = await self._save(key, interaction.guild_id, model=model, size=size,
                                  steps=steps, cfg=cfg, count=count, negative=negative,
                                  upscale=upscale)
@@ -152,9 +152,9 @@ class SettingsCog(commands.GroupCog, group_name="settings",
     @app_commands.describe(setting="the one to forget (default: all of yours here)")
     async def clear_yours(self, interaction: discord.Interaction,
                           setting: Setting | None = None) -> None:
-        key = self.bot.keys.user_defaults(interaction.guild_id, interaction.user.id)
+        key = self.bot.keys.user_settings(interaction.guild_id, interaction.user.id)
         with _store():
-            await defaults.clear(self.bot.redis, key, setting,
+            await saved_settings.clear(self.bot.redis, key, setting,
                                  index=self._index(interaction.guild_id))
         what = f"your `{setting}` default" if setting else "all your defaults here"
         await _reply(interaction, f"🧹 Forgot {what}.\n\n" + await self._overview(interaction))
@@ -174,7 +174,7 @@ class SettingsCog(commands.GroupCog, group_name="settings",
         count: int | None = None, negative: str | None = None, upscale: bool | None = None,
     ) -> None:  # fmt: skip
         guild_id = require_server_admin(interaction, "set this channel's defaults")
-        key = self.bot.keys.channel_defaults(guild_id, interaction.channel_id or 0)
+        key = self.bot.keys.channel_settings(guild_id, interaction.channel_id or 0)
         saved = await self._save(key, guild_id, model=model, size=size, steps=steps, cfg=cfg,
                                  count=count, negative=negative, upscale=upscale)
         log.info("channel %s in guild %s: defaults %s saved by user %s",
@@ -189,9 +189,9 @@ class SettingsCog(commands.GroupCog, group_name="settings",
     async def channel_clear(self, interaction: discord.Interaction,
                             setting: Setting | None = None) -> None:
         guild_id = require_server_admin(interaction, "change this channel's defaults")
-        key = self.bot.keys.channel_defaults(guild_id, interaction.channel_id or 0)
+        key = self.bot.keys.channel_settings(guild_id, interaction.channel_id or 0)
         with _store():
-            await defaults.clear(self.bot.redis, key, setting, index=self._index(guild_id))
+            await saved_settings.clear(self.bot.redis, key, setting, index=self._index(guild_id))
         what = f"this channel's `{setting}` default" if setting else "all this channel's defaults"
         await _reply(interaction, f"🧹 Forgot {what}.\n\n" + await self._overview(interaction))
 
@@ -206,22 +206,22 @@ class SettingsCog(commands.GroupCog, group_name="settings",
 
     def _index(self, guild_id: int | None) -> str | None:
         """The server's index of saved defaults; None in DMs (no server to leave)."""
-        return None if guild_id is None else self.bot.keys.defaults_index(guild_id)
+        return None if guild_id is None else self.bot.keys.saved_settings_index(guild_id)
 
-    async def _save(self, key: str, guild_id: int | None, **values: object) -> Defaults:
+    async def _save(self, key: str, guild_id: int | None, **values: object) -> SavedSettings:
         """Check every value as /pony would, then store them together, or nothing."""
-        checked = defaults.check(self.bot.config, values)
+        checked = saved_settings.check(self.bot.config, values)
         if not checked.given():
             raise UserFacingError("Give at least one option to save (model, size, steps, cfg, "
                                   "count, negative, upscale).")
         with _store():
-            await defaults.save(self.bot.redis, key, checked, index=self._index(guild_id))
+            await saved_settings.save(self.bot.redis, key, checked, index=self._index(guild_id))
         return checked
 
     async def _overview(self, interaction: discord.Interaction) -> str:
         config = self.bot.config
         with _store():
-            layers = await defaults.load_layers(
+            layers = await saved_settings.load_layers(
                 self.bot.redis, self.bot.keys, config, guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id, user_id=interaction.user.id)
         return overview(config, layers, in_guild=interaction.guild_id is not None)
@@ -237,7 +237,7 @@ def overview(config: Config, layers: Layers, *, in_guild: bool) -> str:
                   _saved(config, layers.channel)]
     resolved = resolve(PonyOptions.parse(config, tags=""), config, layers)
     used = [f"{resolved.describe(name)} ({_WHOSE[resolved.sources[name]]})"
-            for name in defaults.SETTINGS if name != "negative"]
+            for name in SETTINGS if name != "negative"]
     negative = resolved.options.negative
     used.append(f"negative {_inline(negative)} ({_WHOSE[resolved.sources['negative']]})"
                 if negative else "no negative tags")
@@ -247,7 +247,7 @@ def overview(config: Config, layers: Layers, *, in_guild: bool) -> str:
     return "\n".join(lines)
 
 
-def _saved(config: Config, saved: Defaults) -> str:
+def _saved(config: Config, saved: SavedSettings) -> str:
     if not saved.given():
         return "-# none"
     shown = []
@@ -264,7 +264,7 @@ def _saved(config: Config, saved: Defaults) -> str:
     return " · ".join(shown)
 
 
-def _names(saved: Defaults) -> str:
+def _names(saved: SavedSettings) -> str:
     names = [f"`{name}`" for name in saved.given()]
     return ("default " if len(names) == 1 else "defaults ") + ", ".join(names)
 

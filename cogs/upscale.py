@@ -13,7 +13,7 @@ from discord.ext import commands
 
 from bot import guild_settings
 from bot.choices import upscaler_choices
-from bot.defaults import Layers
+from bot.saved_settings import Layers
 from bot.submit import channel_of, requester
 from bot.uploads import checked_upload
 from ponybot_request.jobs import UpscaleRequest, build_job

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ponybot_core.config import ConfigError, config_path, load_settings
+from ponybot_core.config import ConfigError, config_path, load_config_and_secrets
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.logs import masked_url, setup_logging
 from ponybot_core.processes import run_process
@@ -22,13 +22,13 @@ log = logging.getLogger("inference")
 async def run_worker(path: Path) -> int:
     from inference.worker import Worker, logged_in_client
 
-    settings = load_settings(path)
-    token, redis_url = settings.connection("worker")
-    log.info("config %s, Redis %s", settings.path, masked_url(redis_url))
-    use_endpoints(settings.config.discord)
-    redis = worker_redis(redis_url, block_s=settings.config.worker.block_ms / 1000)
+    loaded = load_config_and_secrets(path)
+    token, redis_url = loaded.connection("worker")
+    log.info("config %s, Redis %s", loaded.path, masked_url(redis_url))
+    use_endpoints(loaded.config.discord)
+    redis = worker_redis(redis_url, block_s=loaded.config.worker.block_ms / 1000)
     client = await logged_in_client(token)
-    worker = Worker(settings, redis, client)
+    worker = Worker(loaded, redis, client)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Finish the job in hand, then stop; a second signal kills (the job is reclaimed).
@@ -48,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     setup_logging("worker")
     if args.command == "convert":
-        from inference import convert
+        from inference.models import convert
 
         try:
-            settings = load_settings(config_path(args.config))
+            loaded = load_config_and_secrets(config_path(args.config))
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
-        return convert.main(rest, settings.config, settings.path.parent)
+        return convert.main(rest, loaded.config, loaded.path.parent)
     if rest:
         parser.error(f"unexpected arguments: {' '.join(rest)}")
     return run_process(run_worker(config_path(args.config)), "worker")

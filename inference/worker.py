@@ -1,20 +1,35 @@
 """The inference worker: take jobs from the queue, draw, upscale, post the images, acknowledge.
 
 `Worker.process` reads top to bottom like a diffusers `__call__`: a batch's life in numbered
-steps, each one call. A job is text to image (`/pony`, 🔁 Re-roll), an upscale (U buttons) or a
-variation (V buttons) of an earlier image fetched back from Discord (`inference.sources`).
+steps, each one call, each in the folder of its step:
 
-Promises kept here, with the queue's moves (`ponybot_core.queue.delivery`):
+1. hold every job taken: `loop/holding.py` (leases, and the cancel watcher of step 6);
+2. what is left to do: a job that may be posted already is checked with Discord
+   (`Poster.find_posted`), one that failed too often is given up (`loop/endings.py`);
+3. group the jobs into pipeline calls: `drawing/calls.py`;
+4. fetch the picture a U or V button or an upload starts from: `results/sources.py`;
+5. load the model (an LRU cache on the device): `models/`;
+6. sample: `drawing/` (sampling, img2img for variations and hires, live progress);
+7. upscale: `results/upscale.py`;
+8. mark it `posting`: `Delivery.posting`, a queue move (`ponybot_core/queue/consumer.py`);
+9. encode and post: `results/post.py` (files fitted by `results/fit.py`);
+10. record and acknowledge in one step: `Delivery.posted`, then the lease let go
+    (`loop/endings.py`, where every other ending is too: cancelled, retried, given up).
+
+A job is text to image (`/pony`, 🔁 Re-roll), an upscale (U buttons) or a variation (V buttons)
+of an earlier image fetched back from Discord.
+
+Promises kept here, with the queue's moves (`ponybot_core.queue.consumer.Delivery`):
 - exactly once: a job is marked `posting` before its post and `posted` + acknowledged in one
   step after it; a job taken over in `posting` is checked with Discord before it is drawn
   again (`Poster.find_posted`), and channel posts carry a nonce Discord deduplicates;
-- no double work: one lease keeper (`inference.leases`) renews every job held, from take to
-  ack; a job found held by another worker is dropped without posting;
-- Redis blips are waited out (`inference.retrying`): the worker never exits on one;
+- no double work: one lease keeper (`inference.loop.holding`) renews every job held, from take
+  to ack; a job found held by another worker is dropped without posting;
+- Redis blips are waited out (`inference.loop.retrying`): the worker never exits on one;
 - one bad job costs only itself: a failed call of several jobs is drawn again one job at a
   time, and a job taken over from a dead worker is drawn alone (it may be what killed it).
-Around it: `beats` (heartbeat, tidy), `cancels`, `endings` (cancel, retry, give up),
-`delivering` (post, progress), `result_post` (encode, upscale), `drawing` (the pipeline call).
+Around the steps, in `loop/`: heartbeats (`beats.py`) and fault points for the crash tests
+(`faults.py`).
 """
 
 from __future__ import annotations
@@ -30,25 +45,20 @@ from dataclasses import dataclass
 import discord
 from redis.asyncio import Redis
 
-from inference.background import in_background
-from inference.beats import Beats, tidy
-from inference.cancels import watch_cancels
-from inference.delivering import post_result, progress_editor
-from inference.device import Placement, choose_placement
-from inference.drawing import draw, pipeline_calls
-from inference.endings import Endings
-from inference.fast_path import warm_up
-from inference.faults import fault_point
-from inference.leases import LeaseKeeper
-from inference.models import ModelCache
-from inference.progress import ProgressReporter, SamplingCancelled
-from inference.result_post import upscale_for
-from inference.retrying import is_unavailable, patiently
-from inference.sampling import Sampled
-from inference.sources import fetch_source_image
-from inference.throughput import Throughput
-from inference.upscale import UpscalerCache
-from ponybot_core.config import Settings
+from inference.drawing.calls import draw, pipeline_calls
+from inference.drawing.progress import ProgressReporter, SamplingCancelled
+from inference.drawing.sampling import Sampled
+from inference.loop.beats import Beats, Throughput, tidy
+from inference.loop.endings import Endings
+from inference.loop.faults import fault_point
+from inference.loop.holding import LeaseKeeper, in_background, watch_cancels
+from inference.loop.retrying import is_unavailable, patiently
+from inference.models.cache import ModelCache
+from inference.models.device import Placement, choose_placement, warm_up
+from inference.results.post import post_result, progress_editor
+from inference.results.sources import fetch_source_image
+from inference.results.upscale import UpscalerCache, upscale_for
+from ponybot_core.config import LoadedConfig
 from ponybot_core.heartbeat import remove_heartbeat
 from ponybot_core.job import JobKind
 from ponybot_core.keys import Keys
@@ -71,10 +81,10 @@ class Drawn:
 
 
 class Worker:
-    def __init__(self, settings: Settings, redis: Redis, client: discord.Client, *,
+    def __init__(self, loaded: LoadedConfig, redis: Redis, client: discord.Client, *,
                  name: str | None = None, placement: Placement | None = None,
                  models: ModelCache | None = None) -> None:
-        self.config = config = settings.config
+        self.config = config = loaded.config
         self.redis = redis
         self.keys = Keys(config.redis.key_prefix)
         self.name = name or os.environ.get("PONYBOT_WORKER_NAME") or \
@@ -87,7 +97,7 @@ class Worker:
         self.client = client
         self.poster = Poster(client)
         self.placement = placement or choose_placement(config.worker.device, config.worker.dtype)
-        base_dir = settings.path.parent
+        base_dir = loaded.path.parent
         self.models = models or ModelCache(config, base_dir=base_dir, placement=self.placement)
         self.upscalers = UpscalerCache(base_dir=base_dir, device=self.placement.device,
                                        dtype=self.placement.dtype)
@@ -209,7 +219,7 @@ class Worker:
                 # 4. The earlier image a U or V button starts from, fetched back from Discord
                 #    (or the picture given to /pony image: or /upscale).
                 source = None if first.kind is JobKind.GENERATE else \
-                    await fetch_source_image(self.client, self.consumer.view, first,
+                    await fetch_source_image(self.client, self.consumer.reads, first,
                                              self.config.uploads, cancels.all)
                 fetched = time.perf_counter()
                 # 5. The model (cached after the first job); an upscale needs none.

@@ -31,10 +31,10 @@ from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from inference.inventory import check_all, human_size
+from inference.models.inventory import check_all, human_size
+from ponybot_cli.config_loading import redis_url
 from ponybot_cli.redis_server import redis_server_binary
-from ponybot_cli.settings import redis_url
-from ponybot_core.config import ConfigError, Settings, config_path, load_settings
+from ponybot_core.config import ConfigError, LoadedConfig, config_path, load_config_and_secrets
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.logs import masked_url, setup_logging
 
@@ -89,49 +89,49 @@ def render(findings: list[Finding]) -> str:
 async def diagnose(path: Path) -> list[Finding]:
     """Every check, in order; later checks that depend on a failed one are skipped."""
     try:
-        settings = load_settings(path)
+        loaded = load_config_and_secrets(path)
     except ConfigError as exc:
         return [Finding(status="fail", topic="config", detail=str(exc),
                         fix="fix the key named above (README: Configure)")]
-    config = settings.config
+    config = loaded.config
     findings = [Finding(
         status="ok", topic="config",
-        detail=f"{settings.path}: {len(config.models)} model(s), default {config.default_model!r}, "
+        detail=f"{loaded.path}: {len(config.models)} model(s), default {config.default_model!r}, "
                f"{len(config.upscalers)} upscaler(s); relative paths start in "
-               f"{settings.path.parent}")]  # fmt: skip
-    findings += await check_discord(settings)
-    findings.append(check_data_folder(settings))
-    findings.append(await check_redis(settings))
-    findings += check_files(settings)
-    findings.append(check_device(settings))
+               f"{loaded.path.parent}")]  # fmt: skip
+    findings += await check_discord(loaded)
+    findings.append(check_data_folder(loaded))
+    findings.append(await check_redis(loaded))
+    findings += check_files(loaded)
+    findings.append(check_device(loaded))
     return findings
 
 
-async def before_up(settings: Settings) -> list[Finding]:
+async def before_up(loaded: LoadedConfig) -> list[Finding]:
     """What `ponybot up` checks once it holds the data folder, before it starts anything: the
     token (not the commands: the bot registers them when it starts) and the configured Redis,
     or the embedded redis-server it is about to start."""
-    findings = await check_discord(settings, commands=False)
-    if settings.redis_url:
-        findings.append(await check_redis(settings))
+    findings = await check_discord(loaded, commands=False)
+    if loaded.redis_url:
+        findings.append(await check_redis(loaded))
     else:
-        findings.append(embedded_redis_finding(settings.resolve(settings.config.redis.data_dir)))
+        findings.append(embedded_redis_finding(loaded.resolve(loaded.config.redis.data_dir)))
     return findings
 
 
 # --- Discord ------------------------------------------------------------------------------------
 
 
-async def check_discord(settings: Settings, *, commands: bool = True) -> list[Finding]:
+async def check_discord(loaded: LoadedConfig, *, commands: bool = True) -> list[Finding]:
     """The token (through discord.py's own login: `GET /users/@me`), then the commands."""
-    token = settings.secrets.discord_token
+    token = loaded.secrets.discord_token
     if token is None:
         return [Finding(status="fail", topic="token", detail="DISCORD_TOKEN is not set",
                         fix="export DISCORD_TOKEN=<the bot token from the developer portal, "
                             "Bot → Reset Token>"),
                 Finding(status="skip", topic="commands", detail="needs the token")]
-    api = settings.config.discord.api_base
-    use_endpoints(settings.config.discord)
+    api = loaded.config.discord.api_base
+    use_endpoints(loaded.config.discord)
     # Login is REST only; the guilds intent just spares a "Guilds intent seems to be
     # disabled" warning.
     client = discord.Client(intents=discord.Intents(guilds=True))
@@ -152,18 +152,18 @@ async def check_discord(settings: Settings, *, commands: bool = True) -> list[Fi
         findings = [Finding(status="ok", topic="token",
                             detail=f"accepted: logged in as {client.user} ({client.user.id})")]
         if commands:
-            findings.append(await check_commands(client, settings))
+            findings.append(await check_commands(client, loaded))
         return findings
     finally:
         await client.close()
 
 
-async def check_commands(client: discord.Client, settings: Settings) -> Finding:
+async def check_commands(client: discord.Client, loaded: LoadedConfig) -> Finding:
     try:
         app = await client.application_info()
-        guilds = settings.config.discord.sync_guilds
+        guilds = loaded.config.discord.sync_guilds
         if guilds:
-            where = {g: await client.http.get_guild_commands(app.id, g) for g in guilds}
+            where = {str(g): await client.http.get_guild_commands(app.id, g) for g in guilds}
         else:
             where = {"global": await client.http.get_global_commands(app.id)}
     except (discord.HTTPException, OSError) as exc:
@@ -186,10 +186,10 @@ async def check_commands(client: discord.Client, settings: Settings) -> Finding:
 # --- Redis --------------------------------------------------------------------------------------
 
 
-async def check_redis(settings: Settings) -> Finding:
-    url = redis_url(settings)
+async def check_redis(loaded: LoadedConfig) -> Finding:
+    url = redis_url(loaded)
     if url is None:
-        return embedded_redis_finding(settings.resolve(settings.config.redis.data_dir))
+        return embedded_redis_finding(loaded.resolve(loaded.config.redis.data_dir))
     redis = Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
     try:
         server = await redis.info("server")
@@ -244,10 +244,10 @@ def version_at_least(version: str, minimum: tuple[int, int]) -> bool:
 # --- files and device ---------------------------------------------------------------------------
 
 
-def check_data_folder(settings: Settings, *, create: bool = False) -> Finding:
+def check_data_folder(loaded: LoadedConfig, *, create: bool = False) -> Finding:
     """The data folder (`redis.data_dir`: the AOF, `up`'s lock, the Redis password) exists and
     takes a file, or can be made; `create` (for `ponybot up`) makes it."""
-    data_dir = settings.resolve(settings.config.redis.data_dir)
+    data_dir = loaded.resolve(loaded.config.redis.data_dir)
     fix = (f"make {data_dir} a folder that user {_user()} can write, or set redis.data_dir "
            "in the config to one")
     try:
@@ -278,13 +278,13 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def check_files(settings: Settings) -> list[Finding]:
+def check_files(loaded: LoadedConfig) -> list[Finding]:
     """Models (the default must be usable: /pony uses it), then upscalers."""
-    config = settings.config
-    inventory = check_all(config, settings.path.parent)
+    config = loaded.config
+    inventory = check_all(config, loaded.path.parent)
     findings = []
     for check in inventory.models:
-        if check.usable:
+        if check.problem is None:  # usable
             size = human_size(check.size_bytes)
             copy = f", loads {check.converted.name}" if check.converted else ""
             findings.append(Finding(status="ok", topic=f"model {check.id}",
@@ -305,12 +305,12 @@ def check_files(settings: Settings) -> list[Finding]:
     return findings
 
 
-def check_device(settings: Settings) -> Finding:
+def check_device(loaded: LoadedConfig) -> Finding:
     import torch
 
-    from inference.device import choose_placement
+    from inference.models.device import choose_placement
 
-    worker = settings.config.worker
+    worker = loaded.config.worker
     if worker.device == "cuda" and not torch.cuda.is_available():
         return Finding(status="fail", topic="device", detail="worker.device is cuda, but torch "
                        f"{torch.__version__} sees no CUDA GPU",

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inference.inventory import check_model
-from ponybot_cli.settings import load_or_explain
-from ponybot_core.config import Settings, Size
+from inference.models.inventory import check_model
+from ponybot_cli.config_loading import load_or_explain
+from ponybot_core.config import LoadedConfig, Size
 from ponybot_core.job import Job
 from ponybot_request.errors import UserFacingError
 from ponybot_request.jobs import Channel, PonyRequest, Requester, build_job
@@ -58,18 +58,18 @@ def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_or_explain(args.config)
-    if settings is None:
+    loaded = load_or_explain(args.config)
+    if loaded is None:
         return 2
     # 1. The job /pony would queue for these options.
     try:
-        job, notes = job_for(settings, args)
+        job, notes = job_for(loaded, args)
     except UserFacingError as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 2
-    entry = settings.config.model(job.model_id)
+    entry = loaded.config.model(job.model_id)
     # 2. The model's files, checked before paying for torch.
-    check = check_model(entry, settings.path.parent)
+    check = check_model(entry, loaded.path.parent)
     if not check.usable:
         print(f"✘ {entry.id}: {check.problem}", file=sys.stderr)
         if check.fix:
@@ -86,23 +86,23 @@ def run(args: argparse.Namespace) -> int:
     # 3. Draw, upscale and write, as the worker does.
     started = time.perf_counter()
     try:
-        images, upscaled_by, sampling_note = asyncio.run(draw(settings, job))
+        images, upscaled_by, sampling_note = asyncio.run(draw(loaded, job))
     except DrawFailed as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
     if sampling_note:
         print(f"note:     {sampling_note}")
-    for path in write_pngs(settings, job, images, upscaled_by, args.out):
+    for path in write_pngs(loaded, job, images, upscaled_by, args.out):
         print(f"wrote {path}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 
 
-def job_for(settings: Settings, args: argparse.Namespace) -> tuple[Job, tuple[str, ...]]:
+def job_for(loaded: LoadedConfig, args: argparse.Namespace) -> tuple[Job, tuple[str, ...]]:
     """The job /pony would queue for these options (ponybot_request.jobs.build_job, with
     nobody's saved settings, in a channel that is age-restricted only with `--nsfw`);
     UserFacingError if it would be refused."""
-    config = settings.config
+    config = loaded.config
     if args.upscale and not config.upscalers:
         raise UserFacingError("--upscale: no upscaler is configured ([[upscalers]] in the "
                               "config)")
@@ -116,18 +116,16 @@ def job_for(settings: Settings, args: argparse.Namespace) -> tuple[Job, tuple[st
     return built.job, built.notes
 
 
-async def draw(settings: Settings, job: Job) -> tuple[list[Image], str | None, str | None]:
+async def draw(loaded: LoadedConfig, job: Job) -> tuple[list[Image], str | None, str | None]:
     """The job's images (upscaled if asked), the upscaler's description and the sampler's
     note (a long prompt encoded in chunks)."""
-    from inference.device import choose_placement
-    from inference.fast_path import configure_for_size
-    from inference.loading import ModelLoadError
-    from inference.models import ModelCache
-    from inference.result_post import UpscalerUnavailable, upscale_images
-    from inference.sampling import sample_batch
-    from inference.upscale import UpscalerCache
+    from inference.drawing.sampling import sample_batch
+    from inference.models.cache import ModelCache
+    from inference.models.device import choose_placement, configure_for_size
+    from inference.models.loading import ModelLoadError
+    from inference.results.upscale import UpscalerCache, UpscalerUnavailable, upscale_images
 
-    config, base_dir = settings.config, settings.path.parent
+    config, base_dir = loaded.config, loaded.path.parent
     placement = choose_placement(config.worker.device, config.worker.dtype)
     print(f"device:   {placement.describe()}", flush=True)
     try:
@@ -151,13 +149,13 @@ async def draw(settings: Settings, job: Job) -> tuple[list[Image], str | None, s
     return images, upscaled_by, sampled.note
 
 
-def write_pngs(settings: Settings, job: Job, images: list[Image], upscaled_by: str | None,
+def write_pngs(loaded: LoadedConfig, job: Job, images: list[Image], upscaled_by: str | None,
                out: Path) -> list[Path]:
     """One PNG per image, named and annotated like the bot's attachments."""
-    from inference.png_parameters import png_with_parameters
-    from inference.result_post import image_parameters
+    from inference.results.fit import png_with_parameters
+    from inference.results.post import image_parameters
 
-    model_name = settings.config.model(job.model_id).name
+    model_name = loaded.config.model(job.model_id).name
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for image, seed in zip(images, job.image_seeds(), strict=True):

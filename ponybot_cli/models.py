@@ -10,10 +10,10 @@ import asyncio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from inference.inventory import check_all
+from inference.models.inventory import check_all
 from ponybot_cli import pull
-from ponybot_cli.settings import load_or_explain, redis_url
-from ponybot_core.config import Settings
+from ponybot_cli.config_loading import load_or_explain, redis_url
+from ponybot_core.config import LoadedConfig
 from ponybot_core.heartbeat import WorkerHeartbeat, read_heartbeats
 from ponybot_core.keys import Keys
 
@@ -29,11 +29,11 @@ def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_or_explain(args.config)
-    if settings is None:
+    loaded = load_or_explain(args.config)
+    if loaded is None:
         return 2
-    inventory = check_all(settings.config, settings.path.parent)
-    beats, note = asyncio.run(live_heartbeats(settings))
+    inventory = check_all(loaded.config, loaded.path.parent)
+    beats, note = asyncio.run(live_heartbeats(loaded))
     print(inventory.table(extra={"last load": last_loads(beats),
                                  "load failure": load_failures(beats)}))
     if note:
@@ -41,14 +41,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def live_heartbeats(settings: Settings) -> tuple[list[WorkerHeartbeat], str | None]:
+async def live_heartbeats(loaded: LoadedConfig) -> tuple[list[WorkerHeartbeat], str | None]:
     """The running workers' heartbeats, or none and why."""
-    url = redis_url(settings)
+    url = redis_url(loaded)
     if url is None:
         return [], "no Redis configured and no `ponybot up` running: no worker reports to show"
     redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        beats = await read_heartbeats(redis, Keys(settings.config.redis.key_prefix))
+        beats = await read_heartbeats(redis, Keys(loaded.config.redis.key_prefix))
     except (RedisError, OSError) as exc:
         return [], f"Redis unreachable ({exc}): no worker reports to show"
     finally:

@@ -17,8 +17,8 @@ import re
 import sys
 from pathlib import Path
 
-from inference.inventory import check_model, human_size
-from ponybot_cli.settings import load_or_explain
+from inference.models.inventory import check_model, human_size
+from ponybot_cli.config_loading import load_or_explain
 from ponybot_core.config import ModelEntry, ModelFormat, resolve_path
 
 # Pipeline components loaded with weights, and those that are only configuration.
@@ -39,16 +39,16 @@ def add_parser(actions: argparse._SubParsersAction, parent: argparse.ArgumentPar
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_or_explain(args.config)
-    if settings is None:
+    loaded = load_or_explain(args.config)
+    if loaded is None:
         return 2
     try:
-        entry = settings.config.model(args.model_id)
+        entry = loaded.config.model(args.model_id)
     except KeyError:
-        known = ", ".join(m.id for m in settings.config.models)
+        known = ", ".join(m.id for m in loaded.config.models)
         print(f"unknown model {args.model_id!r}; configured models: {known}", file=sys.stderr)
         return 2
-    base_dir = settings.path.parent
+    base_dir = loaded.path.parent
     if entry.hub_repo is None:
         return explain_manual_download(entry, base_dir)
     target = resolve_path(entry.path, base_dir)

@@ -32,9 +32,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from inference.inventory import check_all
+from inference.models.inventory import check_all
 from ponybot_cli import doctor
 from ponybot_cli.children import (
     Child,
@@ -43,9 +44,9 @@ from ponybot_cli.children import (
     RestartPolicy,
     last_line,
 )
+from ponybot_cli.config_loading import load_or_explain
 from ponybot_cli.redis_server import DataFolderLock, FolderInUse, RedisServer
-from ponybot_cli.settings import load_or_explain
-from ponybot_core.config import Settings
+from ponybot_core.config import LoadedConfig
 from ponybot_core.logs import (
     LOG_FILE_BACKUPS,
     LOG_FILE_MAX_BYTES,
@@ -87,14 +88,14 @@ def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentPa
     up.set_defaults(run=run)
 
 
-def _at_least(minimum: int) -> type[int]:
+def _at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be {minimum} or more")
         return value
 
-    return parse  # type: ignore[return-value]
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,17 +107,17 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             log.error("cannot start: --log-file %s: %s", args.log_file, exc.strerror)
             return EXIT_CONFIG
-    settings = load_or_explain(args.config)
-    if settings is None:
+    loaded = load_or_explain(args.config)
+    if loaded is None:
         return EXIT_CONFIG
-    if settings.secrets.discord_token is None:
+    if loaded.secrets.discord_token is None:
         log.error("cannot start: DISCORD_TOKEN is not set: export the bot token from the "
                   "Discord developer portal (`ponybot check` tests it)")
         return EXIT_CONFIG
-    data = doctor.check_data_folder(settings, create=True)
+    data = doctor.check_data_folder(loaded, create=True)
     if data.status == "fail":
         return refuse([data])
-    lock = DataFolderLock(settings.resolve(settings.config.redis.data_dir))
+    lock = DataFolderLock(loaded.resolve(loaded.config.redis.data_dir))
     try:
         lock.acquire()
     except FolderInUse as exc:
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         try:
-            findings = asyncio.run(checks_before_start(settings))
+            findings = asyncio.run(checks_before_start(loaded))
         except KeyboardInterrupt:
             return 0
         if any(f.status == "fail" for f in findings):
@@ -134,19 +135,19 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("%s: %s%s", finding.topic, finding.detail,
                             f" → {finding.fix}" if finding.fix else "")
         policy = RestartPolicy(base_s=args.restart_delay, max_crashes=args.max_crashes)
-        return supervise(settings, lock, workers=args.workers, policy=policy)
+        return supervise(loaded, lock, workers=args.workers, policy=policy)
     finally:
         lock.release()
 
 
-async def checks_before_start(settings: Settings) -> list[doctor.Finding]:
+async def checks_before_start(loaded: LoadedConfig) -> list[doctor.Finding]:
     """The doctor's checks `up` needs, without discord.py's "logging in" line: if they pass,
     the bot logs in and says so; if not, the one line is ours."""
     discord_log = logging.getLogger("discord")
     level = discord_log.level
     discord_log.setLevel(logging.WARNING)
     try:
-        return await doctor.before_up(settings)
+        return await doctor.before_up(loaded)
     finally:
         discord_log.setLevel(level)
 
@@ -161,7 +162,7 @@ def refuse(findings: list[doctor.Finding]) -> int:
     return EXIT_UNAVAILABLE if all(f.transient for f in failed) else EXIT_CONFIG
 
 
-def supervise(settings: Settings, lock: DataFolderLock, *, workers: int,
+def supervise(loaded: LoadedConfig, lock: DataFolderLock, *, workers: int,
               policy: RestartPolicy) -> int:
     """Redis, then the children; keep them running until a signal (0) or GiveUp (its
     status)."""
@@ -169,18 +170,18 @@ def supervise(settings: Settings, lock: DataFolderLock, *, workers: int,
     # Set first: a signal while Redis starts must not leave it behind.
     signal.signal(signal.SIGINT, lambda sig, _: received.append(sig))
     signal.signal(signal.SIGTERM, lambda sig, _: received.append(sig))
-    log.info("config %s", settings.path)
-    announce_models(settings)
+    log.info("config %s", loaded.path)
+    announce_models(loaded)
     # The children hold the lock too: the folder is in use until the last of them is gone.
     keep_fds = (lock.fd,)
     # Unbuffered: a child's lines reach the relay as they are written, in order.
-    env = dict(os.environ, PONYBOT_CONFIG=str(settings.path), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PONYBOT_CONFIG=str(loaded.path), PYTHONUNBUFFERED="1")
     redis: EmbeddedRedis | None = None
     children: list[Child] = []
     try:
-        if settings.redis_url:
-            log.info("Redis %s (from %s)", masked_url(settings.redis_url),
-                     "REDIS_URL" if settings.secrets.redis_url else "redis.url")
+        if loaded.redis_url:
+            log.info("Redis %s (from %s)", masked_url(loaded.redis_url),
+                     "REDIS_URL" if loaded.secrets.redis_url else "redis.url")
         else:
             server = RedisServer(lock.data_dir, supervised=True, secured=True,
                                  keep_fds=keep_fds)
@@ -219,9 +220,9 @@ def supervise(settings: Settings, lock: DataFolderLock, *, workers: int,
         log.info("stopped")
 
 
-def announce_models(settings: Settings) -> None:
+def announce_models(loaded: LoadedConfig) -> None:
     """The inventory table, and in one line which models `/pony` can draw with."""
-    inventory = check_all(settings.config, settings.path.parent)
+    inventory = check_all(loaded.config, loaded.path.parent)
     log.info("models and upscalers:\n%s", inventory.table())
     usable = inventory.usable_models()
     if usable:

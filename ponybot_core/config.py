@@ -76,6 +76,10 @@ def _default_sizes() -> dict[Size, Dimensions]:
 
 
 class Defaults(_Strict):
+    """The config's `[defaults]` table: the last layer of `ponybot_request.resolution`, what
+    applies when nothing more specific says otherwise. (What users save with `/settings` is
+    `bot.saved_settings`.)"""
+
     steps: Annotated[int, Field(ge=1)] = 25
     cfg: Annotated[float, Field(gt=0)] = 7.5
     sampler: Sampler = Sampler.DDIM
@@ -224,7 +228,7 @@ class WorkerConfig(_Strict):
     # Precision on GPUs: auto = float16 (bfloat16 trades a little detail for no overflow).
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     # Images one pipeline call may draw; on CUDA also bounded by free memory (see
-    # inference/fast_path.py).
+    # inference/models/device.py).
     max_images_per_call: Annotated[int, Field(ge=1, le=64)] = 8
     # torch.compile the UNet on CUDA (slow first job per size, then faster); warmed up at start.
     compile_unet: bool = False
@@ -251,7 +255,7 @@ class UpscalerEntry(_Strict):
 
 
 class HiresConfig(_Strict):
-    """`/pony hires:true` and the ⬆️ Hires button (ponybot_core/hires.py): draw at the size
+    """`/pony hires:true` and the ⬆️ Hires button (ponybot_core/hires_plan.py): draw at the size
     asked, enlarge the picture `scale` times (Lanczos), refine it with img2img at `strength`.
 
     The defaults follow AUTOMATIC1111's hires fix for SD 1.x (stable-diffusion-webui,
@@ -359,8 +363,10 @@ class Secrets(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
 
 
-class Settings(BaseModel):
-    """Everything a process needs: the validated file plus the environment's secrets."""
+class LoadedConfig(BaseModel):
+    """Everything a process needs: the validated file plus the environment's secrets, and where
+    the file is (relative paths in it are relative to its folder). Not the `/settings` users
+    save (`bot.saved_settings`), nor the config's `[defaults]` table (`Defaults`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -426,6 +432,8 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: invalid config:\n{_describe(exc)}") from exc
 
 
-def load_settings(path: Path | None = None) -> Settings:
+def load_config_and_secrets(path: Path | None = None) -> LoadedConfig:
+    """The config file at `path` (default: `config_path()`) with the environment's secrets;
+    raises ConfigError saying what is wrong."""
     path = path or config_path()
-    return Settings(config=load_config(path), secrets=Secrets(), path=path.resolve())
+    return LoadedConfig(config=load_config(path), secrets=Secrets(), path=path.resolve())

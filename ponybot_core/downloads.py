@@ -13,7 +13,12 @@ A URL in a job or a message is data a user influenced, so nothing about it is tr
 - an animation (APNG, animated WebP) counts every frame against that limit, from its header
   (a 10 MiB APNG can hold 160,000 frames), and only its first frame is ever decoded;
 - decoding stops at the next block of the file it reads once its job is cancelled or its
-  deadline has passed (`DecodeGuard`);
+  deadline has passed (`DecodeGuard`), and no block makes libjpeg work without end: a JPEG of
+  more than `MAX_JPEG_SCANS` scans is refused from a walk over its markers;
+- EXIF never reaches Pillow's EXIF reader, which makes a Python object of every value of a
+  tag (a million in a 10 MB tag, outside the guard's reach): the Orientation and the
+  `parameters` are read by hand, bounded (`image_parameters.read_exif`), the picture turned
+  upright here, and a JPEG's EXIF segments left out of what Pillow opens;
 - whatever Pillow raises on damaged bytes is one `DownloadRefused` naming the damage: retrying
   a file that cannot be read does not make it readable;
 - every mode a PNG, JPEG or WebP decodes to (16-bit gray, palettes with transparency, CMYK, ...)
@@ -26,6 +31,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import re
 import struct
 import threading
 import time
@@ -34,9 +40,15 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-from PIL import Image, ImageMath, ImageOps
+from PIL import Image, ImageMath
 
-from ponybot_core.image_parameters import parameters_of
+from ponybot_core.image_parameters import (
+    MAX_CHUNKS,
+    UnreadablePicture,
+    find_exif,
+    find_parameters,
+    read_exif,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,75 @@ PILLOW_ERRORS: tuple[type[BaseException], ...] = (
     IndexError, struct.error, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 DAMAGED = "the picture is damaged or cut off and cannot be read"
+
+# Scans in one JPEG. Every scan makes libjpeg go over the whole picture once more, and Pillow
+# feeds it the file in 64 KiB blocks: thousands of empty scans (10 bytes each) fit in one, where
+# no deadline or Cancel is looked at. libjpeg's progressive script (what Pillow, cjpeg and most
+# tools write) makes 10 scans for a colour picture, 6 for gray, 18 for CMYK. libjpeg-turbo's
+# answer to this attack is a limit too (djpeg -maxscans, TJPARAM_SCANLIMIT; its own fuzzers use
+# 500 on pictures of at most 1 Mpx): ours, five times the most an encoder writes, keeps a decode
+# of up to uploads.max_pixels to 100 passes over its pixels.
+MAX_JPEG_SCANS = 100
+# A marker in a JPEG, between segments or ending a scan's entropy-coded data: 0xFF, then neither
+# a stuffed zero, a fill byte nor a restart marker (RSTn belong to the scan's data).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
+
+
+@dataclass(frozen=True)
+class JpegLayout:
+    scans: int  # SOS segments counted; the walk stops at MAX_JPEG_SCANS + 1
+    exif: list[tuple[int, int]]  # (start, end) of each APP1 `Exif` segment
+    markers: int  # markers walked: at most MAX_CHUNKS
+
+
+def jpeg_layout(data: bytes) -> JpegLayout:
+    """Where a JPEG's scans and EXIF segments are, by a walk over its markers: a segment is
+    skipped by its length, a scan's entropy-coded data by a regex search for the next marker
+    (C speed, one step per marker, not per byte). A file cut off ends the walk: Pillow says
+    what is wrong with it when it opens it."""
+    scans, markers = 0, 0
+    exif: list[tuple[int, int]] = []
+    at = 2  # after SOI
+    while (found := _JPEG_MARKER.search(data, at)) is not None:
+        markers += 1
+        if markers > MAX_CHUNKS:
+            raise DownloadRefused(f"the picture has more than {MAX_CHUNKS:,} JPEG segments")
+        marker, at = data[found.start() + 1], found.end()
+        if marker == 0xD9:  # EOI
+            break
+        if marker in (0x01, 0xD8):  # TEM, SOI: no segment follows
+            continue
+        if at + 2 > len(data):
+            break
+        (length,) = struct.unpack_from(">H", data, at)
+        if length < 2:
+            raise DownloadRefused(DAMAGED)
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                break
+        elif marker == 0xE1 and data.startswith(b"Exif\x00\x00", at + 2):
+            exif.append((found.start(), at + length))
+        at += length
+    return JpegLayout(scans, exif, markers)
+
+
+def _jpeg_for_pillow(data: bytes) -> bytes:
+    """The JPEG refused past MAX_JPEG_SCANS scans, and without its EXIF: Pillow joins every
+    APP1 `Exif` segment into one block (a 64 KiB segment each, but any number of them) and
+    reads it while it opens the file; the worker reads what it needs by hand (`_orientation`)."""
+    layout = jpeg_layout(data)
+    if layout.scans > MAX_JPEG_SCANS:
+        raise DownloadRefused(f"the picture is a JPEG of more than {MAX_JPEG_SCANS} scans "
+                              "(encoders write about 10): save it again, or as a PNG")
+    if not layout.exif:
+        return data
+    view, kept, at = memoryview(data), [], 0
+    for start, end in layout.exif:
+        kept.append(view[at:start])
+        at = end
+    kept.append(view[at:])
+    return b"".join(kept)
 
 
 @dataclass(frozen=True)
@@ -189,6 +270,8 @@ def open_image(data: bytes, *, max_pixels: int, guard: DecodeGuard | None = None
     found = sniff_format(data[:16])
     if found is None:
         raise DownloadRefused("the file is not a PNG, JPEG or WebP picture")
+    if found == "JPEG":
+        data = _jpeg_for_pillow(data)
     try:
         image = Image.open(_GuardedFile(data, guard or DecodeGuard()), formats=[found])
     except Image.DecompressionBombError:  # past Pillow's own limit, which is above ours
@@ -223,29 +306,46 @@ def decode_image(data: bytes, *, max_pixels: int, guard: DecodeGuard | None = No
     image = open_image(data, max_pixels=max_pixels, guard=guard)
     with refused_when_damaged():
         image.load()  # the first frame only: Pillow decodes a later one only when asked
-        picture = normalised(_upright(image))
+        # Nothing after this may hand the EXIF to Pillow's reader (getexif, exif_transpose):
+        # what the picture needs of it is read by hand.
+        image.info.pop("exif", None)
+        picture = normalised(_upright(image, _orientation(data)))
     guard.check()
-    return Decoded(picture, _parameters(image))
+    return Decoded(picture, _parameters(data))
 
 
-def _upright(image: Image.Image) -> Image.Image:
+# Pillow's turn for each EXIF Orientation (2 to 8), the one ImageOps.exif_transpose makes.
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(data: bytes) -> int | None:
     # Pixels that decoded are a picture even when its EXIF is not: shown as stored, then.
     try:
-        return ImageOps.exif_transpose(image)
-    except PILLOW_ERRORS:
-        log.info("a picture's EXIF could not be read; its orientation is ignored")
-        return image
-
-
-def _parameters(image: Image.Image) -> str | None:
-    # Read after the first frame is loaded: Pillow then has the text chunks it met on the way,
-    # and `image.text` does not walk every frame of an APNG to look for more. They only ride
-    # along to an upscale's file: a picture whose parameters cannot be read is still a picture.
-    try:
-        return parameters_of(image)
-    except Exception:
-        log.warning("a picture's parameters could not be read", exc_info=True)
+        exif = find_exif(data)
+        return read_exif(exif, comment=False).orientation if exif is not None else None
+    except UnreadablePicture as exc:
+        log.info("a picture's EXIF could not be read (%s); its orientation is ignored", exc)
         return None
+
+
+def _upright(image: Image.Image, orientation: int | None) -> Image.Image:
+    turn = _TURNS.get(orientation or 1)
+    return image if turn is None else image.transpose(turn)
+
+
+def _parameters(data: bytes) -> str | None:
+    # From the file's bytes, as the Parameters menu reads them: chunk headers walked, no pixel
+    # decoded, text and EXIF bounded. They only ride along to an upscale's file: a picture
+    # whose parameters cannot be read is still a picture.
+    try:
+        found = find_parameters(data)
+    except UnreadablePicture as exc:
+        log.info("a picture's parameters could not be read (%s)", exc)
+        return None
+    return found.text if found else None
 
 
 def normalised(image: Image.Image, *,

@@ -9,10 +9,13 @@ seen" so the bot can say how long ago the last worker went away.
 
 from __future__ import annotations
 
+from typing import cast
+
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
 from ponybot_core.keys import Keys
+from ponybot_core.redis_client import as_str
 
 # Names of workers gone for longer than this are dropped from the set (bounded size: a new
 # name per worker process).
@@ -29,7 +32,7 @@ class WorkerHeartbeat(BaseModel):
     loaded: list[str] = []
     # Model id -> why it failed to load (shown to admins by `/model info`).
     failed: dict[str, str] = {}
-    # Model ids whose files this worker found usable (`inference.inventory`); None = a worker
+    # Model ids whose files this worker found usable (`inference.models.inventory`); None = a worker
     # that does not report it (assumed to serve every configured model).
     serves: list[str] | None = None
     # Model or upscaler id -> why this worker cannot use it ("file missing: ...").
@@ -70,10 +73,11 @@ async def remove_heartbeat(redis: Redis, keys: Keys, name: str) -> None:
 
 async def read_heartbeats(redis: Redis, keys: Keys) -> list[WorkerHeartbeat]:
     """Every live worker's heartbeat, sorted by name."""
-    names = await redis.zrange(keys.workers, 0, -1)
+    # redis-py types ZRANGE's reply for WITHSCORES too; without it the reply is the members.
+    names = cast("list[bytes]", await redis.zrange(keys.workers, 0, -1))
     if not names:
         return []
-    raws = await redis.mget([keys.worker(n.decode()) for n in names])
+    raws = await redis.mget([keys.worker(as_str(n)) for n in names])
     beats = [WorkerHeartbeat.model_validate_json(raw) for raw in raws if raw]
     return sorted(beats, key=lambda b: b.name)
 

@@ -14,11 +14,13 @@ and the workers read and write exactly the same text:
 
 Any picture a user posts can be hostile, so reading one (`find_parameters`) decodes no pixel
 at all: it walks the file's container (PNG chunks, JPEG segments, WebP RIFF chunks; at most
-`MAX_CHUNKS`), inflates compressed text no further than `PARAMETERS_LIMIT` characters, hands
-only the EXIF block to Pillow's EXIF reader, and says why a file it cannot read is damaged
-(`UnreadablePicture`). Reading the settings line (`scan_settings`) takes time linear in its
-length, where A1111's regex takes time quadratic in it. Both are CPU work: callers on an
-event loop run them in a thread.
+`MAX_CHUNKS`), inflates compressed text no further than `PARAMETERS_LIMIT` characters, reads
+EXIF by hand (`read_exif`: two IFDs of at most `MAX_IFD_ENTRIES` entries, and only the values it
+wants: Pillow's reader makes a Python object of every value, a million of them in a 10 MB tag),
+and says why a file it cannot read is damaged (`UnreadablePicture`); the workers read a
+picture's Orientation with the same `read_exif`. Reading the settings line (`scan_settings`)
+takes time linear in its length, where A1111's regex takes time quadratic in it. Both are CPU
+work: callers on an event loop run them in a thread.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,13 +113,21 @@ def find_parameters(data: bytes) -> FoundParameters | None:
     the pixels); a file cut off after it still shows it."""
     if data.startswith(_PNG_SIGNATURE):
         return _png_parameters(data)
-    if data.startswith(b"\xff\xd8\xff"):
-        exif = _jpeg_exif(data)
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        exif = _webp_exif(data)
-    else:
-        raise UnreadablePicture("it is not a PNG, JPEG or WebP picture")
+    exif = find_exif(data)
     return _exif_parameters(exif) if exif is not None else None
+
+
+def find_exif(data: bytes) -> memoryview | None:
+    """The EXIF block of a PNG (its first eXIf chunk), JPEG (its first APP1 `Exif` segment) or
+    WebP (its EXIF chunk), in place, not copied; None when it has none. Raises
+    UnreadablePicture when the file cannot be walked to it, by the walks of `find_parameters`."""
+    if data.startswith(_PNG_SIGNATURE):
+        return _png_exif(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg_exif(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_exif(data)
+    raise UnreadablePicture("it is not a PNG, JPEG or WebP picture")
 
 
 def read_parameters(data: bytes) -> str | None:
@@ -125,46 +136,48 @@ def read_parameters(data: bytes) -> str | None:
     return found.text if found else None
 
 
-def parameters_of(image: Image.Image) -> str | None:
-    """The `parameters` Pillow read when it opened `image`: a PNG text chunk before the pixels
-    (where A1111 and our workers write them) or the EXIF UserComment Pillow kept. Decodes
-    nothing: a PNG's `image.text` or `getexif()` would decode every frame to reach chunks
-    after the pixels; `find_parameters(data)` finds those without decoding."""
-    early = image.info.get("parameters")
-    if isinstance(early, str):
-        return early[:PARAMETERS_LIMIT] or None
-    exif = image.info.get("exif")
-    found = _exif_parameters(exif) if isinstance(exif, bytes) else None
-    return found.text if found else None
-
-
-def _png_parameters(data: bytes) -> FoundParameters | None:
-    exif: tuple[int, int] | None = None  # where the first eXIf chunk is, if any
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, start, end) of a PNG's chunks up to IEND, each checked to be whole; at most
+    MAX_CHUNKS of them."""
     at = len(_PNG_SIGNATURE)
     for count in range(MAX_CHUNKS):
         if at + 8 > len(data):
             raise UnreadablePicture(f"it is cut off after {at:,} bytes, before its end (IEND)")
         length, kind = struct.unpack_from(">I4s", data, at)
-        body, end = at + 8, at + 12 + length
+        end = at + 12 + length
         if count == 0 and kind != b"IHDR":
             raise UnreadablePicture("it does not start with its header (IHDR)")
         if end > len(data):
             raise UnreadablePicture(f"it is cut off in {_chunk_name(kind, at)}")
         if kind == b"IEND":
-            break
+            return
+        yield kind, at, end
+        at = end
+    raise UnreadablePicture(f"it has more than {MAX_CHUNKS:,} chunks")
+
+
+def _png_parameters(data: bytes) -> FoundParameters | None:
+    exif: tuple[int, int] | None = None  # where the first eXIf chunk is, if any
+    for kind, at, end in _png_chunks(data):
+        body = at + 8
         if kind in _PNG_TEXT and data.startswith(_KEYWORD, body):
             _check_crc(data, at, end, "its `parameters` text")
             found = _png_text(kind, data, body + len(_KEYWORD), end - 4)
             return found if found.text else None
         if kind == b"eXIf" and exif is None:
             exif = (at, end)
-        at = end
-    else:
-        raise UnreadablePicture(f"it has more than {MAX_CHUNKS:,} chunks")
     if exif is None:
         return None
     _check_crc(data, *exif, "its EXIF data")
-    return _exif_parameters(data[exif[0] + 8:exif[1] - 4])
+    return _exif_parameters(memoryview(data)[exif[0] + 8:exif[1] - 4])
+
+
+def _png_exif(data: bytes) -> memoryview | None:
+    for kind, at, end in _png_chunks(data):
+        if kind == b"eXIf":
+            _check_crc(data, at, end, "its EXIF data")
+            return memoryview(data)[at + 8:end - 4]
+    return None
 
 
 def _chunk_name(kind: bytes, at: int) -> str:
@@ -187,7 +200,7 @@ def _png_text(kind: bytes, data: bytes, start: int, end: int) -> FoundParameters
     if kind == b"tEXt":
         return FoundParameters(*_decoded(body, "latin-1"), where=where)
     if kind == b"zTXt":
-        if body[:1] != b"\x00":
+        if body[:1].tobytes() != b"\x00":
             raise UnreadablePicture("its `parameters` text is compressed in an unknown way")
         return FoundParameters(*_decoded(*_inflated(body[1:], "latin-1")), where=where)
     # iTXt: compression flag and method, language tag, translated keyword, then the text.
@@ -230,8 +243,9 @@ def _decoded(raw: bytes | memoryview, encoding: str, more: bool = False) -> tupl
     return text, cut
 
 
-def _jpeg_exif(data: bytes) -> bytes | None:
-    """The first EXIF block (APP1 `Exif\\0\\0`) before a JPEG's pixels (SOS), as Pillow takes it."""
+def _jpeg_exif(data: bytes) -> memoryview | None:
+    """The first EXIF block (APP1 `Exif\\0\\0`) before a JPEG's pixels (SOS): its IFDs are there,
+    where cameras and A1111 write them, whatever later segments hold."""
     at = 2
     for _ in range(MAX_CHUNKS):
         if at + 2 > len(data):
@@ -256,12 +270,12 @@ def _jpeg_exif(data: bytes) -> bytes | None:
         if end > len(data):
             raise UnreadablePicture(f"it is cut off in a segment at byte {at - 2:,}")
         if marker == 0xE1 and data.startswith(b"Exif\x00\x00", at + 2):
-            return data[at + 2:end]
+            return memoryview(data)[at + 2:end]
         at = end
     raise UnreadablePicture(f"it has more than {MAX_CHUNKS:,} segments before its pixels")
 
 
-def _webp_exif(data: bytes) -> bytes | None:
+def _webp_exif(data: bytes) -> memoryview | None:
     """The EXIF chunk of a WebP (RIFF) file."""
     (riff_size,) = struct.unpack_from("<I", data, 4)
     riff_end = 8 + riff_size
@@ -276,34 +290,110 @@ def _webp_exif(data: bytes) -> bytes | None:
         if end > len(data):
             raise UnreadablePicture(f"it is cut off in {_chunk_name(fourcc, at)}")
         if fourcc == b"EXIF":
-            return data[at + 8:end]
+            return memoryview(data)[at + 8:end]
         at = end + (size & 1)  # chunks are padded to an even size
     raise UnreadablePicture(f"it has more than {MAX_CHUNKS:,} chunks")
 
 
-def _exif_parameters(block: bytes) -> FoundParameters | None:
-    """The UserComment of an EXIF block, read by Pillow's EXIF (TIFF) reader, which bounds
-    what it reads by the block's own size."""
-    exif = Image.Exif()
-    try:
-        exif.load(block)
-        comment = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
-    except Exception as exc:  # Pillow's TIFF reader raises all kinds on bytes that are not TIFF
-        raise UnreadablePicture("its EXIF data is damaged") from exc
-    where = "EXIF UserComment"
-    if comment is None:
+# --- EXIF, read by hand -------------------------------------------------------------------------
+
+# Entries read in one IFD. Cameras write a few dozen in IFD0 and in the Exif IFD (their hundreds
+# of maker-note entries are an IFD of their own, never read here); TIFF allows 65,535.
+MAX_IFD_ENTRIES = 1024
+_EXIF_HEADER = b"Exif\x00\x00"
+_TIFF_HEADERS = {b"MM\x00\x2a": ">", b"II\x2a\x00": "<"}
+_ORIENTATION = 0x0112  # IFD0
+_EXIF_IFD = 0x8769  # IFD0: where the Exif IFD is
+_USER_COMMENT = 0x9286  # Exif IFD
+_SHORT, _LONG, _IFD = 3, 4, 13
+_BYTES = (1, 2, 7)  # BYTE, ASCII, UNDEFINED: one byte per value
+# Bytes of UserComment read: its 8-byte character code, then as much text as PARAMETERS_LIMIT
+# characters can take in any encoding.
+_COMMENT_LIMIT = len(_UNICODE_PREFIX) + PARAMETERS_LIMIT * max(_BYTES_PER_CHAR.values())
+
+
+@dataclass(frozen=True)
+class ExifFields:
+    """The two EXIF fields the bot and the workers use, and what reading them cost."""
+
+    orientation: int | None  # IFD0's Orientation, 1 to 8: how to turn the pixels upright
+    comment: bytes | None  # the Exif IFD's UserComment: at most its first _COMMENT_LIMIT bytes
+    comment_cut: bool  # the comment went on past them
+    little_endian: bool
+    entries_read: int  # IFD entries looked at: at most 2 * MAX_IFD_ENTRIES
+
+
+def read_exif(block: bytes | memoryview, *, comment: bool = True) -> ExifFields:
+    """Orientation and (with `comment`) UserComment from an EXIF block (a TIFF header and IFDs,
+    `Exif\\0\\0` before it or not); raises UnreadablePicture when the block is damaged.
+
+    Bounded whatever the block holds: IFD0 and the Exif IFD are walked entry by entry, at most
+    MAX_IFD_ENTRIES each, and no value is read but the two wanted, the comment no further than
+    _COMMENT_LIMIT bytes. Pillow's reader turns every value of every tag of an IFD into a
+    Python object: a 10 MB tag of RATIONALs is 1.2 million objects, seconds of CPU, 300 MiB."""
+    view = memoryview(block)
+    if view[:len(_EXIF_HEADER)] == _EXIF_HEADER:
+        view = view[len(_EXIF_HEADER):]
+    order = _TIFF_HEADERS.get(bytes(view[:4]))
+    if order is None or len(view) < 8:
+        raise UnreadablePicture("its EXIF data is damaged (it is not TIFF)")
+    (ifd0_at,) = struct.unpack_from(order + "I", view, 4)
+    ifd0, read = _ifd(view, ifd0_at, order, (_ORIENTATION, _EXIF_IFD))
+    orientation = None
+    if _ORIENTATION in ifd0:
+        kind, _, value = ifd0[_ORIENTATION]
+        if kind in (_SHORT, _LONG):
+            (orientation,) = struct.unpack_from(order + ("H" if kind == _SHORT else "I"), value)
+            orientation = orientation if 1 <= orientation <= 8 else None
+    found, cut = None, False
+    if comment and _EXIF_IFD in ifd0 and ifd0[_EXIF_IFD][0] in (_LONG, _IFD):
+        (exif_at,) = struct.unpack_from(order + "I", ifd0[_EXIF_IFD][2])
+        exif_ifd, more = _ifd(view, exif_at, order, (_USER_COMMENT,))
+        read += more
+        if _USER_COMMENT in exif_ifd and exif_ifd[_USER_COMMENT][0] in _BYTES:
+            _, count, value = exif_ifd[_USER_COMMENT]
+            start = 0 if count <= 4 else struct.unpack_from(order + "I", value)[0]
+            source = value if count <= 4 else view
+            if start + count > len(source):
+                raise UnreadablePicture("its EXIF UserComment is cut off")
+            found, cut = bytes(source[start:start + min(count, _COMMENT_LIMIT)]), \
+                count > _COMMENT_LIMIT
+    return ExifFields(orientation, found, cut, order == "<", read)
+
+
+def _ifd(view: memoryview, at: int, order: str,
+         wanted: tuple[int, ...]) -> tuple[dict[int, tuple[int, int, bytes]], int]:
+    """The entries of the IFD at `at` whose tags are `wanted`, as (type, count, the 4 bytes of
+    value or offset), and how many entries the IFD has (all looked at)."""
+    if at + 2 > len(view):
+        raise UnreadablePicture("its EXIF data is damaged (an IFD past its end)")
+    (count,) = struct.unpack_from(order + "H", view, at)
+    if count > MAX_IFD_ENTRIES:
+        raise UnreadablePicture(f"its EXIF data is damaged (an IFD of {count:,} entries)")
+    end = at + 2 + 12 * count
+    if end > len(view):
+        raise UnreadablePicture("its EXIF data is cut off")
+    found: dict[int, tuple[int, int, bytes]] = {}
+    for tag, kind, values, value in struct.iter_unpack(order + "HHI4s", view[at + 2:end]):
+        if tag in wanted and tag not in found:  # the first one, as Pillow keeps
+            found[tag] = (kind, values, value)
+    return found, count
+
+
+def _exif_parameters(block: bytes | memoryview) -> FoundParameters | None:
+    """The `parameters` in an EXIF block's UserComment (`read_exif`)."""
+    exif = read_exif(block)
+    comment = exif.comment
+    if not comment:
         return None
-    if not isinstance(comment, bytes):
-        text, cut = _decoded(str(comment).encode("utf-8"), "utf-8")
-        return FoundParameters(text, cut, where) if text else None
     if comment.startswith(_UNICODE_PREFIX):
-        encoding = "utf-16-le" if exif.endian == "<" else "utf-16-be"
-        text, cut = _decoded(memoryview(comment)[len(_UNICODE_PREFIX):], encoding)
+        encoding = "utf-16-le" if exif.little_endian else "utf-16-be"
+        text, cut = _decoded(memoryview(comment)[len(_UNICODE_PREFIX):], encoding,
+                             exif.comment_cut)
     else:
         body = comment[len(_ASCII_PREFIX):] if comment.startswith(_ASCII_PREFIX) else comment
-        cap = PARAMETERS_LIMIT * _BYTES_PER_CHAR["utf-8"]
-        text, cut = _decoded(body[:cap].rstrip(b"\x00"), "utf-8", len(body) > cap)
-    return FoundParameters(text, cut, where) if text else None
+        text, cut = _decoded(body.rstrip(b"\x00"), "utf-8", exif.comment_cut)
+    return FoundParameters(text, cut, "EXIF UserComment") if text else None
 
 
 # --- reading the text ---------------------------------------------------------------------------
@@ -365,7 +455,7 @@ def scan_settings(line: str) -> SettingsScan:
     at = 0
     while at < n:
         # 1. `\s*` then `\w`: whitespace is not a key character, so `\s*` never gives any back.
-        key_start = _SPACES.match(line, at).end()  # type: ignore[union-attr]
+        key_start = _SPACES.match(line, at).end()  # type: ignore[union-attr]  # `*`: always a match
         visited += key_start - at + 1
         if key_start >= n or not _WORD.match(line, key_start):
             at = key_start + 1  # every start up to key_start skips to the same character
@@ -373,20 +463,20 @@ def scan_settings(line: str) -> SettingsScan:
         # 2. `[\w \-/]+:` -- the run of key characters ends where it ends; only a colon there,
         # after at least two key characters, makes a key. Starts inside the run meet the same
         # end (or are too short), so the next start worth trying is the end itself.
-        key_end = _KEY_RUN.match(line, key_start + 1).end()  # type: ignore[union-attr]
+        key_end = _KEY_RUN.match(line, key_start + 1).end()  # type: ignore[union-attr]  # `*`: always a match
         visited += key_end - key_start
         if key_end - key_start < 2 or key_end >= n or line[key_end] != ":":
             at = key_end
             continue
         # 3. `\s*` then a quoted value followed by `,` or the end; else everything up to the
         # next comma (which always matches, so the key is never given back).
-        value_start = _SPACES.match(line, key_end + 1).end()  # type: ignore[union-attr]
+        value_start = _SPACES.match(line, key_end + 1).end()  # type: ignore[union-attr]  # `*`: always a match
         visited += value_start - key_end
         if value_start < n and line[value_start] == '"':
             # A later value's opening quote cannot lie inside this run (it follows a colon or
             # a space, never an escaping backslash): quoted runs never overlap.
             run_start = value_start + 1
-            run_end = _QUOTED_RUN.match(line, run_start).end()  # type: ignore[union-attr]
+            run_end = _QUOTED_RUN.match(line, run_start).end()  # type: ignore[union-attr]  # `*`: always a match
             visited += run_end - run_start + 1
             after = run_end + 1
             closed = run_end > run_start and run_end < n and line[run_end] == '"'

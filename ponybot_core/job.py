@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ponybot_core.config import Sampler
-from ponybot_core.hires import HiresPass
+from ponybot_core.hires_plan import HiresPass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 # Discord lets an interaction token edit its messages for 15 minutes.
 INTERACTION_TOKEN_TTL_S = 15 * 60
 # Edit through the token only while it has comfortably more than this left.
@@ -92,7 +92,7 @@ class Job(BaseModel):
     # Upscale the generated images too (`/pony upscale:true`).
     upscale: bool = False
     # GENERATE: drawn at width×height, then enlarged and refined by img2img (`/pony hires:true`,
-    # the ⬆️ Hires button; ponybot_core/hires.py).
+    # the ⬆️ Hires button; ponybot_core/hires_plan.py).
     hires: HiresPass | None = None
     # UPSCALE / VARIATION: which earlier job's image (0-based) to start from.
     source_job_id: str | None = None
@@ -129,6 +129,16 @@ class Job(BaseModel):
     def image_seeds(self) -> list[int]:
         """One seed per image, so image i of a job is reproducible on its own."""
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    def work_units(self) -> float:
+        """How many plain jobs' worth of sampling this job is, for ETAs: 1, plus for hires its
+        second pass's pixels × denoising steps over the first pass's (a 2× pass at half
+        strength on the same steps is 1 + 4 × 0.5 = 3)."""
+        if self.hires is None:
+            return 1.0
+        first = self.width * self.height * self.steps
+        second = self.hires.width * self.hires.height * self.hires.denoising_steps
+        return 1.0 + second / first
 
     def token_expires_at(self) -> float:
         return self.created_at + INTERACTION_TOKEN_TTL_S

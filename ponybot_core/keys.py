@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ponybot_core.redis_client import as_str
+
 WORKER_GROUP = "workers"
+# The member of `Keys.paused` that pauses every server. (The Lua scripts, which cannot import
+# it, spell it '*' too.)
+ALL_SERVERS = "*"
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Keys:
 
     @property
     def paused(self) -> str:
-        """Paused server ids; the member `*` pauses everything."""
+        """Paused server ids; the member `ALL_SERVERS` pauses everything."""
         return f"{self.prefix}:paused"
 
     def user_jobs(self, guild_id: int | None, user_id: int) -> str:
@@ -69,39 +74,41 @@ class Keys:
 
     def job_id(self, job_key: str | bytes) -> str:
         """The job id in a key built by `job` (waiting lists hold keys)."""
-        text = job_key.decode() if isinstance(job_key, bytes) else job_key
-        return text.removeprefix(f"{self.prefix}:job:")
+        return as_str(job_key).removeprefix(f"{self.prefix}:job:")
 
     def guild(self, guild_id: int | None) -> str:
         """Hash of a server's settings: default model, blocked tags, per-user limit."""
         return f"{self.prefix}:guild:{guild_id or 0}"
 
-    def user_defaults(self, guild_id: int | None, user_id: int) -> str:
-        """Hash of one user's `/settings` in one server (DMs are server 0)."""
+    # Saved settings (`bot.saved_settings`) keep the `defaults` in their key names: that is
+    # how they were stored before the code said "saved settings", and renaming stored keys
+    # would lose every user's.
+
+    def user_settings(self, guild_id: int | None, user_id: int) -> str:
+        """Hash of one user's saved `/settings` in one server (DMs are server 0)."""
         return f"{self.prefix}:defaults:{guild_id or 0}:user:{user_id}"
 
-    def channel_defaults(self, guild_id: int | None, channel_id: int) -> str:
-        """Hash of one channel's `/settings channel` defaults."""
+    def channel_settings(self, guild_id: int | None, channel_id: int) -> str:
+        """Hash of one channel's saved `/settings channel`."""
         return f"{self.prefix}:defaults:{guild_id or 0}:channel:{channel_id}"
 
-    def defaults_index(self, guild_id: int) -> str:
-        """Set of the `user_defaults` and `channel_defaults` keys saved in one server, so that
-        the bot's removal from it deletes them without a SCAN of the keyspace."""
+    def saved_settings_index(self, guild_id: int) -> str:
+        """Set of the `user_settings` and `channel_settings` keys saved in one server, so
+        that the bot's removal from it deletes them without a SCAN of the keyspace."""
         return f"{self.prefix}:defaults:{guild_id}:index"
 
-    def defaults_guild(self, key: str | bytes) -> int | None:
-        """The server a `user_defaults` or `channel_defaults` key belongs to; None for any
-        other key (an index, a DM's defaults)."""
-        text = key.decode() if isinstance(key, bytes) else key
-        parts = text.removeprefix(f"{self.prefix}:defaults:").split(":")
+    def saved_settings_guild(self, key: str | bytes) -> int | None:
+        """The server a `user_settings` or `channel_settings` key belongs to; None for any
+        other key (an index, a DM's settings)."""
+        parts = as_str(key).removeprefix(f"{self.prefix}:defaults:").split(":")
         if len(parts) != 3 or parts[1] not in ("user", "channel") or not parts[0].isdigit():
             return None
         return int(parts[0]) or None
 
     @property
-    def defaults_indexed(self) -> str:
-        """Set once the defaults saved before servers had a `defaults_index` are in theirs
-        (one SCAN per deployment, by the first bot that knows about indexes)."""
+    def saved_settings_indexed(self) -> str:
+        """Set once the settings saved before servers had a `saved_settings_index` are in
+        theirs (one SCAN per deployment, by the first bot that knows about indexes)."""
         return f"{self.prefix}:defaults_indexed"
 
     def drawable(self, parameters_id: str) -> str:

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import discord
 
-from ponybot_core.custom_ids import result_buttons
-from ponybot_core.hires import work_units
+from ponybot_core.custom_ids import SentButton, queued_buttons, result_buttons
 from ponybot_core.job import Job, JobKind
 
 # Discord caps message content at 2000 characters and an embed description at 4096.
@@ -80,7 +79,7 @@ def hires_text(job: Job) -> str:
     h = job.hires
     return (f"⬆️ hires: drawn at {job.width}×{job.height}, then enlarged to {h.width}×{h.height} "
             f"and refined (strength {h.strength:g}, {h.denoising_steps} steps): about "
-            f"{work_units(job):.1f}× the time of a plain picture")
+            f"{job.work_units():.1f}× the time of a plain picture")
 
 
 def size_text(job: Job) -> str:
@@ -137,23 +136,36 @@ def result_embed(job: Job, *, model_name: str, upscaled_by: str | None = None) -
 
 
 class _SentView(discord.ui.View):
-    """Buttons a worker sends but never answers: the bot's DynamicItems match their custom_ids
-    (ponybot_core.custom_ids), so discord.py in the worker must not keep the view waiting for
-    clicks."""
+    """Buttons sent but never answered through this view: the bot's DynamicItems match their
+    custom_ids (ponybot_core.custom_ids), so discord.py must not keep the view waiting for
+    clicks (the worker has no handler at all; the bot's are registered by its cogs)."""
 
     def is_dispatchable(self) -> bool:
         return False
 
 
-def result_view(job: Job, *, can_upscale: bool) -> discord.ui.View:
-    """The result's buttons: U1–Un, V1–Vn, 🔁 Re-roll, 🗑 Delete (see ponybot_core.custom_ids)."""
+def sent_view(buttons: Sequence[SentButton]) -> discord.ui.View:
+    """A message's buttons, as both processes send them."""
     view = _SentView(timeout=None)
-    for button in result_buttons(job, can_upscale=can_upscale):
-        view.add_item(discord.ui.Button(
-            custom_id=button.custom_id, label=button.label, emoji=button.emoji, row=button.row,
-            style=discord.ButtonStyle.danger if button.danger else discord.ButtonStyle.secondary,
-        ))  # fmt: skip
+    for button in buttons:
+        view.add_item(discord_button(button))
     return view
+
+
+def discord_button(button: SentButton) -> discord.ui.Button[discord.ui.View]:
+    """A table entry's button (ponybot_core.custom_ids) as discord.py sends it."""
+    return discord.ui.Button(custom_id=button.custom_id, label=button.label, emoji=button.emoji,
+                             row=button.row, style=discord.ButtonStyle[button.style.value])
+
+
+def result_view(job: Job, *, can_upscale: bool) -> discord.ui.View:
+    """The result's buttons: U1–Un, V1–Vn, 🔁 Re-roll, ✏️ Edit, ⬆️ Hires, 🗑 Delete."""
+    return sent_view(result_buttons(job, can_upscale=can_upscale))
+
+
+def queued_view(job_id: str) -> discord.ui.View:
+    """The queued message's buttons: ✖️ Cancel, ✏️ Edit."""
+    return sent_view(queued_buttons(job_id))
 
 
 def failure_text(job: Job, reason: str) -> str:

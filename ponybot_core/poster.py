@@ -70,7 +70,7 @@ class Poster:
         # A logged-in but not connected client: REST only, with discord.py's rate limiting.
         self.client = client
 
-    async def deliver(self, job: Job, message_id: int | None, post: Post, *,
+    async def post(self, job: Job, message_id: int | None, post: Post, *,
                       nonce: str | None = None) -> int:
         """Put the result in front of the user; returns the id of the message that shows it.
         `nonce` (at most 25 characters) makes a repeated channel post return the first one."""
@@ -102,11 +102,14 @@ class Poster:
             except discord.HTTPException as exc:
                 if not _token_or_message_gone(exc):
                     raise
+        me = self.client.user
+        if me is None:  # a Poster's client is logged in (`logged_in_client`, the bot)
+            raise RuntimeError("finding a posted result needs a logged-in client")
         channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         asked = dt.datetime.fromtimestamp(job.created_at - 1, tz=dt.UTC)
         after = discord.Object(discord.utils.time_snowflake(asked))
         async for message in channel.history(limit=_HISTORY_LOOKBACK, after=after):
-            if message.author.id == self.client.user.id and shows_result(message):  # type: ignore[union-attr]
+            if message.author.id == me.id and shows_result(message):
                 return message.id
         return None
 
@@ -142,10 +145,12 @@ class Poster:
         )
         message = await channel.send(
             content=post.content,
-            embed=post.embed,
+            # send() takes None for "none" (its implementation's signature says so); only its
+            # overloads leave None out.
+            embed=post.embed,  # type: ignore[arg-type]  # None: no embed (see above)
             files=[a.to_file() for a in post.attachments],
-            view=post.view,  # type: ignore[arg-type]
-            reference=reference,  # type: ignore[arg-type]
+            view=post.view,  # type: ignore[arg-type]  # None: no buttons (see above)
+            reference=reference,  # type: ignore[arg-type]  # None: not a reply (see above)
             nonce=nonce,
             allowed_mentions=discord.AllowedMentions(
                 everyone=False, roles=False, users=[discord.Object(job.user_id)]
@@ -191,7 +196,7 @@ class Poster:
     async def tell(self, job: Job, message_id: int | None, content: str) -> None:
         """Best effort notice (failures, cancellations): never raises."""
         try:
-            await self.deliver(job, message_id, Post(content=content, embed=None, attachments=[]),
+            await self.post(job, message_id, Post(content=content, embed=None, attachments=[]),
                                nonce=f"t{job.id}")
         except Exception as exc:
             JobLog(log, job.id).warning("could not tell the user %r: %s", content[:80], exc)

@@ -11,7 +11,8 @@ it is the same picture.
 
 The parameters wait in Redis for the button (`keys.drawable`) under `drawable_id`, a digest of
 the parameters themselves: however often the menu is used on a picture (or on copies of it),
-it keeps one key.
+it keeps one key. Only what Draw this reads is kept, bounded (`for_draw_this`): a few KB
+whatever else the picture's text carries.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from typing import Any
 from ponybot_core.config import Config, ModelEntry
 from ponybot_core.image_parameters import A1111Parameters
 from ponybot_core.job import MAX_SEED
+
+# What a sampler's or a model's name is kept to: longer than any real one, short in a note.
+_NAME_CHARS = 100
+_INT64 = 2**63 - 1
 
 
 def our_model(config: Config, name: str | None) -> ModelEntry | None:
@@ -42,6 +47,33 @@ def why_not_drawable(parsed: A1111Parameters, config: Config) -> str | None:
     if len(parsed.prompt) > limit or len(parsed.negative_prompt) > limit:
         return f"its prompt is longer than this bot's {limit} characters"
     return None
+
+
+def for_draw_this(parsed: A1111Parameters, config: Config) -> A1111Parameters:
+    """Only what Draw this reads (`why_not_drawable`, `drawing_fields`), bounded: what the menu
+    keeps in Redis for the button. Everything else a picture's text says (`other`: any number
+    of `Key: value` pairs) is left out, the prompts are cut at `max_prompt_chars` (longer ones
+    are not drawable anyway), names at what a note can show, and numbers at 64 bits: a few KB
+    at most whatever the picture carries, and the same job from it as from the whole text."""
+    limit = config.limits.max_prompt_chars
+    ours = our_model(config, parsed.model)
+    return A1111Parameters(
+        prompt=parsed.prompt[: limit + 1],  # one more: still too long, still not drawable
+        negative_prompt=parsed.negative_prompt[: limit + 1],
+        steps=_bounded(parsed.steps), sampler=_name(parsed.sampler), cfg=parsed.cfg,
+        seed=_bounded(parsed.seed), width=_bounded(parsed.width), height=_bounded(parsed.height),
+        model=ours.name if ours else _name(parsed.model),
+        denoising_strength=parsed.denoising_strength,
+    )  # fmt: skip
+
+
+def _bounded(number: int | None) -> int | None:
+    # A picture's text may give 4,000 digits; past 64 bits every check here says the same.
+    return None if number is None else max(-_INT64, min(number, _INT64))
+
+
+def _name(text: str | None) -> str | None:
+    return None if text is None else text[:_NAME_CHARS]
 
 
 def drawable_id(parsed: A1111Parameters) -> str:

@@ -10,8 +10,10 @@ it into one of the requests below and calls `build_job`, which
     3. writes the caption for the model (ponybot_request.prompting), or takes an earlier one
        (an earlier job's, a picture's parameters);
     4. applies the channel's policy to that caption (ponybot_request.policy.apply: outside
-       age-restricted channels the rating is `safe`, explicit is refused, the channel's
-       negative tags are added; a server's blocked tags are refused everywhere);
+       age-restricted channels the rating is `safe`, explicit is refused, tags naming the
+       channel's negatives are left out and the negatives added, `safe` is kept out of the
+       negative prompt; a server's blocked tags are refused everywhere); a button or form
+       naming an earlier job is refused outside that job's channel (`check_in_its_channel`);
     5. returns the job and what the user should be told.
 
 Every refusal is a UserFacingError, raised before anything is queued. Nothing here reads Redis
@@ -30,9 +32,9 @@ from typing import Annotated, Any, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
-from ponybot_core import hires
+from ponybot_core import hires_plan
 from ponybot_core.config import Config, ModelEntry
-from ponybot_core.hires import HiresPass
+from ponybot_core.hires_plan import HiresPass
 from ponybot_core.image_parameters import A1111Parameters
 from ponybot_core.job import MAX_SEED, Job, JobKind, UploadedImage, new_job_id
 from ponybot_request import policy
@@ -155,7 +157,7 @@ class Built:
 def build_job(request: Request, channel: Channel, saved: Saved | None, *,
               config: Config) -> Built:
     """The job `request` makes in `channel` (module docstring). `saved` is everything saved
-    for this user, channel and server (`bot.defaults.Layers`); None: nothing saved (`ponybot
+    for this user, channel and server (`bot.saved_settings.Layers`); None: nothing saved (`ponybot
     draw`, and the requests that re-use an earlier job's parameters). Raises UserFacingError."""
     match request:
         case PonyRequest():
@@ -203,6 +205,7 @@ def _pony(request: PonyRequest, channel: Channel, saved: Saved | None, config: C
 
 def _from_result(request: FromResult, channel: Channel, config: Config) -> Built:
     source, kind = request.source, request.kind
+    check_in_its_channel(source, channel.guild_id, channel.channel_id)
     changes: dict[str, Any]
     if kind == "reroll":
         if source.kind is JobKind.UPSCALE:
@@ -252,6 +255,8 @@ def _from_result(request: FromResult, channel: Channel, config: Config) -> Built
 def _edit(request: EditRequest, channel: Channel, config: Config) -> Built:
     source, form = request.source, request.form
     check_editable(source)
+    if not request.in_place:  # in place, it stays in its channel (checked below)
+        check_in_its_channel(source, channel.guild_id, channel.channel_id)
     if request.in_place and (channel.guild_id, channel.channel_id) != (source.guild_id,
                                                                        source.channel_id):
         # The job stays in its channel: what any other channel allows says nothing about it.
@@ -320,6 +325,16 @@ def check_editable(source: Job) -> None:
         raise UserFacingError("An upscale has no tags to edit: edit the original picture.")
 
 
+def check_in_its_channel(source: Job, guild_id: int | None, channel_id: int) -> None:
+    """A result's buttons and ✏️ form work in the channel the job was drawn in, nowhere else.
+    Discord delivers a click only for a button on the message clicked, but a forged one could
+    name any job by its id: it would show another server's tags (✏️), or re-post a picture
+    from an age-restricted channel into one that is not (U, V)."""
+    if (source.guild_id, source.channel_id) != (guild_id, channel_id):
+        raise UserFacingError("This button belongs to a message in another channel: use the "
+                              "buttons under the picture itself.")
+
+
 # --- the parts they share ---------------------------------------------------------------------
 
 
@@ -357,8 +372,8 @@ def hires_pass(config: Config, width: int, height: int, steps: int) -> HiresPass
     hires:true`, ⬆️ Hires, an edited hires job), planned from `[hires]` in config.toml;
     refused when the size cannot grow."""
     try:
-        return hires.plan(config.hires, width, height, steps)
-    except hires.HiresTooLarge as exc:
+        return hires_plan.plan(config.hires, width, height, steps)
+    except hires_plan.HiresTooLarge as exc:
         raise UserFacingError(f"Hires is not available here: {exc}.") from None
 
 

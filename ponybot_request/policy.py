@@ -19,10 +19,13 @@ caption language the bot knows: each configured model's spelling of it counts
 
 `apply` is what every job goes through (`ponybot_request.jobs.build_job`), whatever wrote its
 caption: `/pony`'s own rendering, an earlier job (the buttons), a picture's parameters (Draw
-this). Outside age-restricted channels it first makes the caption one such a channel draws
-(`tags.for_all_ages`: the rating `safe`, the model's `sfw_negative_tags` out of the caption and
-into the negative prompt), then checks it as above. A caption `/pony` rendered for the channel
-already is left exactly as it is.
+this). Outside age-restricted channels it first makes the caption one such a channel draws,
+read back into tags on every separator its writer could have used (`tags.caption_tags`: commas
+always, spaces too for a space-separated model, so a picture's `pony,suggestive,solo` is three
+tags on V2): the rating `safe`, any tag with `suggestive` or one of the model's
+`sfw_negative_tags` in it as a word left out with a note (`tags.for_all_ages`), those tags
+added to the negative prompt and `safe` taken out of it; then it checks the caption as above.
+A caption `/pony` rendered for the channel already is left exactly as it is.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ponybot_request.tags import (
     config_tag,
     fold,
     for_all_ages,
+    rating_of,
     squash,
     write_tag,
 )
@@ -75,15 +79,33 @@ def apply(
         kept, notes = for_all_ages(written, profile)
         if kept != written:
             caption = profile.separator.join(kept)
-        have = {squash(t) for t in caption_tags(negative, profile)}
-        missing = _dedupe(w for w in (write_tag(config_tag(t), profile)
-                                      for t in profile.sfw_negative_tags)
-                          if squash(w) not in have)
-        if missing:
-            negative = profile.separator.join([*filter(None, [negative.strip()]), *missing])
+        negative, negative_notes = _negative_for_all_ages(negative, model)
+        notes += negative_notes
     check_caption(caption, config=config, age_restricted=age_restricted,
                   blocked_tags=blocked_tags, earlier=earlier)
     return Allowed(caption, negative, tuple(notes))
+
+
+def _negative_for_all_ages(negative: str, model: ModelEntry) -> tuple[str, list[str]]:
+    """The negative prompt a channel that is not age-restricted draws with: the model's
+    `sfw_negative_tags` added, and the `safe` its caption is forced to taken out (pushed away
+    from as hard as towards, it would cancel the rating), with what to tell the user."""
+    profile = model.caption
+    tags = caption_tags(negative, profile)
+    forced = [t for t in tags if rating_of(t) is Rating.SAFE]
+    notes = []
+    if forced:
+        tags = [t for t in tags if t not in forced]
+        negative = profile.separator.join(tags)
+        shown = ", ".join(f"`{t}`" for t in _dedupe(forced))
+        notes.append(f"Left {shown} out of the negative prompt: this channel draws `safe`.")
+    have = {squash(t) for t in tags}
+    missing = _dedupe(w for w in (write_tag(config_tag(t), profile)
+                                  for t in profile.sfw_negative_tags)
+                      if squash(w) not in have)
+    if missing:
+        negative = profile.separator.join([*filter(None, [negative.strip()]), *missing])
+    return negative, notes
 
 
 def check_caption(

@@ -30,8 +30,8 @@ SETTINGS: tuple[Setting, ...] = get_args(Setting)
 
 
 class SavedOptions(Protocol):
-    """One user's or one channel's saved options (`bot.defaults.Defaults`): one per name in
-    SETTINGS, None where nothing is saved."""
+    """One user's or one channel's saved options (`bot.saved_settings.SavedSettings`): one per
+    name in SETTINGS, None where nothing is saved."""
 
     @property
     def model(self) -> str | None: ...
@@ -56,7 +56,7 @@ class ServerChoice(Protocol):
 
 
 class Saved(Protocol):
-    """Everything saved that applies to one request (`bot.defaults.Layers`, read in one
+    """Everything saved that applies to one request (`bot.saved_settings.Layers`, read in one
     round trip): read here by its shape, so this package needs nothing of the bot's stores."""
 
     @property
@@ -128,7 +128,7 @@ class Resolved:
 def resolve(options: PonyOptions, config: Config, saved: Saved | None = None, *,
             upscale: bool | None = None) -> Resolved:
     """Apply the layers to one request. `options` and every saved layer were checked already
-    (`PonyOptions.parse`, `bot.defaults.from_hash`); `upscale` is the command's option; None
+    (`PonyOptions.parse`, `bot.saved_settings.from_hash`); `upscale` is the command's option; None
     for `saved` is nobody's saved settings (`ponybot draw`)."""
     given = {"model": options.model, "size": options.size, "steps": options.steps,
              "cfg": options.cfg, "count": options.count, "negative": options.negative or None,

@@ -139,6 +139,8 @@ _NAMESPACED = re.compile(r"([^\W\d_][\w-]*(?: [\w-]+)?) ?[:=] ?(\S.*)")
 _SCORE = re.compile(r"scr[0-9]+")
 _SPACE_STYLE_HINT = re.compile(r"(?:^|\s)(?:\S*_\S*|[^\W\d_][\w-]*=\S+|scr[0-9]+)(?=\s|$)")
 _NOT_ALNUM = re.compile(r"[\W_]+")
+_ALNUM_RUN = re.compile(r"[^\W_]+")
+_COMMAS_OR_SPACES = re.compile(r"[\s,]+")
 
 
 def fold(text: str) -> str:
@@ -154,6 +156,23 @@ def fold(text: str) -> str:
 def squash(text: str) -> str:
     """Only the letters and digits, folded: how a tag reads whatever its punctuation."""
     return _NOT_ALNUM.sub("", fold(text))
+
+
+def spells(tag: str, word: str) -> bool:
+    """Whether `tag` has `word`'s letters as one of its words or a run of its words, however
+    punctuated: `suggestive pose`, `casual_nudity`, `sug-gestive` spell what they contain;
+    `unsuggestive` does not spell `suggestive`."""
+    letters = squash(word)
+    words = _ALNUM_RUN.findall(fold(tag))
+    for start in range(len(words)):
+        run = ""
+        for part in words[start:]:
+            run += part
+            if len(run) >= len(letters):
+                if run == letters:
+                    return True
+                break
+    return False
 
 
 def _clean(text: str, notes: list[str]) -> str:
@@ -324,22 +343,25 @@ def write_tag(tag: str, profile: CaptionProfile) -> str:
 
 
 def caption_tags(caption: str, profile: CaptionProfile) -> list[str]:
-    """A caption back into its tags, as the model's captions separate them: by spaces, or by
-    commas whatever the spaces around them (a picture's parameters may say `a,b`)."""
-    if profile.splits_on_spaces:
-        return caption.split()
-    if "," in profile.separator:
-        return [t.strip() for t in caption.split(",") if t.strip()]
-    return [t for t in caption.split(profile.separator) if t]
+    """A caption back into its tags (a button's earlier job, a picture's parameters), split on
+    every separator its writer could have used: commas always, whatever the spaces around them
+    (a picture's parameters may say `a,b` for any model), and spaces too for models whose
+    captions are space-separated (V2: `pony,suggestive solo` is three tags)."""
+    separators = _COMMAS_OR_SPACES if profile.splits_on_spaces else ","
+    return [t.strip() for t in re.split(separators, caption) if t.strip()]
 
 
 def for_all_ages(tags: Sequence[str], profile: CaptionProfile) -> tuple[list[str], list[str]]:
     """Wanted tags as a channel that is not age-restricted draws them, and what to tell the
-    user: the rating is `safe` (`suggestive` becomes it; with no rating it is put first) and
-    the profile's `sfw_negative_tags` are left out. `questionable` and `explicit` stay, for
-    ponybot_request/policy.py to refuse. Reads canonical tags and a finished caption's written
-    ones alike, each by its letters: `Rating: Suggestive!` is `suggestive`."""
-    unwanted = {squash(t) for t in profile.sfw_negative_tags if rating_of(t) is None}
+    user: the rating is `safe` (`suggestive` becomes it; with no rating it is put first), and
+    a tag that has `suggestive` or one of the profile's `sfw_negative_tags` in it as a word
+    (`suggestive pose`, `casual_nudity`) is left out, never kept. A tag with `questionable` or
+    `explicit` anywhere in its letters stays, for ponybot_request/policy.py to refuse (when in
+    doubt, refuse). Reads canonical tags and a finished caption's written ones alike, each by
+    its letters: `Rating: Suggestive!` is `suggestive`."""
+    unwanted = [Rating.SUGGESTIVE.value,
+                *(t for t in profile.sfw_negative_tags if rating_of(t) is None)]
+    refused = (Rating.QUESTIONABLE.value, Rating.EXPLICIT.value)
     kept: list[str] = []
     gone: list[str] = []
     rated = made_safe = False
@@ -347,7 +369,8 @@ def for_all_ages(tags: Sequence[str], profile: CaptionProfile) -> tuple[list[str
         rating = rating_of(tag)
         if rating is Rating.SUGGESTIVE:
             tag, rating, made_safe = Rating.SAFE.value, Rating.SAFE, True
-        if rating is None and squash(tag) in unwanted:
+        if rating is None and not any(r in squash(tag) for r in refused) \
+                and any(spells(tag, word) for word in unwanted):
             gone.append(tag)
             continue
         rated = rated or rating is not None

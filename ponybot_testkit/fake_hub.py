@@ -107,8 +107,9 @@ class FakeHub:
         cdn = web.TCPSite(self._runner, "127.0.0.1", 0)
         await hub.start()
         await cdn.start()
-        self.port = hub._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.cdn_port = cdn._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # The ports the system chose (port 0 asked), in the order the sites started.
+        hub_address, cdn_address = self._runner.addresses
+        self.port, self.cdn_port = int(hub_address[1]), int(cdn_address[1])
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -194,7 +194,7 @@ def with_bad_crc(data: bytes, kind: bytes) -> bytes:
 
 def _pillow(fmt: str, **save: object) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (8, 8), (90, 40, 200)).save(out, format=fmt, **save)  # type: ignore[arg-type]
+    Image.new("RGB", (8, 8), (90, 40, 200)).save(out, format=fmt, **save)
     return out.getvalue()
 
 
@@ -365,3 +365,88 @@ def animated_webp(width: int, height: int, frames: int) -> bytes:
     out = io.BytesIO()
     images[0].save(out, format="WEBP", save_all=True, append_images=images[1:], lossless=True)
     return out.getvalue()
+
+
+# --- fix-a-pictures builders: EXIF bombs and JPEG scan bombs -----------------------------------
+
+RATIONAL = 5  # TIFF type: two LONGs, 8 bytes, an IFDRational object each once Pillow reads it
+_TIFF_UNIT = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1, 10: 8, 12: 8}
+
+
+def large_tag_exif(size: int = 9_900_000, *, tag: int = 0x9999, tag_type: int = RATIONAL,
+                   in_exif_ifd: bool = True, orientation: int | None = None,
+                   parameters: str | None = None) -> bytes:
+    """A big-endian EXIF (TIFF) block with one tag of `size` bytes of `tag_type` values, in the
+    Exif sub-IFD (or in IFD0 with `in_exif_ifd=False`), beside an Orientation (IFD0) and an
+    A1111 UserComment (Exif IFD) if given. 9.9 MB of RATIONALs is 1.2 million values: Pillow's
+    `Exif.get_ifd(Exif)` (the Parameters menu's reader before fix-a) and `exif_transpose` (the
+    worker's) turn every one into a Python object, 4 to 14 s of CPU and 300 to 500 MiB."""
+    unit = _TIFF_UNIT[tag_type]
+    # (tag, type, count, value): a value of bytes goes after the IFDs, its offset in the entry.
+    ifd0: list[tuple[int, int, int, bytes | int]] = []
+    sub: list[tuple[int, int, int, bytes | int]] = []
+    if orientation is not None:
+        ifd0.append((0x0112, 3, 1, orientation << 16))  # a SHORT, left-justified
+    (sub if in_exif_ifd else ifd0).append(
+        (tag, tag_type, size // unit, (bytes(range(1, 256)) * (size // 255 + 1))[:size // unit
+                                                                                  * unit]))
+    if parameters is not None:
+        comment = b"UNICODE\0" + parameters.encode("utf-16-be")
+        sub.append((0x9286, 7, len(comment), comment))
+    sub_at = 8 + 2 + 12 * (len(ifd0) + bool(sub)) + 4
+    if sub:
+        ifd0.append((0x8769, 4, 1, sub_at))
+    values_at = sub_at + (2 + 12 * len(sub) + 4 if sub else 0)
+    values: list[bytes] = []
+
+    def ifd(entries: list[tuple[int, int, int, bytes | int]]) -> bytes:
+        nonlocal values_at
+        packed = []
+        for entry_tag, kind, count, value in sorted(entries, key=lambda e: e[0]):
+            if isinstance(value, bytes):
+                values.append(value)
+                value, values_at = values_at, values_at + len(values[-1])
+            packed.append(struct.pack(">HHII", entry_tag, kind, count, value))
+        return struct.pack(">H", len(entries)) + b"".join(packed) + b"\0\0\0\0"
+
+    head = b"MM\x00\x2a" + struct.pack(">I", 8) + ifd(ifd0) + (ifd(sub) if sub else b"")
+    return head + b"".join(values)
+
+
+def exif_png(exif: bytes, width: int = 16, height: int = 8) -> bytes:
+    """A gray PNG whose eXIf chunk (before the pixels) holds `exif`."""
+    return png(width, height, before=[png_chunk(b"eXIf", exif)])
+
+
+def exif_webp(exif: bytes, width: int = 16, height: int = 8) -> bytes:
+    """A WebP whose EXIF chunk holds `exif` (WebP's EXIF has no 64 KiB limit)."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 40, 200)).save(out, format="WEBP", exif=exif)
+    return out.getvalue()
+
+
+def split_exif_jpeg(exif: bytes, width: int = 16, height: int = 8) -> bytes:
+    """A JPEG whose EXIF is split over as many APP1 `Exif` segments as it takes (64 KiB each),
+    without the JFIF header: Pillow (since 11) joins the segments into one block and, lacking
+    JFIF's density, reads the dpi from that block's IFD0 while it opens the file."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 40, 200)).save(out, format="JPEG")
+    plain = out.getvalue()
+    (app0,) = struct.unpack(">H", plain[4:6])  # Pillow writes JFIF APP0 first
+    piece = 0xFFFF - 2 - 6
+    segments = [b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(exif[at:at + piece])) + b"Exif\0\0"
+                + exif[at:at + piece] for at in range(0, len(exif), piece)]
+    return plain[:2] + b"".join(segments) + plain[4 + app0:]
+
+
+def progressive_jpeg_with_empty_scans(size: int = 4096, scans: int = 13_000) -> bytes:
+    """A `size`² gray progressive JPEG followed by `scans` copies of an empty DC scan (a 10-byte
+    SOS header, no data): libjpeg goes over the whole picture once per scan, all of them in
+    one 64 KiB block Pillow feeds it, where no deadline or Cancel is looked at. 4096² and
+    13,000 scans: 196 KB, about 8 s of CPU."""
+    out = io.BytesIO()
+    Image.new("L", (size, size)).save(out, format="JPEG", progressive=True, quality=50)
+    jpeg = out.getvalue()
+    first = jpeg.index(b"\xff\xda")
+    (length,) = struct.unpack(">H", jpeg[first + 2:first + 4])
+    return jpeg[:-2] + jpeg[first:first + 2 + length] * scans + b"\xff\xd9"

@@ -39,7 +39,7 @@ class Faults:
                 raise ConnectionError("injected after the call ran")
             return result
 
-        client.execute_command = execute_command  # type: ignore[method-assign]
+        client.execute_command = execute_command  # type: ignore[method-assign]  # the fault
         return client
 
 

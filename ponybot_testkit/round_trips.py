@@ -4,18 +4,22 @@ API, in the order they are made, tagged with the asyncio task that made them.
 
 discord.py runs each slash command in a task of its own ("CommandTree-invoker"), so the trips
 of one `/pony` are those of one task, whatever else the bot does meanwhile (the positions
-loop, another interaction). For tests (a count is deterministic) and bench/ack_path.py.
+loop, another interaction). A connection's upkeep — the handshake of a new pooled connection,
+the PING of a health check on one left idle — is the pool's business, not the command's: it
+is recorded apart. For tests (a count is deterministic) and bench/ack_path.py.
 
     with recording() as trips:
-        ...
-    invoker = trips.by_task("CommandTree-invoker")[0]
-    before_answer = invoker.before_answer()    # [("HGETALL", "HGETALL", ...), ("EVALSHA",)]
+        ...  # one /pony
+    [one] = trips.answered()
+    await one.finished()
+    one.before_answer()    # [("HGETALL", "HGETALL", "HGETALL", "ZRANGE", "MGET"), ("EVALSHA",)]
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +28,12 @@ import discord.http
 import discord.webhook.async_
 from redis.asyncio.connection import AbstractConnection
 
-# The interaction callback: the answer to an interaction (discord.py's
-# InteractionResponse.send_message, defer, ...).
-ANSWER = "POST /interactions/{webhook_id}/{webhook_token}/callback"
+# The interaction callback: the answer to an interaction (InteractionResponse.send_message,
+# defer, ...), as discord.py's route names it.
+ANSWER = ("discord", "POST /interactions/{webhook_id}/{webhook_token}/callback")
+DISCORD, REDIS, UPKEEP = "discord", "redis", "redis upkeep"
+
+_connecting: contextvars.ContextVar[bool] = contextvars.ContextVar("connecting", default=False)
 
 
 def command_names(packed: bytes | str | Iterable[bytes]) -> tuple[str, ...]:
@@ -44,46 +51,57 @@ def command_names(packed: bytes | str | Iterable[bytes]) -> tuple[str, ...]:
         for i in range(count):
             end = data.index(b"\r\n", at)
             length = int(data[at + 1:end])
-            value = data[end + 2:end + 2 + length]
             if i == 0:
-                names.append(value.decode().upper())
+                names.append(data[end + 2:end + 2 + length].decode().upper())
             at = end + 2 + length + 2
     return tuple(names)
 
 
 @dataclass
 class TaskTrips:
-    """The round trips of one task, in order: a tuple of Redis command names per write, or
-    ("discord", "METHOD /path template") per REST request."""
+    """The round trips of one task, in order, each (kind, what): ("redis", command names...)
+    per write of commands, ("redis upkeep", ...) for a connection's upkeep, ("discord",
+    "METHOD /route") per REST request."""
 
     name: str
+    task: asyncio.Task[Any] | None
     trips: list[tuple[str, ...]] = field(default_factory=list)
 
+    async def finished(self) -> TaskTrips:
+        """This task's trips once it has run to its end (what it does after answering)."""
+        if self.task is not None and self.task is not asyncio.current_task():
+            await asyncio.wait({self.task})
+        return self
+
     def redis(self) -> list[tuple[str, ...]]:
-        return [t for t in self.trips if t[0] != "discord"]
+        """The Redis round trips, each as the names of the commands it carried."""
+        return [t[1:] for t in self.trips if t[0] == REDIS]
+
+    def upkeep(self) -> list[tuple[str, ...]]:
+        return [t[1:] for t in self.trips if t[0] == UPKEEP]
 
     def before_answer(self) -> list[tuple[str, ...]]:
         """The Redis round trips made before the interaction was answered."""
-        answered = ("discord", ANSWER)
-        if answered not in self.trips:
+        if ANSWER not in self.trips:
             raise AssertionError(f"task {self.name} never answered: {self.trips}")
-        return [t for t in self.trips[:self.trips.index(answered)] if t[0] != "discord"]
+        return [t[1:] for t in self.trips[:self.trips.index(ANSWER)] if t[0] == REDIS]
+
+    def after_answer(self) -> list[tuple[str, ...]]:
+        return self.redis()[len(self.before_answer()):]
 
 
 @dataclass
 class Recording:
     tasks: dict[int, TaskTrips] = field(default_factory=dict)
-    # Health checks (a PING on a connection idle for `health_check_interval`) are the
-    # connection's upkeep, not the work of whatever command follows: kept out when False.
-    health_checks: bool = False
 
     def add(self, trip: tuple[str, ...]) -> None:
         task = asyncio.current_task()
         name = task.get_name() if task is not None else "(no task)"
-        self.tasks.setdefault(id(task), TaskTrips(name)).trips.append(trip)
+        self.tasks.setdefault(id(task), TaskTrips(name, task)).trips.append(trip)
 
-    def by_task(self, name: str) -> list[TaskTrips]:
-        return [t for t in self.tasks.values() if t.name == name]
+    def answered(self) -> list[TaskTrips]:
+        """The tasks that answered an interaction, in the order they first made a trip."""
+        return [t for t in self.tasks.values() if ANSWER in t.trips]
 
     def clear(self) -> None:
         self.tasks.clear()
@@ -92,38 +110,49 @@ class Recording:
 @contextlib.contextmanager
 def recording() -> Iterator[Recording]:
     """Record every Redis write and Discord REST request this process makes until the block
-    ends (every Redis client in the process: group by task to tell them apart)."""
+    ends (every client in the process: tell them apart by task)."""
     rec = Recording()
+    adapter = discord.webhook.async_.AsyncWebhookAdapter
     send = AbstractConnection.send_packed_command
+    on_connect = AbstractConnection.on_connect_check_health
     request = discord.http.HTTPClient.request
-    webhook_request = discord.webhook.async_.AsyncWebhookAdapter.request
+    webhook_request = adapter.request
 
     async def counting_send(self: AbstractConnection, command: Any,
                             check_health: bool = True) -> None:
         names = command_names(command)
-        if rec.health_checks or names != ("PING",) or check_health:
-            rec.add(names)
+        upkeep = _connecting.get() or (names == ("PING",) and not check_health)
+        rec.add((UPKEEP if upkeep else REDIS, *names))
         await send(self, command, check_health)
+
+    async def connecting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        token = _connecting.set(True)
+        try:
+            await on_connect(self, *args, **kwargs)
+        finally:
+            _connecting.reset(token)
 
     async def counting_request(self: discord.http.HTTPClient, route: discord.http.Route,
                                **kwargs: Any) -> Any:
-        rec.add(("discord", f"{route.method} {route.path}"))
+        rec.add((DISCORD, f"{route.method} {route.path}"))
         return await request(self, route, **kwargs)
 
     async def counting_webhook_request(self: discord.webhook.async_.AsyncWebhookAdapter,
                                        route: discord.http.Route, *args: Any,
                                        **kwargs: Any) -> Any:
         # Interaction callbacks and follow-ups go through the webhook adapter, not HTTPClient.
-        rec.add(("discord", f"{route.method} {route.path}"))
+        rec.add((DISCORD, f"{route.method} {route.path}"))
         return await webhook_request(self, route, *args, **kwargs)
 
-    adapter = discord.webhook.async_.AsyncWebhookAdapter
-    AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
-    discord.http.HTTPClient.request = counting_request  # type: ignore[method-assign]
-    adapter.request = counting_webhook_request  # type: ignore[method-assign]
+    # Replacing the libraries' methods for the block is the point.
+    AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]  # counted
+    AbstractConnection.on_connect_check_health = connecting  # type: ignore[method-assign]  # counted
+    discord.http.HTTPClient.request = counting_request  # type: ignore[method-assign]  # counted
+    adapter.request = counting_webhook_request  # type: ignore[method-assign]  # counted
     try:
         yield rec
     finally:
-        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
-        discord.http.HTTPClient.request = request  # type: ignore[method-assign]
-        adapter.request = webhook_request  # type: ignore[method-assign]
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]  # restored
+        AbstractConnection.on_connect_check_health = on_connect  # type: ignore[method-assign]  # restored
+        discord.http.HTTPClient.request = request  # type: ignore[method-assign]  # restored
+        adapter.request = webhook_request  # type: ignore[method-assign]  # restored

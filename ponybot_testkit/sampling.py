@@ -6,7 +6,7 @@ from typing import Any
 
 from PIL.Image import Image
 
-from inference.sampling import Sampled, sample_batch
+from inference.drawing.sampling import Sampled, sample_batch
 from ponybot_core.job import Job
 
 

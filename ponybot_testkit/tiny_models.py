@@ -17,26 +17,26 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
 from diffusers.loaders.single_file_utils import (
     DIFFUSERS_TO_LDM_MAPPING,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
 )
+
+# From where each is defined: diffusers' top level shows type checkers stand-in classes.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from inference.schedulers import SEED_DDIM_CONFIG
+from inference.drawing.schedulers import SEED_DDIM_CONFIG
 
 SD1_CONFIG = Path(__file__).resolve().parent.parent / "inference" / "sd1_config"
 SD1_TOKENIZER = SD1_CONFIG / "tokenizer"
@@ -123,8 +123,9 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         tokenizer=CLIPTokenizer.from_pretrained(SD1_TOKENIZER, local_files_only=True),
         unet=unet,
         scheduler=DDIMScheduler.from_config(SEED_DDIM_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
+        # diffusers' documented way to go without them; its annotations leave None out.
+        safety_checker=None,  # type: ignore[arg-type]  # None: no safety checker
+        feature_extractor=None,  # type: ignore[arg-type]  # None: nothing for it to feed
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -227,7 +228,8 @@ def _unet_prefixes(config: dict[str, Any]) -> list[tuple[str, str, bool]]:
 def unet_to_ldm(
     state_dict: dict[str, torch.Tensor], config: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
-    layers = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    # diffusers leaves its table unannotated (dicts of mixed dicts); these entries are names.
+    layers = cast("dict[str, dict[str, str]]", DIFFUSERS_TO_LDM_MAPPING["unet"])["layers"]
     prefixes = _unet_prefixes(config)
     out = {}
     for key, value in state_dict.items():
@@ -247,7 +249,7 @@ def unet_to_ldm(
 def vae_to_ldm(
     state_dict: dict[str, torch.Tensor], config: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
-    layers = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    layers = cast("dict[str, str]", DIFFUSERS_TO_LDM_MAPPING["vae"])  # as in unet_to_ldm
     blocks = len(config["block_out_channels"])
     per = config["layers_per_block"]
     prefixes: list[tuple[str, str]] = []

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from ponybot_core.config import (
     CaptionProfile,
     Config,
+    LoadedConfig,
     ModelEntry,
     Sampler,
-    Settings,
     UploadsConfig,
 )
 from ponybot_core.discord_endpoints import use_endpoints
@@ -99,7 +99,7 @@ def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides
 
 
 @contextlib.asynccontextmanager
-async def running_bot(settings: Settings, fake: FakeDiscord) -> AsyncIterator[PonyBot]:
+async def running_bot(settings: LoadedConfig, fake: FakeDiscord) -> AsyncIterator[PonyBot]:
     from bot.app import PonyBot
     from ponybot_core.redis_client import bot_redis
 

@@ -21,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from ponybot_cli.redis_server import RedisServer
-from ponybot_core.config import ModelEntry, Secrets, Settings
+from ponybot_core.config import LoadedConfig, ModelEntry, Secrets
 from ponybot_core.keys import Keys
-from ponybot_core.queue import Consumer, JobStatus, Producer, QueueView
+from ponybot_core.queue import Consumer, JobStatus, Producer, QueueReads
 from ponybot_core.redis_client import worker_redis
 from ponybot_testkit.fake_discord import FakeDiscord, FakeInteraction, FakeMessage
 from ponybot_testkit.world import (
@@ -77,7 +77,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_pipeline_dir: Path) -> object:
     """The tiny pipeline loaded through the production loader, shared by sampling tests."""
-    from inference.loading import load_pipeline
+    from inference.models.loading import load_pipeline
 
     return load_pipeline(ModelEntry(id="tiny", name="Tiny Pony", path=tiny_pipeline_dir),
                          base_dir=tiny_pipeline_dir.parent)
@@ -92,8 +92,8 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, tiny_pipeline_dir: Path, fake: FakeDiscord,
-             redis_server: RedisServer) -> Settings:
-    return Settings(
+             redis_server: RedisServer) -> LoadedConfig:
+    return LoadedConfig(
         config=tiny_config(tiny_pipeline_dir, fake),
         secrets=Secrets(DISCORD_TOKEN=BOT_TOKEN, REDIS_URL=redis_server.url),
         path=tmp_path / "config.toml",
@@ -112,7 +112,7 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 
 
 @pytest.fixture
-async def bot(settings: Settings, fake: FakeDiscord, redis: Redis) -> AsyncIterator[object]:
+async def bot(settings: LoadedConfig, fake: FakeDiscord, redis: Redis) -> AsyncIterator[object]:
     async with running_bot(settings, fake) as running:
         yield running
 
@@ -168,10 +168,10 @@ async def until_finished(redis: Redis, job_ids: list[str], *,
                          within_s: float = 90) -> list[JobStatus]:
     """Wait until every job is recorded as finished (posted, cancelled or dead) and nothing is
     left pending; their statuses."""
-    view = QueueView(redis, Keys())
+    reads = QueueReads(redis, Keys())
     deadline = time.monotonic() + within_s
     while True:
-        states = await view.states(job_ids)
+        states = await reads.states(job_ids)
         now = [s.status if s else None for s in states.values()]
         if all(s is not None and s.finished for s in states.values()) \
                 and await redis.xlen(Keys().stream) == 0:
@@ -187,8 +187,8 @@ async def until_finished(redis: Redis, job_ids: list[str], *,
 @pytest.fixture(scope="session")
 def model_cache(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
     """One loaded tiny model for the whole session: loading is not what these tests test."""
-    from inference.device import choose_placement
-    from inference.models import ModelCache
+    from inference.models.cache import ModelCache
+    from inference.models.device import choose_placement
 
     return ModelCache(tiny_config(tiny_pipeline_dir), base_dir=tiny_pipeline_dir.parent,
                       placement=choose_placement("cpu"))
@@ -210,14 +210,14 @@ class RunningWorker:
 
 
 @pytest.fixture
-async def start_worker(settings: Settings, model_cache: object,
+async def start_worker(settings: LoadedConfig, model_cache: object,
                        redis: Redis) -> AsyncIterator[WorkerStarter]:
     """Starts in-process workers on demand; all are stopped after the test."""
     from inference.worker import Worker, logged_in_client
 
     running: list[tuple[RunningWorker, object, Redis]] = []
 
-    async def start(name: str = "test-worker", settings_: Settings | None = None, *,
+    async def start(name: str = "test-worker", settings_: LoadedConfig | None = None, *,
                     models: object = None) -> RunningWorker:
         """`models`: a model cache of the worker's own (the session's shared one by default,
         whose loaded models are whatever earlier tests left)."""
@@ -289,7 +289,7 @@ score_tag = "scr100"
 def spawn_worker(config_path: Path, redis_url: str, name: str, *,
                  faults: str = "") -> subprocess.Popen[bytes]:
     """`python -m inference` as a real process; `faults` is its PONYBOT_FAULTS
-    (inference/faults.py)."""
+    (inference/loop/faults.py)."""
     env = dict(os.environ, DISCORD_TOKEN=BOT_TOKEN, REDIS_URL=redis_url,
                PONYBOT_WORKER_NAME=name, HF_HUB_OFFLINE="1", PONYBOT_LOG_LEVEL="WARNING",
                OMP_NUM_THREADS="1", PONYBOT_FAULTS=faults)
@@ -307,14 +307,14 @@ class QueueParts:
     redis: Redis
     keys: Keys
     producer: Producer
-    view: QueueView
+    reads: QueueReads
 
     def consumer(self, name: str = "w", *, lease_s: float = 60.0) -> Consumer:
         return Consumer(self.redis, self.keys, name, lease_s=lease_s, result_ttl_s=600)
 
     async def unfinished(self) -> int:
         """Jobs queued (in any server, paused or not) or running."""
-        snap = await self.view.snapshot(all_guilds=True)
+        snap = await self.reads.snapshot(all_guilds=True)
         return len(snap.queued) + len(snap.running)
 
 
@@ -322,4 +322,4 @@ class QueueParts:
 def queue(redis: Redis) -> QueueParts:
     keys = Keys("test")
     return QueueParts(redis, keys, Producer(redis, keys, result_ttl_s=600),
-                      QueueView(redis, keys))
+                      QueueReads(redis, keys))

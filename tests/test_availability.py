@@ -12,7 +12,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bot.availability import no_worker_note, why_not_served
-from ponybot_core.config import Config, Settings
+from ponybot_core.config import Config, LoadedConfig
 from ponybot_core.custom_ids import Action, custom_id
 from ponybot_core.discord_endpoints import use_endpoints
 from ponybot_core.heartbeat import WorkerHeartbeat, publish_heartbeat, read_heartbeats
@@ -114,7 +114,7 @@ async def test_a_result_button_for_a_model_no_running_worker_has_is_refused(
 
 
 async def test_a_worker_publishes_which_models_it_can_serve_from_its_first_beat(
-        fake, redis: Redis, settings: Settings, start_worker, tmp_path: Path) -> None:
+        fake, redis: Redis, settings: LoadedConfig, start_worker, tmp_path: Path) -> None:
     use_endpoints(settings.config.discord)  # the worker logs in to the fake Discord
     gone = {"id": "gone", "name": "Gone", "path": str(tmp_path / "gone"), "hub_repo": "a/b"}
     config = Config.model_validate({**settings.config.model_dump(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.sampling import sample_batch
+from inference.drawing.sampling import sample_batch
 from ponybot_testkit.sampling import sample_with_info
 from ponybot_testkit.world import make_job
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ponybot_core.keys import Keys
-from ponybot_core.queue import JobStatus, QueueView
+from ponybot_core.queue import JobStatus, QueueReads
 from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, USER_ID, running_bot
 
 
@@ -41,13 +41,13 @@ async def test_a_job_whose_answer_failed_is_taken_back_out_of_the_queue(fake, bo
     await fake.invoke("pony", {"tags": "pony"}, guild_id=GUILD_ID, channel_id=CHANNEL_ID,
                       user_id=USER_ID)
     keys = Keys()
-    view = QueueView(redis, keys)
+    reads = QueueReads(redis, keys)
     for _ in range(200):
         ids = [keys.job_id(k) async for k in redis.scan_iter(match=keys.job("*"))]
-        states = [s for s in (await view.states(ids)).values() if s]
+        states = [s for s in (await reads.states(ids)).values() if s]
         if states and states[0].status is JobStatus.CANCELLED:
             break
         await asyncio.sleep(0.02)
     assert [s.status for s in states] == [JobStatus.CANCELLED]
-    snapshot = await view.snapshot(all_guilds=True)
+    snapshot = await reads.snapshot(all_guilds=True)
     assert snapshot.queued == [] and snapshot.running == []

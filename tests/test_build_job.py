@@ -18,11 +18,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ponybot_core.config import Config, ModelEntry, Secrets, Settings, UpscalerEntry, load_config
+from ponybot_core.config import (
+    Config,
+    LoadedConfig,
+    ModelEntry,
+    Secrets,
+    UpscalerEntry,
+    load_config,
+)
 from ponybot_core.image_parameters import A1111Parameters
 from ponybot_core.job import Job, JobKind, UploadedImage
+from ponybot_request.drawable import for_draw_this
 from ponybot_request.errors import UserFacingError
 from ponybot_request.jobs import (
+    Built,
     Channel,
     DrawThisRequest,
     EditRequest,
@@ -67,7 +76,7 @@ def cli_job(text: str, model: ModelEntry, here: Channel) -> Job:
     args = argparse.Namespace(tags=text, negative=None, seed=None, steps=None, cfg=None,
                               count=None, size=None, model=model.id, upscale=False,
                               nsfw=here.age_restricted)
-    settings = Settings(config=CONFIG, secrets=Secrets(), path=ROOT / "config.toml")
+    settings = LoadedConfig(config=CONFIG, secrets=Secrets(), path=ROOT / "config.toml")
     return job_for(settings, args)[0]
 
 
@@ -127,6 +136,21 @@ def assert_for_all_ages(job: Job, model: ModelEntry, blocked: tuple[str, ...]) -
         assert spelled not in written or rating_of(tag) is not None, (tag, job.prompt)
     for tag in blocked:
         assert squash(tag) not in written, job.prompt
+    # Whatever separates the caption's tags (a picture's `a,b` on a space-separated model): no
+    # tag spells one of the channel's negatives as a word or a run of words.
+    pieces = re.split(r"[\s,]+" if profile.splits_on_spaces else ",", job.prompt)
+    for tag in profile.sfw_negative_tags:
+        assert not any(spells(piece, tag) for piece in pieces), (tag, job.prompt)
+    assert not any(rating_of(t) is Rating.SAFE for t in re.split(r"[\s,]+", job.negative_prompt)
+                   if t), job.negative_prompt
+
+
+def spells(text: str, tag: str) -> bool:
+    """`text` has `tag`'s letters as one of its words or a run of its words (`ca_sual-nudity`
+    spells `nudity`; `unsuggestive` does not spell `suggestive`)."""
+    words, letters = re.findall(r"[^\W_]+", text.casefold()), squash(tag)
+    return any("".join(words[i:j]) == letters
+               for i in range(len(words)) for j in range(i + 1, len(words) + 1))
 
 
 # --- the property ------------------------------------------------------------------------------
@@ -198,6 +222,147 @@ def test_a_blocked_tag_is_refused_at_every_entry_point(entry_point):
                  channel(blocked=(config_tag(BLOCKED),)))
 
 
+V2 = CONFIG.model("v2")
+READ_BACK = ["Draw this", "🔁 re-roll", "U1", "V2", "⬆️ hires"]
+
+
+@pytest.mark.parametrize("entry_point", READ_BACK)
+@pytest.mark.parametrize(("caption", "drawn"), [
+    ("pony,suggestive,solo", ["pony", "safe", "solo"]),
+    ("pony,nudity,solo", ["safe", "pony", "solo"]),
+    ("pony,rating:suggestive", ["pony", "safe"]),
+    ("pony , suggestive,\nsolo", ["pony", "safe", "solo"]),
+])  # fmt: skip
+def test_a_caption_read_back_is_split_on_commas_whatever_the_models_separator(
+        entry_point, caption, drawn):
+    """A picture's parameters (or an earlier job) may join a space-separated model's tags with
+    commas: each is still a tag, so `suggestive` is drawn `safe` and `nudity` is left out, as
+    /pony does (red team, defect 3)."""
+    job = job_from(entry_point, caption, V2, channel())
+
+    assert caption_tags(job.prompt, V2.caption) == drawn
+    assert_for_all_ages(job, V2, ())
+    assert {"suggestive", "nudity"} <= set(caption_tags(job.negative_prompt, V2.caption))
+
+
+def job_with_negative(entry_point: str, text: str, negative: str, model: ModelEntry,
+                      here: Channel) -> Built:
+    """What `entry_point` builds from `text` with `negative` as its negative tags (typed, or
+    the earlier job's or picture's negative prompt)."""
+    source = earlier_job(text, model, negative=negative)
+    form = PonyOptions.parse(CONFIG, tags=text, negative=negative)
+    requests: dict[str, Request] = {
+        "/pony": PonyRequest(by=BY, options=PonyOptions.parse(
+            CONFIG, tags=text, negative=negative, model=model.id)),
+        "🔁 re-roll": FromResult(kind="reroll", by=BY, source=source),
+        "U1": FromResult(kind="upscale", by=BY, source=source, index=0),
+        "V2": FromResult(kind="vary", by=BY, source=source, index=1),
+        "⬆️ hires": FromResult(kind="hires", by=BY, source=source),
+        "✏️ edit under a result": EditRequest(by=BY, source=source, form=form),
+        "✏️ edit of a queued job": EditRequest(by=BY, source=source, form=form, in_place=True),
+        "Draw this": DrawThisRequest(by=BY, parameters=A1111Parameters(
+            prompt=text, negative_prompt=negative, model=model.name)),
+    }
+    return build_job(requests[entry_point], here, None, config=CONFIG)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_the_rating_a_channel_forces_is_never_in_the_negative_prompt(entry_point, model):
+    """`safe` in the negative prompt would push away from the `safe` the channel forces as
+    hard as the caption pushes towards it (red team, defect 6)."""
+    negative = "safe, rating:safe, Rating: Safe!, clothes"
+    built = job_with_negative(entry_point, "pony, solo", negative, model, channel())
+
+    assert_for_all_ages(built.job, model, ())
+    assert "clothes" in built.job.negative_prompt
+    if entry_point in READ_BACK:  # what the user did not type: say so
+        assert any("out of the negative prompt" in n for n in built.notes), built.notes
+
+
+def test_an_age_restricted_channel_keeps_a_ratings_negative_as_written():
+    built = job_with_negative("Draw this", "pony, solo", "safe, clothes", MODELS[1],
+                              channel(age_restricted=True))
+    assert built.job.negative_prompt == "safe, clothes"
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("entry_point", ALL_ENTRY_POINTS)
+@pytest.mark.parametrize(("typed", "word"), [
+    ("suggestive pose", "suggestive"), ("casual nudity", "nudity"),
+    ("casual_nudity", "nudity"), ("Suggestive-Looking", "suggestive"),
+])  # fmt: skip
+def test_a_tag_with_a_channel_negative_word_in_it_is_left_out_with_a_note(
+        entry_point, typed, word, model):
+    """A tag that has `suggestive` or a channel negative as a word is left out and the user
+    told, never kept (red team, defect 7); `explicit` and `questionable` anywhere in a tag
+    are refused (test_captions_policy.py)."""
+    if entry_point == "ponybot draw":
+        job, notes = cli_job_and_notes(f"pony, {typed}, solo", model, channel())
+    else:
+        built = build_job(ENTRY_POINTS[entry_point](f"pony, {typed}, solo", model), channel(),
+                          None, config=CONFIG)
+        job, notes = built.job, built.notes
+
+    assert not spells(job.prompt, word), job.prompt
+    assert {"pony", "solo"} <= {squash(t) for t in caption_tags(job.prompt, model.caption)}
+    assert_for_all_ages(job, model, ())
+    assert any("not age-restricted" in n for n in notes), notes
+
+
+def test_a_word_that_only_contains_a_channel_negative_is_kept():
+    job = job_from("/pony", "pony, unsuggestive, solo", MODELS[1], channel())
+    assert "unsuggestive" in job.prompt
+
+
+def cli_job_and_notes(text: str, model: ModelEntry, here: Channel) -> tuple[Job, tuple[str, ...]]:
+    from ponybot_cli.draw import job_for
+
+    args = argparse.Namespace(tags=text, negative=None, seed=None, steps=None, cfg=None,
+                              count=None, size=None, model=model.id, upscale=False,
+                              nsfw=here.age_restricted)
+    settings = LoadedConfig(config=CONFIG, secrets=Secrets(), path=ROOT / "config.toml")
+    return job_for(settings, args)
+
+
+# A channel of another server, and another channel of this one.
+ELSEWHERE = [Channel(guild_id=GUILD + 1, channel_id=CHANNEL + 7, age_restricted=True),
+             Channel(guild_id=GUILD, channel_id=CHANNEL + 1, age_restricted=True)]
+
+
+@pytest.mark.parametrize("here", ELSEWHERE, ids=["another server", "another channel"])
+@pytest.mark.parametrize("entry_point", ["🔁 re-roll", "U1", "V2", "⬆️ hires",
+                                         "✏️ edit under a result"])
+def test_a_button_naming_a_job_of_another_channel_is_refused(entry_point, here):
+    """Discord delivers a click only for a button on the message, but a forged one could name
+    any job: a job is only ever re-drawn in the channel it was drawn in (red team, defect 8)."""
+    with pytest.raises(UserFacingError, match="belongs to a message in another channel"):
+        job_from(entry_point, "pony, solo", MODELS[1], here)
+
+
+@pytest.mark.parametrize("picture", [
+    A1111Parameters(prompt="pony, solo", negative_prompt="lowres", steps=30, sampler="DDIM",
+                    cfg=7.0, seed=5, width=512, height=512, model="Lun's pony model V1",
+                    other={f"Junk{i}": "x" * 40 for i in range(1200)}),
+    A1111Parameters(prompt="pony, solo", steps=10**40, sampler="Euler a" * 3000, cfg=1e300,
+                    seed=-(10**60), width=10**50, height=3, model="v1", denoising_strength=0.4,
+                    cut=True),
+], ids=["junk pairs", "numbers and names out of range"])  # fmt: skip
+def test_draw_this_draws_the_same_from_what_is_kept_as_from_the_whole_picture(picture):
+    """The Parameters menu keeps only what Draw this reads, bounded (red team, defect 4): the
+    job and the notes it makes from that are the ones the whole picture gives."""
+    kept = for_draw_this(picture, CONFIG)
+
+    assert len(kept.model_dump_json()) < 2 * CONFIG.limits.max_prompt_chars + 1_000
+    assert kept.other == {}
+    whole = build_job(DrawThisRequest(by=BY, parameters=picture), channel(), None, config=CONFIG)
+    again = build_job(DrawThisRequest(by=BY, parameters=kept), channel(), None, config=CONFIG)
+    made = {"id", "created_at", "seed"} if picture.seed is None or picture.seed < 0 else {
+        "id", "created_at"}
+    assert again.job.model_dump(exclude=made) == whole.job.model_dump(exclude=made)
+    assert len(again.notes) == len(whole.notes)
+
+
 @settings(max_examples=200, deadline=None, database=None)
 @given(tag_lists, st.sampled_from(MODELS))
 def test_a_caption_written_for_the_channel_is_re_drawn_there_exactly_as_it_is(tags, model):
@@ -261,7 +426,7 @@ ENTRY_FUNCTIONS = {
     ("cogs/results.py", "upscale"): "U<i>",
     ("cogs/results.py", "vary"): "V<i>",
     ("cogs/results.py", "hires"): "⬆️ Hires",
-    ("cogs/results.py", "redraw_edited"): "✏️ Edit under a result",
+    ("cogs/edit.py", "redraw_edited"): "✏️ Edit under a result",
     ("cogs/edit.py", "edit_in_place"): "✏️ Edit of a queued job",
     ("cogs/parameters.py", "draw"): "Draw this",
     ("cogs/upscale.py", "upscale"): "/upscale",
@@ -306,10 +471,10 @@ def test_every_entry_point_calls_build_job(where, name):
 
 
 def test_build_job_is_the_only_place_a_job_is_made_or_a_seed_drawn():
-    """No `Job(...)`, `Job.model_validate(...)`, `secrets.randbelow` or `random` in production
-    code outside ponybot_request/jobs.py. (Reading a stored job back, `Job.from_json`, is not
-    making one, nor is the queue's hollow stand-in for an unreadable one; the worker's warm-up
-    in inference/ never enters the queue.)"""
+    """No `Job(...)`, `Job.model_validate(...)`, `Job.model_construct(...)`, `secrets.randbelow`
+    or `random` in production code outside ponybot_request/jobs.py. (Reading a stored job back,
+    `Job.from_json`, is not making one; the worker's warm-up in inference/ never enters the
+    queue.)"""
     offenders = []
     for folder in PRODUCTION:
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -321,7 +486,8 @@ def test_build_job_is_the_only_place_a_job_is_made_or_a_seed_drawn():
                 func = node.func
                 made = (isinstance(func, ast.Name) and func.id == "Job") or (
                     isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-                    and func.value.id == "Job" and func.attr == "model_validate")
+                    and func.value.id == "Job"
+                    and func.attr in ("model_validate", "model_construct"))
                 seeded = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
                     and (func.value.id, func.attr) in {("secrets", "randbelow"),
                                                        ("random", "randint"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ponybot_core.config import Config, Settings, UpscalerEntry
+from ponybot_core.config import Config, LoadedConfig, UpscalerEntry
 from ponybot_core.custom_ids import Action, custom_id
 from ponybot_testkit.world import GUILD_ID, NSFW_CHANNEL_ID, USER_ID
 
@@ -24,7 +24,7 @@ def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> UpscalerEntry:
 
 
 @pytest.fixture
-def settings(settings: Settings, tiny_upscaler: UpscalerEntry) -> Settings:
+def settings(settings: LoadedConfig, tiny_upscaler: UpscalerEntry) -> LoadedConfig:
     """The tests' usual settings with the tiny upscaler, so results carry U buttons."""
     config = Config.model_validate({**settings.config.model_dump(),
                                     "upscalers": [tiny_upscaler.model_dump()]})

@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 
-from inference import faults
-from inference.models import DeviceFull
-from ponybot_core.config import Settings
+from inference.loop import faults
+from inference.models.cache import DeviceFull
+from ponybot_core.config import LoadedConfig
 from ponybot_core.keys import Keys
-from ponybot_core.queue import JobStatus, QueueView
+from ponybot_core.queue import JobStatus, QueueReads
 from ponybot_testkit.redis_faults import Faults, restart
 from tests.conftest import pony, queued_job_id, results_shown, until_finished
 
@@ -20,16 +20,16 @@ pytestmark = pytest.mark.usefixtures("bot")
 
 
 async def until_running(redis, job_id: str) -> None:
-    view = QueueView(redis, Keys())
+    reads = QueueReads(redis, Keys())
     for _ in range(400):
-        state = await view.state(job_id)
+        state = await reads.state(job_id)
         if state and state.status is JobStatus.RUNNING:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} never started")
 
 
-def with_worker(settings: Settings, **worker: object) -> Settings:
+def with_worker(settings: LoadedConfig, **worker: object) -> LoadedConfig:
     config = settings.config
     return settings.model_copy(update={"config": config.model_copy(
         update={"worker": config.worker.model_copy(update=worker)})})

@@ -21,7 +21,7 @@ from ponybot_cli.doctor import (
     diagnose,
 )
 from ponybot_cli.redis_server import RedisServer, free_port
-from ponybot_core.config import Secrets, Settings, load_config
+from ponybot_core.config import LoadedConfig, Secrets, load_config
 from ponybot_testkit.world import BOT_TOKEN
 
 
@@ -54,8 +54,8 @@ hub_repo = "AstraliteHeart/pony-diffusion"
     return path
 
 
-def settings_for(path: Path, **secrets: str) -> Settings:
-    return Settings(config=load_config(path), secrets=Secrets(**secrets), path=path)
+def settings_for(path: Path, **secrets: str) -> LoadedConfig:
+    return LoadedConfig(config=load_config(path), secrets=Secrets(**secrets), path=path)
 
 
 @pytest.fixture

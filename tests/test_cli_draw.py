@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.device import choose_placement
-from inference.models import ModelCache
-from inference.result_post import image_parameters
-from inference.sampling import sample_batch
+from inference.drawing.sampling import sample_batch
+from inference.models.cache import ModelCache
+from inference.models.device import choose_placement
+from inference.results.post import image_parameters
 from ponybot_cli.main import main
 from ponybot_core.config import load_config
 from ponybot_core.job import Job

@@ -105,7 +105,7 @@ async def test_pull_fetches_only_what_the_pipeline_loads_into_the_configured_pat
     assert "100%" in pulled.err  # huggingface_hub's progress bars
 
     # ...and what was fetched is enough for the production loader.
-    from inference.loading import load_pipeline
+    from inference.models.loading import load_pipeline
 
     pipe = load_pipeline(ModelEntry(id="pony", name="Pony", path=target), base_dir=tmp_path)
     assert pipe.unet is not None and pipe.text_encoder is not None

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from ponybot_cli.doctor import check_redis
 from ponybot_cli.redis_server import PASSWORD_FILE, free_port, running_url
-from ponybot_core.config import Secrets, Settings, load_config
+from ponybot_core.config import LoadedConfig, Secrets, load_config
 from ponybot_core.heartbeat import read_heartbeats
 from ponybot_core.keys import Keys
 from ponybot_core.logs import masked_url
@@ -173,8 +173,8 @@ async def ponybot_up(config: Path, *args: str, **env: str) -> AsyncIterator[Up]:
             await asyncio.wait_for(up.reader, 10)
 
 
-def settings_for(config: Path) -> Settings:
-    return Settings(config=load_config(config), secrets=Secrets(DISCORD_TOKEN=BOT_TOKEN),
+def settings_for(config: Path) -> LoadedConfig:
+    return LoadedConfig(config=load_config(config), secrets=Secrets(DISCORD_TOKEN=BOT_TOKEN),
                     path=config)
 
 

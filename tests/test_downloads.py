@@ -13,21 +13,25 @@ import io
 import struct
 import threading
 import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from PIL import Image
+from hypothesis import HealthCheck, given, settings
+from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from ponybot_core.downloads import (
+    MAX_JPEG_SCANS,
     DecodeCancelled,
     DecodeGuard,
     DownloadFailed,
     DownloadRefused,
     decode_image,
     download_image,
+    jpeg_layout,
     open_image,
     url_allowed,
 )
@@ -36,7 +40,13 @@ from ponybot_testkit.hostile_pictures import (
     animated_webp,
     apng_bomb,
     apng_frames,
+    exif_png,
+    exif_webp,
+    hostile_pictures,
     jpeg_with_app1,
+    large_tag_exif,
+    progressive_jpeg_with_empty_scans,
+    split_exif_jpeg,
     truncated,
     webp_declaring,
     webp_with_exif,
@@ -389,3 +399,131 @@ def test_a_picture_whose_exif_is_broken_is_used_as_stored(exif, fmt):
     decoded = decode_image(data, max_pixels=MAX_PIXELS)
 
     assert decoded.image.size == (8, 8) and decoded.parameters is None
+
+
+# --- EXIF and scan bombs: bounded work inside the guard's reach (fix-a) ------------------------
+
+THEIRS = "pinkie pie\nNegative prompt: lowres\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1"
+
+
+@pytest.fixture
+def bytes_to_pillows_exif_reader(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every EXIF block handed to Pillow's EXIF (TIFF) reader while the test runs:
+    `getexif`, `exif_transpose` and JPEG's dpi all go through `Exif.load`."""
+    handed: list[int] = []
+    real_load = Image.Exif.load
+
+    def spy_load(self, data):
+        handed.append(len(data))
+        return real_load(self, data)
+
+    monkeypatch.setattr(Image.Exif, "load", spy_load)
+    return handed
+
+
+def _peak_bytes_while(action):
+    tracemalloc.start()
+    try:
+        result = action()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+EXIF_BOMBS = {
+    # 2 MB of RATIONALs in the Exif IFD (the red team's 9.8 MB: 14 s of CPU, +518 MiB, past a
+    # 1 s deadline), Orientation 6 and A1111's comment beside them.
+    "PNG eXIf": lambda: exif_png(large_tag_exif(2_000_000, orientation=6, parameters=THEIRS)),
+    "WebP EXIF": lambda: exif_webp(large_tag_exif(2_000_000, orientation=6, parameters=THEIRS)),
+    # The same in IFD0's ResolutionUnit, split over 31 APP1 segments that Pillow joins and reads
+    # for the dpi while it opens the file.
+    "JPEG in 31 APP1 segments": lambda: split_exif_jpeg(large_tag_exif(
+        2_000_000, tag=0x0128, in_exif_ifd=False, orientation=6)),
+}
+
+
+@pytest.mark.parametrize("build", EXIF_BOMBS.values(), ids=EXIF_BOMBS.keys())
+def test_an_exif_bomb_costs_the_decode_no_exif_work_and_the_picture_still_turns_upright(
+        build, bytes_to_pillows_exif_reader):
+    bomb = build()
+
+    decoded, peak = _peak_bytes_while(lambda: decode_image(bomb, max_pixels=MAX_PIXELS))
+
+    assert decoded.image.size == (8, 16)  # 16×8 stored, Orientation 6: turned a quarter
+    assert bytes_to_pillows_exif_reader == []
+    # The file's own bytes, once or twice over (Pillow keeps a chunk it read): never the
+    # hundreds of MiB of objects Pillow's EXIF reader made of its values.
+    assert peak < 3 * len(bomb), f"held {peak:,} bytes decoding a {len(bomb):,}-byte file"
+
+
+@pytest.mark.parametrize("build", list(EXIF_BOMBS.values())[:2], ids=list(EXIF_BOMBS)[:2])
+def test_an_exif_bombs_parameters_still_come_with_the_picture(build):
+    assert decode_image(build(), max_pixels=MAX_PIXELS).parameters == THEIRS
+
+
+def test_a_jpeg_of_more_scans_than_any_encoder_writes_is_refused_before_a_byte_is_decoded():
+    # 200 empty scans after a 64² progressive JPEG: at 4096² and 13,000 scans libjpeg spends 8 s
+    # inside one block Pillow feeds it, past the deadline and deaf to Cancel.
+    cancelled = threading.Event()
+    guard = DecodeGuard(cancelled=cancelled)
+
+    with pytest.raises(DownloadRefused, match="more than 100 scans"):
+        decode_image(progressive_jpeg_with_empty_scans(64, 200), max_pixels=MAX_PIXELS,
+                     guard=guard)
+    assert guard.bytes_read == 0
+
+
+def _noise(size: tuple[int, int]) -> Image.Image:
+    import numpy as np
+
+    pixels = np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_exif_orientation_turns_the_picture_as_pillows_exif_transpose_does(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    _noise((6, 4)).save(out, format="PNG", exif=exif.tobytes())
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(out.getvalue())))
+
+    decoded = decode_image(out.getvalue(), max_pixels=MAX_PIXELS)
+
+    assert decoded.image.size == expected.size
+    assert decoded.image.tobytes() == expected.convert("RGB").tobytes()
+
+
+def test_the_scan_walk_stops_one_scan_past_the_limit_however_many_follow():
+    layout = jpeg_layout(progressive_jpeg_with_empty_scans(64, 13_000))
+
+    assert layout.scans == MAX_JPEG_SCANS + 1
+    assert layout.markers < MAX_JPEG_SCANS + 20  # the header's segments, then one per scan
+
+
+@pytest.mark.parametrize(("save", "scans"), [
+    ({"progressive": True}, 10),  # libjpeg's progression for colour: 10 scans
+    ({"restart_marker_blocks": 1}, 1),  # a restart marker after every MCU: 255
+], ids=["progressive", "restart markers"])
+def test_a_jpeg_as_encoders_write_it_has_its_scans_counted_in_a_step_per_segment(save, scans):
+    out = io.BytesIO()
+    _noise((256, 256)).save(out, format="JPEG", **save)
+
+    layout = jpeg_layout(out.getvalue())
+
+    assert layout.scans == scans
+    assert layout.markers < 4 * scans + 12  # never a step per restart marker
+    assert decode_image(out.getvalue(), max_pixels=MAX_PIXELS).image.size == (256, 256)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_pictures())
+def test_whatever_the_bytes_a_decode_gives_a_picture_or_one_refusal(data):
+    # The walks before Pillow (JPEG markers, EXIF IFDs) meet every damage Pillow meets, first.
+    try:
+        decoded = decode_image(data, max_pixels=MAX_PIXELS)
+    except DownloadRefused as exc:
+        assert str(exc)
+        return
+    assert decoded.image.mode in ("RGB", "RGBA")

@@ -13,7 +13,7 @@ import pytest
 from ponybot_core.custom_ids import Action, custom_id
 from ponybot_core.job import Job
 from ponybot_core.keys import Keys
-from ponybot_core.queue import Consumer, JobStatus, Producer, QueueView
+from ponybot_core.queue import Consumer, JobStatus, Producer, QueueReads
 from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, USER_ID, make_job
 from tests.conftest import QueueParts, embed_fields, job_id_of, pony, queued_job_id, result
 
@@ -56,12 +56,12 @@ async def submit(fake, form_id: str, values: dict[str, str], *, user_id: int = U
 
 
 async def unfinished(redis) -> int:
-    snap = await QueueView(redis, Keys()).snapshot(all_guilds=True)
+    snap = await QueueReads(redis, Keys()).snapshot(all_guilds=True)
     return len(snap.queued) + len(snap.running)
 
 
 async def stored_job(redis, job_id: str) -> Job:
-    job = await QueueView(redis, Keys()).job(job_id)
+    job = await QueueReads(redis, Keys()).job(job_id)
     assert job is not None
     return job
 
@@ -164,8 +164,8 @@ async def test_edit_on_a_queued_message_changes_the_job_in_place_and_keeps_its_p
 ):
     waiting = [await pony(fake, tags=tags) for tags in ("applejack", "rarity", "fluttershy")]
     middle = queued_job_id(waiting[1])
-    view = QueueView(redis, Keys())
-    positions = await view.positions()
+    reads = QueueReads(redis, Keys())
+    positions = await reads.positions()
     itx = await open_form(fake, waiting[1].original.id, Action.EDIT_QUEUED, middle)
     form_id, values = form_of(itx)
     assert form_id == custom_id(Action.EDIT_QUEUED, middle)
@@ -174,7 +174,7 @@ async def test_edit_on_a_queued_message_changes_the_job_in_place_and_keeps_its_p
     answer = await submit(fake, form_id, {**values, "tags": "rarity, gem", "seed": "9"})
 
     assert answer.ephemeral and "keeps its place" in answer.original.content
-    assert await view.positions() == positions
+    assert await reads.positions() == positions
     job = await stored_job(redis, middle)
     assert (job.tags, job.seed, job.seeded) == ("rarity, gem", 9, True)
     assert job.interaction_id == waiting[1].id  # the same job, answered on the same message
@@ -256,14 +256,14 @@ async def test_an_edit_replaces_a_queued_jobs_parameters_and_keeps_its_place(que
     jobs = [make_job(guild_id=g) for g in (100, 100, 200)]
     for job in jobs:
         await queue.producer.enqueue(job)
-    positions = await queue.view.positions()
+    positions = await queue.reads.positions()
 
     new = edited(jobs[0], tags="edited", prompt="edited", seed=77, seeded=True)
     outcome = await queue.producer.edit_queued(new)
 
     assert outcome.done and outcome.was == JobStatus.QUEUED
-    assert await queue.view.positions() == positions
-    state = await queue.view.state(new.id)
+    assert await queue.reads.positions() == positions
+    state = await queue.reads.state(new.id)
     assert state is not None and state.job() == new
     raw = await queue.redis.hgetall(queue.keys.job(new.id))
     assert raw[b"batch_key"].decode() == new.batch_key() != jobs[0].batch_key()
@@ -318,7 +318,7 @@ async def test_edits_racing_takes_leave_every_job_whole_either_way(queue: QueueP
 
     by_id = {job.id: job for job in drawn}
     for job, edit_won in zip(jobs, won, strict=True):
-        stored = (await queue.view.state(job.id)).job()  # type: ignore[union-attr]
+        stored = (await queue.reads.state(job.id)).job()  # type: ignore[union-attr]
         expected = f"edited {job.id}" if edit_won else job.tags
         # What the worker draws is what Redis holds: the edit before the take, or none.
         assert by_id[job.id].tags == stored.tags == expected
@@ -333,7 +333,7 @@ async def test_an_edit_of_a_finished_or_unknown_job_changes_nothing(queue: Queue
     assert (await queue.producer.edit_queued(edited(cancelled, tags="x"))).was == "cancelled"
     assert not (await queue.producer.edit_queued(unknown)).done
     assert not await queue.redis.exists(queue.keys.job(unknown.id))
-    assert (await queue.view.state(cancelled.id)).job().tags == cancelled.tags  # type: ignore
+    assert (await queue.reads.state(cancelled.id)).job().tags == cancelled.tags  # type: ignore
 
 
 async def test_an_edit_cannot_move_a_job_to_another_server_or_user(queue: QueueParts):

@@ -2,7 +2,7 @@
 recovers the job, and the result is shown once — never lost, never twice, whether it went into
 the queued message (interaction token alive) or into the channel (token expired).
 
-The faults are injected by the worker's own hook (inference/faults.py, PONYBOT_FAULTS); a real
+The faults are injected by the worker's own hook (inference/loop/faults.py, PONYBOT_FAULTS); a real
 worker process exits with 137 where the test says, as a SIGKILL'd one would.
 """
 
@@ -12,9 +12,9 @@ import asyncio
 
 import pytest
 
-from inference import faults
+from inference.loop import faults
 from ponybot_core.keys import Keys
-from ponybot_core.queue import JobStatus, QueueView
+from ponybot_core.queue import JobStatus, QueueReads
 from ponybot_testkit.world import CHANNEL_ID
 from tests.conftest import (
     pony,
@@ -75,7 +75,7 @@ async def test_an_error_at_any_step_is_retried_without_a_second_result(
     finally:
         faults.arm("")
     assert results_shown(fake, job_id) == 1
-    state = await QueueView(redis, Keys()).state(job_id)
+    state = await QueueReads(redis, Keys()).state(job_id)
     # Before the post the job went back to the queue (a second attempt); after it, the post
     # was found on Discord and recorded, never drawn again.
     assert state.attempts == 2

@@ -6,8 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.device import choose_placement
-from inference.fast_path import chunk_by_images, configure_for_size, images_per_call, prepare
+from inference.models.device import (
+    choose_placement,
+    chunk_by_images,
+    configure_for_size,
+    images_per_call,
+    prepare,
+)
 from ponybot_core.config import WorkerConfig
 from ponybot_testkit.sampling import sample_with_info
 from ponybot_testkit.world import make_job

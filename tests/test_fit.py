@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from inference.fit import encode_webp, fit_image, fit_images, read_parameters
-from inference.png_parameters import png_with_parameters
+from inference.results.fit import encode_webp, fit_image, fit_images, png_with_parameters
+from ponybot_core.image_parameters import read_parameters
 
 PARAMETERS = ("twilight sparkle, unicorn, solo, scr100\nNegative prompt: explicit\n"
               "Steps: 20, Sampler: DDIM, CFG scale: 7.5, Seed: 1234, Size: 512x512, "

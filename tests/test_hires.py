@@ -10,12 +10,12 @@ import io
 import pytest
 from PIL import Image
 
-from inference.fit import read_parameters
-from ponybot_core.config import Config, HiresConfig, Settings
+from ponybot_core.config import Config, HiresConfig, LoadedConfig
 from ponybot_core.custom_ids import Action, custom_id
-from ponybot_core.hires import HiresTooLarge, plan, work_units
+from ponybot_core.hires_plan import HiresTooLarge, plan
+from ponybot_core.image_parameters import read_parameters
 from ponybot_core.keys import Keys
-from ponybot_core.queue import QueueView
+from ponybot_core.queue import QueueReads
 from ponybot_testkit.world import CHANNEL_ID, USER_ID, make_job, running_bot
 from tests.conftest import QueueParts, embed_fields, job_id_of, pony, result
 
@@ -34,7 +34,7 @@ def size_of(attachment) -> tuple[int, int]:
     return Image.open(io.BytesIO(attachment.data)).size
 
 
-def with_hires(settings: Settings, **hires: object) -> Settings:
+def with_hires(settings: LoadedConfig, **hires: object) -> LoadedConfig:
     config = Config.model_validate({**settings.config.model_dump(), "hires": hires})
     return settings.model_copy(update={"config": config})
 
@@ -115,7 +115,7 @@ async def test_the_hires_button_draws_the_same_seed_again_in_two_passes(
     message = await result(fake, itx)
     assert size_of(message.attachments[0]) == (128, 128)
     assert unet_calls == [(8, 8), (8, 8), (16, 16)]
-    job = await QueueView(redis, Keys()).job(job_id_of(message))
+    job = await QueueReads(redis, Keys()).job(job_id_of(message))
     assert job is not None and job.hires is not None
     # The same seed, run on its own: the first pass is the picture that was shown.
     assert (job.seed, job.seeded) == (5, True)
@@ -152,7 +152,7 @@ async def test_a_hires_jobs_worker_seconds_are_recorded_per_plain_jobs_worth(que
 
     await delivery.posted(1, worker_seconds=6.0)
 
-    assert await queue.view.recent_job_seconds() == 2.0
+    assert await queue.reads.recent_job_seconds() == 2.0
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -178,9 +178,9 @@ def test_the_scale_shrinks_to_keep_every_side_within_max_side_and_the_aspect():
 
 def test_a_hires_job_weighs_one_plus_its_second_pass_in_plain_jobs():
     plain = make_job(steps=20)
-    assert work_units(plain) == 1.0
+    assert plain.work_units() == 1.0
     hires = make_job(steps=20, hires=plan(HiresConfig(), 64, 64, 20))  # 4× px, 11 of 20 steps
-    assert work_units(hires) == pytest.approx(1 + 4 * 11 / 20)
+    assert hires.work_units() == pytest.approx(1 + 4 * 11 / 20)
 
 
 def test_hires_jobs_never_share_a_pipeline_call_with_plain_ones():

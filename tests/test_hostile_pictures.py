@@ -27,15 +27,19 @@ from ponybot_testkit.hostile_pictures import (
     BAD_EXIF,
     apng_bomb,
     exif_picture,
+    exif_png,
+    exif_webp,
     hostile_parameters,
     hostile_pictures,
     jpeg_with_app1,
+    large_tag_exif,
     long_comment_jpeg,
     long_comment_webp,
     many_chunks_png,
     png,
     png_chunk,
     png_with_text,
+    split_exif_jpeg,
     truncated,
     webp_declaring,
     webp_with_exif,
@@ -213,3 +217,45 @@ def test_whatever_the_bytes_the_reader_answers_or_says_why(data):
         assert str(exc)
         return
     assert found is None or len(found.text) <= PARAMETERS_LIMIT
+
+
+# --- EXIF bombs: the comment read, nothing else (fix-a) ----------------------------------------
+
+
+@pytest.fixture
+def bytes_to_pillows_exif_reader(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every EXIF block handed to Pillow's EXIF (TIFF) reader while the test runs."""
+    handed: list[int] = []
+    real_load = Image.Exif.load
+
+    def spy_load(self, data):
+        handed.append(len(data))
+        return real_load(self, data)
+
+    monkeypatch.setattr(Image.Exif, "load", spy_load)
+    return handed
+
+
+@pytest.mark.parametrize("wrap", [exif_png, exif_webp], ids=["png eXIf", "webp EXIF"])
+def test_an_exif_tag_of_a_quarter_million_values_costs_no_more_than_the_comment_beside_it(
+        wrap, bytes_to_pillows_exif_reader):
+    # 2 MB of RATIONALs in the Exif IFD, beside A1111's UserComment: Pillow's get_ifd(Exif)
+    # made 250,000 Python objects (a 9.9 MB one: 1.2 million, 3.8 s, +335 MiB).
+    bomb = wrap(large_tag_exif(2_000_000, parameters=THEIRS, orientation=6))
+
+    found, peak = peak_bytes_while(find_parameters, bomb)
+
+    assert found is not None and found.text == THEIRS
+    assert bytes_to_pillows_exif_reader == []
+    assert peak < 64 * 1024, f"held {peak} bytes reading a {len(bomb)}-byte file"
+
+
+def test_a_jpeg_whose_exif_is_split_over_many_segments_is_read_from_the_first_alone(
+        bytes_to_pillows_exif_reader):
+    bomb = split_exif_jpeg(large_tag_exif(2_000_000, tag=0x0128, in_exif_ifd=False))
+
+    found, peak = peak_bytes_while(find_parameters, bomb)
+
+    assert found is None
+    assert bytes_to_pillows_exif_reader == []
+    assert peak < 64 * 1024, f"held {peak} bytes reading a {len(bomb)}-byte file"

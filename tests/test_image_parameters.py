@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import tracemalloc
 import zlib
 
 import pytest
@@ -15,19 +16,26 @@ from hypothesis import strategies as st
 from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 
-from inference.fit import encode_webp
-from inference.png_parameters import png_with_parameters
+from inference.results.fit import encode_webp, png_with_parameters
 from ponybot_core.config import Sampler
 from ponybot_core.image_parameters import (
+    MAX_IFD_ENTRIES,
     PARAMETERS_LIMIT,
+    UnreadablePicture,
     format_parameters,
     parameters_exif,
     parse_parameters,
     quote,
+    read_exif,
     read_parameters,
     scan_settings,
 )
-from ponybot_testkit.hostile_pictures import HOSTILE_LINES, hostile_parameters, hostile_texts
+from ponybot_testkit.hostile_pictures import (
+    HOSTILE_LINES,
+    hostile_parameters,
+    hostile_texts,
+    large_tag_exif,
+)
 from ponybot_testkit.world import make_job
 
 A1111_TEXT = (
@@ -239,3 +247,62 @@ def test_any_a1111_parameters_text_reads_back_as_written(prompt, negative, steps
     assert (parsed.sampler, parsed.model, (parsed.width, parsed.height)) == (sampler, model, size)
     assert parsed.other == other
     assert not parsed.cut
+
+
+# --- EXIF read by hand: two fields, bounded work (fix-a) ---------------------------------------
+
+
+@given(order=st.sampled_from(["<", ">"]), orientation=st.none() | st.integers(1, 8),
+       text=hostile_texts(60))
+def test_the_orientation_and_comment_pillow_writes_read_back_in_either_byte_order(
+        order, orientation, text):
+    exif = Image.Exif()
+    exif.endian = order
+    if orientation is not None:
+        exif[ExifTags.Base.Orientation] = orientation
+    comment = b"UNICODE\x00" + text.encode("utf-16-le" if order == "<" else "utf-16-be")
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = comment
+
+    fields = read_exif(exif.tobytes())
+
+    assert (fields.orientation, fields.comment, fields.comment_cut) == (
+        orientation, comment, False)
+    assert fields.little_endian == (order == "<")
+
+
+def test_the_exif_walk_reads_ifd_entries_and_the_comment_never_the_values_beside_them():
+    # 1.2 million RATIONALs beside the comment: Pillow's reader made an object of each.
+    block = large_tag_exif(9_900_000, orientation=6, parameters=A1111_TEXT)
+    tracemalloc.start()
+    try:
+        fields = read_exif(block)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert fields.orientation == 6
+    assert fields.comment == b"UNICODE\x00" + A1111_TEXT.encode("utf-16-be")
+    assert fields.entries_read == 4  # IFD0: Orientation, the Exif IFD; Exif IFD: two tags
+    assert peak < 16 * 1024 + len(fields.comment)
+
+
+def _ifd_of(entries: int) -> bytes:
+    """An EXIF block whose IFD0 has `entries` entries, all there (Artist, ASCII, inline)."""
+    return (b"MM\x00\x2a" + struct.pack(">IH", 8, entries)
+            + struct.pack(">HHI4s", 0x013B, 2, 4, b"pon\0") * entries + b"\0\0\0\0")
+
+
+def test_an_ifd_of_more_entries_than_any_camera_writes_is_refused_before_one_is_read():
+    assert read_exif(_ifd_of(MAX_IFD_ENTRIES)).entries_read == MAX_IFD_ENTRIES
+
+    with pytest.raises(UnreadablePicture, match="an IFD of 65,535 entries"):
+        read_exif(_ifd_of(0xFFFF))
+
+
+def test_a_comment_over_the_limit_is_read_no_further_than_the_limit_and_says_so():
+    block = large_tag_exif(8, parameters="a" * (4 * PARAMETERS_LIMIT))
+
+    fields = read_exif(block)
+
+    assert fields.comment_cut and fields.comment is not None
+    assert len(fields.comment) == len(b"UNICODE\x00") + 4 * PARAMETERS_LIMIT

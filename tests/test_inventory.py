@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from inference.inventory import check_all, check_model, check_upscaler
-from inference.model_files import converted_safetensors_path
+from inference.models.files import converted_safetensors_path
+from inference.models.inventory import check_all, check_model, check_upscaler
 from ponybot_core.config import Config, ModelEntry, UpscalerEntry
 from ponybot_testkit.tiny_models import build_tiny_single_file
 
@@ -164,6 +164,6 @@ def test_the_table_lists_every_file_and_then_what_to_do(tiny_pipeline_dir: Path,
 
 def test_the_inventory_imports_no_torch() -> None:
     # `ponybot up`, `ponybot models` and the bot's side use it: they must not pay for torch.
-    code = ("import sys, inference.inventory, ponybot_cli.main; "
+    code = ("import sys, inference.models.inventory, ponybot_cli.main; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))

@@ -29,7 +29,7 @@ async def taken(queue: QueueParts, consumer: str = "w", **job: object) -> Delive
 
 
 async def status(queue: QueueParts, job_id: str) -> JobStatus | None:
-    state = await queue.view.state(job_id)
+    state = await queue.reads.state(job_id)
     return state.status if state else None
 
 
@@ -64,12 +64,12 @@ async def test_posted_records_the_message_and_acknowledges_in_one_step(queue):
     assert await delivery.posting() is Outcome.OK
     assert await delivery.posted(77, worker_seconds=1.5) is Outcome.OK
     assert await queue.unfinished() == 0
-    state = await queue.view.state(delivery.job_id)
+    state = await queue.reads.state(delivery.job_id)
     assert state.status is JobStatus.POSTED and state.result_message_id == 77
     assert await queue.redis.xlen(queue.keys.stream) == 0
     assert 0 < await queue.redis.ttl(queue.keys.job(delivery.job_id)) <= 600
-    assert await queue.view.recent_job_seconds() == 1.5
-    assert await queue.view.user_jobs(A, 5) == []
+    assert await queue.reads.recent_job_seconds() == 1.5
+    assert await queue.reads.user_jobs(A, 5) == []
 
 
 async def test_a_repeated_move_whose_first_reply_was_lost_finds_its_work_done(queue):
@@ -95,7 +95,7 @@ async def test_dead_letters_keep_the_job_and_the_reason_and_are_bounded(queue):
     assert fields[b"job_id"].decode() == delivery.job_id
     assert fields[b"reason"] == b"it failed 3 times"
     assert await status(queue, delivery.job_id) is JobStatus.DEAD
-    assert await queue.view.user_jobs(A, 5) == []
+    assert await queue.reads.user_jobs(A, 5) == []
     info = await queue.redis.xinfo_stream(queue.keys.dead)
     assert info["length"] == 1  # trimmed with MAXLEN ~ (see DEAD_LETTERS_KEPT)
 

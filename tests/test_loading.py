@@ -28,15 +28,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTokenizer
 
-from inference import convert as convert_cli
-from inference.convert import convert
-from inference.loading import (
+from inference.drawing.schedulers import SEED_DDIM_CONFIG, make_scheduler, set_scheduler
+from inference.models import convert as convert_cli
+from inference.models.convert import convert
+from inference.models.loading import (
     SD1_CONFIG_DIR,
     ModelLoadError,
     has_seed_scheduler,
     load_pipeline,
 )
-from inference.schedulers import SEED_DDIM_CONFIG, make_scheduler, set_scheduler
 from ponybot_core.config import Config, ModelEntry, Sampler
 from ponybot_testkit.tiny_models import (
     build_tiny_ckpt_with_unsafe_pickle,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.prompt_embeds import encode_prompts, split_chunks, tokenize
-from inference.sampling import generators
+from inference.drawing.prompt_embeds import encode_prompts, split_chunks, tokenize
+from inference.drawing.sampling import generators
 from ponybot_core.config import Sampler
 from ponybot_core.job import Job
 from ponybot_testkit.sampling import sample, sample_with_info

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from inference import models
-from inference.device import Placement, choose_placement
-from inference.loading import ModelLoadError
-from inference.models import GIB, ModelCache, device_budget_bytes, pipeline_bytes
+from inference.models import cache as models
+from inference.models.cache import GIB, ModelCache, device_budget_bytes, pipeline_bytes
+from inference.models.device import Placement, choose_placement
+from inference.models.loading import ModelLoadError
 from ponybot_core.config import Config, ModelEntry
 from ponybot_testkit.world import tiny_config
 

@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 
 from bot.guild_settings import GuildSettings
 from cogs.models import _describe
-from inference.device import choose_placement
-from inference.models import ModelCache
+from inference.models.cache import ModelCache
+from inference.models.device import choose_placement
 from ponybot_core import heartbeat
-from ponybot_core.config import Settings, load_config
+from ponybot_core.config import LoadedConfig, load_config
 from ponybot_core.heartbeat import WorkerHeartbeat
 from ponybot_core.job import Job
 from ponybot_core.keys import Keys
@@ -81,7 +81,7 @@ async def publish_heartbeat(redis: Redis, name: str, **fields) -> None:
 
 
 async def test_list_shows_every_model_and_which_live_worker_has_it_loaded(
-    bot, fake, redis, settings: Settings, start_worker
+    bot, fake, redis, settings: LoadedConfig, start_worker
 ):
     preloading = settings.model_copy(
         update={

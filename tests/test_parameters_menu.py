@@ -22,10 +22,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.answering import OUR_FAULT, what_to_say
 from bot.errors import QueueUnavailable
-from ponybot_core.config import Config, Settings, UploadsConfig
+from ponybot_core.config import Config, LoadedConfig, UploadsConfig
 from ponybot_core.image_parameters import PARAMETERS_LIMIT, parameters_exif
 from ponybot_core.keys import Keys
-from ponybot_core.queue import QueueView
+from ponybot_core.queue import QueueReads
 from ponybot_testkit.hostile_pictures import (
     BAD_EXIF,
     apng_bomb,
@@ -85,7 +85,7 @@ def pixels(attachment) -> np.ndarray:
 
 
 async def nothing_queued(redis: Redis) -> bool:
-    snapshot = await QueueView(redis, Keys()).snapshot(all_guilds=True)
+    snapshot = await QueueReads(redis, Keys()).snapshot(all_guilds=True)
     return not snapshot.queued and not snapshot.running
 
 
@@ -235,7 +235,7 @@ async def test_bytes_that_are_not_what_discord_described_are_refused_after_downl
 
 
 async def test_a_picture_not_on_discords_hosts_is_refused_and_never_fetched(
-        fake, settings: Settings, redis):
+        fake, settings: LoadedConfig, redis):
     raw = settings.config.model_dump()
     raw["uploads"] = {**raw["uploads"], "hosts": UploadsConfig().hosts}
     discord_only = settings.model_copy(update={"config": Config.model_validate(raw)})

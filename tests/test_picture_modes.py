@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.variation import starting_image
+from inference.drawing.img2img import starting_image
 from ponybot_core.downloads import decode_image, normalised
 
 MAX_PIXELS = 4096 * 4096
@@ -135,7 +135,7 @@ def test_a_16_bit_gray_ramp_keeps_every_level_in_order():
 def test_the_upscaler_sees_a_16_bit_gray_picture_as_the_gray_it_is(tmp_path: Path):
     import torch
 
-    from inference.upscale import load_upscaler
+    from inference.results.upscale import load_upscaler
     from ponybot_core.config import UpscalerEntry
     from ponybot_testkit.tiny_esrgan import realesrgan_state_dict, save_pth
 

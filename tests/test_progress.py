@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.progress import (
+from inference.drawing.progress import (
     LATENT_RGB_FACTORS,
     ProgressReporter,
     SamplingCancelled,

@@ -122,7 +122,9 @@ async def test_clear_cancels_one_users_queued_jobs_and_edits_their_messages(fake
 
     itx = await queue_cmd(fake, "clear", {"user": USER_ID})
 
-    await fake.wait_for(lambda: all("Cancelled" in m.original.content for m in mine))
+    # The admin's answer comes after the users' messages are edited: wait for both.
+    await fake.wait_for(lambda: all("Cancelled" in m.original.content for m in mine)
+                        and "Cancelled" in itx.original.content)
     assert "Cancelled 2" in itx.original.content
     assert "Cancelled" not in theirs.original.content
     assert len(await queued_ids(redis)) == 1

@@ -64,7 +64,7 @@ async def test_servers_are_served_round_robin_and_each_fifo(queue):
 async def test_positions_match_the_order_jobs_will_run_in(queue):
     for g in (A, A, A, B, C, C):
         await queue.producer.enqueue(a_job(guild_id=g))
-    positions = await queue.view.positions()
+    positions = await queue.reads.positions()
     order = await drain(queue)
     assert [positions[j.id] for j in order] == list(range(1, 7))
 
@@ -108,7 +108,7 @@ async def test_a_global_pause_holds_everything_until_resumed(queue):
     consumer = queue.consumer()
     assert await take_ids(consumer) == []
     assert (await queue.producer.enqueue(a_job(guild_id=C))).paused
-    assert await queue.view.positions() == {}  # no position moves while everything waits
+    assert await queue.reads.positions() == {}  # no position moves while everything waits
     await queue.producer.resume(None)
     assert await take_ids(consumer) == [job.id]
 
@@ -124,7 +124,7 @@ async def test_a_thousand_paused_servers_cost_the_others_nothing(queue):
     elsewhere = a_job(guild_id=5000)
     enqueued = await queue.producer.enqueue(elsewhere)
     assert (enqueued.position, enqueued.paused) == (1, False)
-    assert await queue.view.positions() == {elsewhere.id: 1}
+    assert await queue.reads.positions() == {elsewhere.id: 1}
     consumer = queue.consumer()
     assert await take_ids(consumer, 4) == [elsewhere.id]
     assert await take_ids(consumer, 4) == []
@@ -155,8 +155,8 @@ async def test_cancelling_a_queued_job_removes_it_and_frees_the_users_slot(queue
     result = await queue.producer.cancel(doomed.id)
     assert result.was == "queued" and result.job == doomed
     assert await take_ids(queue.consumer(), 5) == [kept.id]
-    assert await queue.view.user_jobs(A, 5) == [kept.id]
-    assert (await queue.view.state(doomed.id)).status == "cancelled"
+    assert await queue.reads.user_jobs(A, 5) == [kept.id]
+    assert (await queue.reads.state(doomed.id)).status == "cancelled"
 
 
 async def test_cancelling_a_running_job_asks_its_worker_to_stop(queue):
@@ -290,10 +290,10 @@ async def test_the_snapshot_shows_running_then_queued_in_order(queue):
     for job in jobs:
         await queue.producer.enqueue(job)
     await queue.consumer().take(count=1)
-    snap = await queue.view.snapshot(A)
+    snap = await queue.reads.snapshot(A)
     assert [j.id for j, _, _ in snap.running] == [jobs[0].id]
     assert [(j.id, p) for j, p in snap.queued] == [(jobs[1].id, 2)]
-    everything = await queue.view.snapshot(all_guilds=True)
+    everything = await queue.reads.snapshot(all_guilds=True)
     assert [(j.id, p) for j, p in everything.queued] == [(jobs[2].id, 1), (jobs[1].id, 2)]
 
 
@@ -301,6 +301,6 @@ async def test_the_snapshot_lists_a_paused_servers_jobs_as_waiting(queue):
     held = a_job(guild_id=A)
     await queue.producer.enqueue(held)
     await queue.producer.pause(A)
-    snap = await queue.view.snapshot(A)
+    snap = await queue.reads.snapshot(A)
     assert [(j.id, p) for j, p in snap.queued] == [(held.id, 0)]
     assert snap.paused_guilds == {A}

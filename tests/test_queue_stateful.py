@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError
 
 from ponybot_cli.redis_server import RedisServer
 from ponybot_core.keys import Keys
-from ponybot_core.queue import Consumer, Delivery, JobStatus, Producer, QueueView
+from ponybot_core.queue import Consumer, Delivery, JobStatus, Producer, QueueReads
 from ponybot_core.queue.state import FINAL
 from ponybot_core.redis_client import worker_redis
 from ponybot_testkit.redis_faults import Faults, restart
@@ -66,7 +66,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.faults.wrap(self.redis)
         self.run(self.redis.flushall())
         self.producer = Producer(self.redis, KEYS, result_ttl_s=600)
-        self.view = QueueView(self.redis, KEYS)
+        self.reads = QueueReads(self.redis, KEYS)
         self.workers = {name: SimWorker(Consumer(self.redis, KEYS, name, lease_s=60,
                                                  result_ttl_s=600)) for name in WORKERS}
         self.jobs: dict[str, int] = {}  # job id -> guild
@@ -78,7 +78,7 @@ class QueueMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)  # type: ignore[arg-type]
 
     def patiently(self, call: Callable[[], Awaitable[T]]) -> T:
-        """As the worker does (inference.retrying): a connection error is retried."""
+        """As the worker does (inference.loop.retrying): a connection error is retried."""
         for _ in range(10):
             try:
                 return self.run(call())
@@ -187,7 +187,7 @@ class QueueMachine(RuleBasedStateMachine):
             worker.held[delivery.job_id] = delivery
 
     def job_id_cancel_requested(self, job_id: str) -> bool:
-        return job_id in self.patiently(lambda: self.view.cancel_requested([job_id]))
+        return job_id in self.patiently(lambda: self.reads.cancel_requested([job_id]))
 
     @rule(name=st.sampled_from(WORKERS))
     def crash(self, name: str) -> None:
@@ -253,7 +253,7 @@ class QueueMachine(RuleBasedStateMachine):
                 if (await d.posting()).done:
                     self.posts[d.job_id] += 1
                     assert (await d.posted(1)).done
-        states = await self.view.states(self.jobs)
+        states = await self.reads.states(self.jobs)
         for job_id, state in states.items():
             assert state is not None and state.status in FINAL, (job_id, state)
             assert self.posts[job_id] == (1 if state.status is JobStatus.POSTED else 0), \

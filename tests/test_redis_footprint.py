@@ -17,10 +17,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from bot import defaults
-from bot.defaults import Defaults
+from bot import saved_settings
+from bot.saved_settings import SavedSettings
 from ponybot_core.keys import Keys
-from ponybot_core.queue import Consumer, JobStatus, Outcome, Producer, QueueView, UserLimitReached
+from ponybot_core.queue import Consumer, JobStatus, Outcome, Producer, QueueReads, UserLimitReached
 from ponybot_testkit.world import (
     CHANNEL_ID,
     GUILD_ID,
@@ -50,7 +50,7 @@ THREAD_ID = 4_000_000_000_000_099
 class Queue:
     redis: Redis
     producer: Producer
-    view: QueueView
+    reads: QueueReads
 
     def consumer(self, name: str = "w", *, lease_s: float = 60.0) -> Consumer:
         return Consumer(self.redis, KEYS, name, lease_s=lease_s,
@@ -64,7 +64,7 @@ def q(redis: Redis) -> Queue:
     return Queue(redis, Producer(redis, KEYS, result_ttl_s=LIFETIME[JobStatus.POSTED],
                                  cancelled_ttl_s=LIFETIME[JobStatus.CANCELLED],
                                  dead_ttl_s=LIFETIME[JobStatus.DEAD]),
-                 QueueView(redis, KEYS))
+                 QueueReads(redis, KEYS))
 
 
 async def ttls(redis: Redis, job_id: str) -> tuple[int, int]:
@@ -122,10 +122,10 @@ async def test_a_job_taken_back_after_its_answer_failed_keeps_only_the_cancelled
     fake.inject("POST", r"^/interactions/\d+/[^/]+/callback$", 404)
     async with running_bot(short, fake) as bot:
         await fake.invoke("pony", {"tags": "pony"}, channel_id=CHANNEL_ID, user_id=USER_ID)
-        view = bot.queue_view
+        reads = bot.queue_reads
         for _ in range(500):  # until the bot has taken it back (bounded by tries, not time)
             ids = [BOT_KEYS.job_id(k) async for k in redis.scan_iter(match=BOT_KEYS.job("*"))]
-            states = [s for s in (await view.states(ids)).values() if s]
+            states = [s for s in (await reads.states(ids)).values() if s]
             if states and states[0].status is JobStatus.CANCELLED:
                 break
             await asyncio.sleep(0.02)
@@ -355,10 +355,10 @@ async def test_a_servers_departure_deletes_its_settings_and_saved_defaults_and_n
         bot, fake, redis):
     await save_everywhere(fake)
     before = await everything(redis)
-    assert {BOT_KEYS.guild(GUILD_ID), BOT_KEYS.user_defaults(GUILD_ID, USER_ID),
-            BOT_KEYS.user_defaults(GUILD_ID, OTHER_USER_ID),
-            BOT_KEYS.channel_defaults(GUILD_ID, CHANNEL_ID),
-            BOT_KEYS.channel_defaults(GUILD_ID, NSFW_CHANNEL_ID)} <= before.keys()
+    assert {BOT_KEYS.guild(GUILD_ID), BOT_KEYS.user_settings(GUILD_ID, USER_ID),
+            BOT_KEYS.user_settings(GUILD_ID, OTHER_USER_ID),
+            BOT_KEYS.channel_settings(GUILD_ID, CHANNEL_ID),
+            BOT_KEYS.channel_settings(GUILD_ID, NSFW_CHANNEL_ID)} <= before.keys()
 
     await settle(bot, "server_forgotten", lambda: fake.remove_guild(GUILD_ID))
 
@@ -367,19 +367,19 @@ async def test_a_servers_departure_deletes_its_settings_and_saved_defaults_and_n
     others = {k: v for k, v in before.items() if not of_guild(k, GUILD_ID)}
     assert after == others
     assert BOT_KEYS.guild(OTHER_GUILD_ID) in after
-    assert BOT_KEYS.user_defaults(None, USER_ID) in after  # a DM's defaults are no server's
+    assert BOT_KEYS.user_settings(None, USER_ID) in after  # a DM's defaults are no server's
 
 
 async def test_a_deleted_channels_defaults_go_and_nothing_else(bot, fake, redis):
     await save_everywhere(fake)
     before = await everything(redis)
-    gone = BOT_KEYS.channel_defaults(GUILD_ID, CHANNEL_ID)
+    gone = BOT_KEYS.channel_settings(GUILD_ID, CHANNEL_ID)
 
     await settle(bot, "channel_forgotten", lambda: fake.remove_channel(CHANNEL_ID))
 
     after = await everything(redis)
     assert gone not in after
-    index = BOT_KEYS.defaults_index(GUILD_ID)
+    index = BOT_KEYS.saved_settings_index(GUILD_ID)
     assert gone.encode() not in after[index]
     assert {k: v for k, v in after.items() if k != index} == \
         {k: v for k, v in before.items() if k not in (gone, index)}
@@ -389,16 +389,16 @@ async def test_a_deleted_threads_defaults_go_and_nothing_else(bot, fake, redis):
     await save_everywhere(fake)
     # `/settings channel set` in a thread saves under the thread's id (the fake has no
     # threads to invoke in, so it is saved the way the command saves it).
-    thread_key = BOT_KEYS.channel_defaults(GUILD_ID, THREAD_ID)
-    await defaults.save(redis, thread_key, Defaults(steps=7),
-                        index=BOT_KEYS.defaults_index(GUILD_ID))
+    thread_key = BOT_KEYS.channel_settings(GUILD_ID, THREAD_ID)
+    await saved_settings.save(redis, thread_key, SavedSettings(steps=7),
+                        index=BOT_KEYS.saved_settings_index(GUILD_ID))
     before = await everything(redis)
 
     await settle(bot, "channel_forgotten",
                  lambda: fake.remove_thread(GUILD_ID, THREAD_ID, parent_id=CHANNEL_ID))
 
     after = await everything(redis)
-    index = BOT_KEYS.defaults_index(GUILD_ID)
+    index = BOT_KEYS.saved_settings_index(GUILD_ID)
     assert thread_key not in after and thread_key.encode() not in after[index]
     assert {k: v for k, v in after.items() if k != index} == \
         {k: v for k, v in before.items() if k not in (thread_key, index)}
@@ -420,10 +420,10 @@ async def test_a_departed_paused_server_leaves_no_pause_no_ring_entry_and_no_wai
     assert not await redis.sismember(BOT_KEYS.paused, str(GUILD_ID))
     assert not await redis.exists(BOT_KEYS.waiting(GUILD_ID))
     assert BOT_KEYS.waiting(GUILD_ID).encode() not in await redis.lrange(BOT_KEYS.ring, 0, -1)
-    state = await bot.queue_view.state(stuck.id)
+    state = await bot.queue_reads.state(stuck.id)
     assert state is not None and state.status is JobStatus.CANCELLED
     assert 0 < await redis.ttl(BOT_KEYS.job(stuck.id)) <= bot.config.queue.cancelled_ttl_s
-    state = await bot.queue_view.state(runs.id)
+    state = await bot.queue_reads.state(runs.id)
     assert state is not None and state.status is JobStatus.QUEUED
     assert await redis.lrange(BOT_KEYS.ring, 0, -1) == [
         BOT_KEYS.waiting(OTHER_GUILD_ID).encode()]
@@ -432,29 +432,29 @@ async def test_a_departed_paused_server_leaves_no_pause_no_ring_entry_and_no_wai
 async def test_defaults_saved_before_the_index_existed_are_still_read_and_go_with_their_server(
         fake, redis, settings):
     # Written the way an older version wrote them: plain hashes, no index.
-    old = {BOT_KEYS.user_defaults(GUILD_ID, USER_ID): {"steps": "3"},
-           BOT_KEYS.channel_defaults(GUILD_ID, CHANNEL_ID): {"cfg": "6.0"},
-           BOT_KEYS.user_defaults(OTHER_GUILD_ID, USER_ID): {"steps": "4"}}
+    old = {BOT_KEYS.user_settings(GUILD_ID, USER_ID): {"steps": "3"},
+           BOT_KEYS.channel_settings(GUILD_ID, CHANNEL_ID): {"cfg": "6.0"},
+           BOT_KEYS.user_settings(OTHER_GUILD_ID, USER_ID): {"steps": "4"}}
     for key, mapping in old.items():
         await redis.hset(key, mapping=mapping)
     async with running_bot(settings, fake) as bot:
         await bot.get_cog("SettingsCog").indexing  # once, at the first start
-        layers = await defaults.load_layers(redis, BOT_KEYS, bot.config, guild_id=GUILD_ID,
+        layers = await saved_settings.load_layers(redis, BOT_KEYS, bot.config, guild_id=GUILD_ID,
                                             channel_id=CHANNEL_ID, user_id=USER_ID)
         assert layers.user.steps == 3 and layers.channel.cfg == 6.0
 
         await settle(bot, "server_forgotten", lambda: fake.remove_guild(GUILD_ID))
 
         assert not await redis.exists(*list(old)[:2])
-        assert await redis.hgetall(BOT_KEYS.user_defaults(OTHER_GUILD_ID, USER_ID)) == \
+        assert await redis.hgetall(BOT_KEYS.user_settings(OTHER_GUILD_ID, USER_ID)) == \
             {b"steps": b"4"}
 
 
 async def test_the_index_of_old_defaults_is_built_once(redis):
-    await redis.hset(BOT_KEYS.user_defaults(GUILD_ID, USER_ID), "steps", "3")
-    assert await defaults.index_saved(redis, BOT_KEYS) == 1
-    assert await redis.smembers(BOT_KEYS.defaults_index(GUILD_ID)) == {
-        BOT_KEYS.user_defaults(GUILD_ID, USER_ID).encode()}
+    await redis.hset(BOT_KEYS.user_settings(GUILD_ID, USER_ID), "steps", "3")
+    assert await saved_settings.index_saved(redis, BOT_KEYS) == 1
+    assert await redis.smembers(BOT_KEYS.saved_settings_index(GUILD_ID)) == {
+        BOT_KEYS.user_settings(GUILD_ID, USER_ID).encode()}
     # Done once: later starts do not scan again.
-    await redis.hset(BOT_KEYS.user_defaults(GUILD_ID, OTHER_USER_ID), "steps", "3")
-    assert await defaults.index_saved(redis, BOT_KEYS) == 0
+    await redis.hset(BOT_KEYS.user_settings(GUILD_ID, OTHER_USER_ID), "steps", "3")
+    assert await saved_settings.index_saved(redis, BOT_KEYS) == 0

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.fit import read_parameters
-from inference.upscale import load_upscaler
-from ponybot_core.config import Config, Settings, UpscalerEntry
+from inference.results.upscale import load_upscaler
+from ponybot_core.config import Config, LoadedConfig, UpscalerEntry
 from ponybot_core.custom_ids import Action, custom_id, result_buttons, template
+from ponybot_core.image_parameters import read_parameters
 from ponybot_core.job import Job, JobKind
 from ponybot_core.keys import Keys
-from ponybot_core.queue import Producer, QueueView
+from ponybot_core.queue import Producer, QueueReads
 from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, USER_ID, running_bot
 
 MANAGE_GUILD = 1 << 5
@@ -35,13 +35,13 @@ def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> UpscalerEntry:
     return UpscalerEntry(id="tiny-esrgan", name="Tiny ESRGAN", path=path)
 
 
-def with_config(settings: Settings, **changes: object) -> Settings:
+def with_config(settings: LoadedConfig, **changes: object) -> LoadedConfig:
     config = Config.model_validate({**settings.config.model_dump(), **changes})
     return settings.model_copy(update={"config": config})
 
 
 @pytest.fixture
-def settings(settings: Settings, tiny_upscaler: UpscalerEntry) -> Settings:
+def settings(settings: LoadedConfig, tiny_upscaler: UpscalerEntry) -> LoadedConfig:
     """The tests' usual settings with the tiny upscaler configured."""
     return with_config(
         settings, upscalers=[tiny_upscaler.model_dump()], default_upscaler=tiny_upscaler.id
@@ -179,7 +179,7 @@ async def test_v1_draws_a_variation_of_the_first_image_with_the_same_prompt(
     assert image(variation.attachments[0]).size == (64, 64)
     assert not np.array_equal(pixels(variation.attachments[0]), pixels(source.attachments[0]))
     assert fields(variation)["Prompt"] == fields(source)["Prompt"]
-    job = await QueueView(redis, Keys()).job(job_id_of(variation))
+    job = await QueueReads(redis, Keys()).job(job_id_of(variation))
     assert job is not None and job.kind is JobKind.VARIATION
     assert (job.source_job_id, job.source_index) == (job_id_of(source), 0)
     assert job.strength == settings.config.variation_strength
@@ -334,5 +334,5 @@ def test_ten_images_fill_discords_five_rows_of_five_buttons():
 
 async def unfinished(redis) -> int:
     """Jobs queued or running, as the admins' snapshot counts them."""
-    snap = await QueueView(redis, Keys()).snapshot(all_guilds=True)
+    snap = await QueueReads(redis, Keys()).snapshot(all_guilds=True)
     return len(snap.queued) + len(snap.running)

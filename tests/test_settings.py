@@ -12,9 +12,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from bot.defaults import Defaults, Layers
 from bot.guild_settings import GuildSettings
-from ponybot_core.config import Config, Sampler, Settings
+from bot.saved_settings import Layers, SavedSettings
+from ponybot_core.config import Config, LoadedConfig, Sampler
 from ponybot_core.job import Job
 from ponybot_core.keys import Keys
 from ponybot_request.options import PonyOptions
@@ -37,8 +37,8 @@ KEYS = Keys()
 NO_UPSCALER = "no upscaler is configured"
 
 
-def with_models(settings: Settings, tiny_pipeline_dir: Path, fake: FakeDiscord,
-                **overrides: object) -> Settings:
+def with_models(settings: LoadedConfig, tiny_pipeline_dir: Path, fake: FakeDiscord,
+                **overrides: object) -> LoadedConfig:
     """The tests' config where `tiny-v2` has its own steps and cfg (layer 5, below the
     people's choices) and one upscaler is configured (the bot never opens its file)."""
     base = tiny_config(tiny_pipeline_dir, fake)
@@ -51,7 +51,7 @@ def with_models(settings: Settings, tiny_pipeline_dir: Path, fake: FakeDiscord,
 
 
 @pytest.fixture
-def settings(settings: Settings, tiny_pipeline_dir: Path, fake: FakeDiscord) -> Settings:
+def settings(settings: LoadedConfig, tiny_pipeline_dir: Path, fake: FakeDiscord) -> LoadedConfig:
     return with_models(settings, tiny_pipeline_dir, fake)
 
 
@@ -90,8 +90,8 @@ async def saved(redis: Redis, key: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}
 
 
-USER_KEY = KEYS.user_defaults(GUILD_ID, USER_ID)
-CHANNEL_KEY = KEYS.channel_defaults(GUILD_ID, CHANNEL_ID)
+USER_KEY = KEYS.user_settings(GUILD_ID, USER_ID)
+CHANNEL_KEY = KEYS.channel_settings(GUILD_ID, CHANNEL_ID)
 
 
 # --- your defaults -----------------------------------------------------------------------------
@@ -396,7 +396,7 @@ async def test_each_setting_comes_from_the_most_specific_layer_that_set_it(
 
 # --- the order, property-tested on the resolver ------------------------------------------------
 
-SAVED = st.builds(Defaults, model=st.sampled_from([None, "tiny", "tiny-v2"]),
+SAVED = st.builds(SavedSettings, model=st.sampled_from([None, "tiny", "tiny-v2"]),
                   size=st.sampled_from([None, "square", "portrait", "landscape"]),
                   steps=st.one_of(st.none(), st.integers(1, 60)),
                   cfg=st.one_of(st.none(), st.floats(1, 20)),

@@ -353,6 +353,28 @@ def test_user_negatives_beat_the_default_score_tag():
     assert draw("solo", V1, negative="scr800") == "solo"
 
 
+def test_a_finished_caption_reads_back_split_on_commas_for_every_model():
+    # A picture's parameters may join a space-separated model's tags with commas.
+    assert caption_tags("pony,suggestive solo , by=x", V2.caption) == [
+        "pony", "suggestive", "solo", "by=x"]
+    assert caption_tags("pony,suggestive pose ,solo", V1.caption) == [
+        "pony", "suggestive pose", "solo"]
+
+
+@pytest.mark.parametrize("typed", ["suggestive pose", "Suggestive-Looking", "casual nudity",
+                                   "casual_nudity", "n-u-d-i-t-y"])
+def test_a_tag_with_a_channel_negative_as_a_word_is_left_out_where_it_is_not_drawn(typed):
+    result = rendered(f"solo, {typed}, pony", V1, age_restricted=False)
+    assert result.positive == "safe, scr800, solo, pony"
+    assert any(f"left out `{typed.casefold().replace('_', ' ')}`" in n for n in result.notes)
+    assert rendered(f"solo, {typed}", V1).positive.startswith("scr800, solo, ")
+
+
+def test_a_word_that_merely_contains_a_channel_negative_stays():
+    assert draw("solo, unsuggestive", V1, age_restricted=False) == (
+        "safe, scr800, solo, unsuggestive")
+
+
 def test_a_negative_safe_is_dropped_where_safe_is_forced():
     result = rendered("solo", V1, negative="safe", age_restricted=False)
     assert result.positive.startswith("safe, ") and "safe" not in result.negative

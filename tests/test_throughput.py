@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.throughput import Throughput
+from inference.loop.beats import Throughput
 
 
 class Clock:

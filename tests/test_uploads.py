@@ -15,11 +15,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from redis.asyncio import Redis
 
-from ponybot_core.config import Config, Settings, UpscalerEntry
+from ponybot_core.config import Config, LoadedConfig, UpscalerEntry
 from ponybot_core.image_parameters import parse_parameters, read_parameters
 from ponybot_core.job import JobKind
 from ponybot_core.keys import Keys
-from ponybot_core.queue import JobStatus, QueueView
+from ponybot_core.queue import JobStatus, QueueReads
 from ponybot_request.jobs import model_size
 from ponybot_testkit.hostile_pictures import apng_frames, truncated
 from ponybot_testkit.world import CHANNEL_ID, GUILD_ID, USER_ID
@@ -65,7 +65,7 @@ def image_of(attachment) -> Image.Image:
 # --- the world ------------------------------------------------------------------------------
 
 
-def with_config(settings: Settings, **changes: object) -> Settings:
+def with_config(settings: LoadedConfig, **changes: object) -> LoadedConfig:
     raw = settings.config.model_dump()
     for key, value in changes.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
@@ -81,7 +81,7 @@ def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> UpscalerEntry:
 
 
 @pytest.fixture
-def settings(settings: Settings, tiny_upscaler: UpscalerEntry) -> Settings:
+def settings(settings: LoadedConfig, tiny_upscaler: UpscalerEntry) -> LoadedConfig:
     """Two upscalers (the same tiny net under two names), the first the default."""
     other = tiny_upscaler.model_copy(update={"id": "other-esrgan", "name": "Other ESRGAN"})
     return with_config(settings, upscalers=[tiny_upscaler.model_dump(), other.model_dump()],
@@ -112,7 +112,7 @@ def uploaded_attachment(fake, itx):
 
 
 async def nothing_queued(redis: Redis) -> bool:
-    snapshot = await QueueView(redis, Keys()).snapshot(all_guilds=True)
+    snapshot = await QueueReads(redis, Keys()).snapshot(all_guilds=True)
     return not snapshot.queued and not snapshot.running and await redis.xlen(Keys().stream) == 0
 
 
@@ -152,7 +152,7 @@ async def test_pony_image_draws_from_the_uploaded_picture_at_its_own_shape(
     assert (parsed.width, parsed.height, parsed.seed) == (96, 64, 11)
     assert parsed.denoising_strength == 0.5
     assert "your variation of your picture `mine.png`" in message.content
-    job = await QueueView(redis, Keys()).job(job_id)
+    job = await QueueReads(redis, Keys()).job(job_id)
     assert job is not None and job.kind is JobKind.VARIATION and job.source_job_id is None
     assert job.source_upload is not None and job.source_upload.url == uploaded_attachment(
         fake, itx).url
@@ -195,7 +195,7 @@ async def test_the_result_of_pony_image_has_the_usual_buttons_and_v1_varies_the_
     job_id = queued_job_id(itx)
     await finished(fake, itx)
 
-    job = await QueueView(redis, Keys()).job(job_id)
+    job = await QueueReads(redis, Keys()).job(job_id)
     assert job is not None and job.source_upload is None  # from the posted picture
     assert job.source_job_id == first.embeds[0]["footer"]["text"].removeprefix("job ")
 
@@ -340,7 +340,7 @@ async def test_the_worker_checks_the_bytes_it_downloads_not_what_discord_said(
     content = itx.original.content
     assert "your variation could not be drawn: your picture cannot be used" in content
     assert said in content
-    state = await QueueView(redis, Keys()).state(job_id)
+    state = await QueueReads(redis, Keys()).state(job_id)
     assert state is not None and state.attempts == 1  # refused for good, not retried
 
 
@@ -356,7 +356,7 @@ async def test_a_truncated_upload_is_refused_once_and_never_retried(
     assert await until_finished(redis, [job_id]) == [JobStatus.DEAD]
     assert "your picture cannot be used: the picture is damaged or cut off" in \
         itx.original.content
-    state = await QueueView(redis, Keys()).state(job_id)
+    state = await QueueReads(redis, Keys()).state(job_id)
     assert state is not None and state.attempts == 1
     assert len(fake.cdn_requests) == 1  # downloaded once: nothing retried it
 
@@ -376,7 +376,7 @@ async def test_an_animation_bomb_is_refused_from_its_header_before_any_frame_is_
     assert "your picture cannot be used: the picture is an animation of 160,000 frames of " \
         "64×64" in content
     assert "damaged" not in content
-    state = await QueueView(redis, Keys()).state(job_id)
+    state = await QueueReads(redis, Keys()).state(job_id)
     assert state is not None and state.attempts == 1
     assert len(fake.cdn_requests) == 1
 
@@ -397,7 +397,7 @@ async def test_a_variation_of_a_posted_picture_that_comes_back_damaged_is_refuse
     assert await until_finished(redis, [job_id]) == [JobStatus.DEAD]
     assert "image 1 could not be read back: the picture is damaged or cut off" in \
         itx.original.content
-    state = await QueueView(redis, Keys()).state(job_id)
+    state = await QueueReads(redis, Keys()).state(job_id)
     assert state is not None and state.attempts == 1
     assert fake.cdn_requests.count(posted.url.removeprefix(fake.base_url)) == 1
 
@@ -405,11 +405,11 @@ async def test_a_variation_of_a_posted_picture_that_comes_back_damaged_is_refuse
 async def test_a_cancel_stops_an_uploads_decode_as_it_stops_sampling(fake, bot, redis, settings):
     import threading
 
-    from inference.progress import SamplingCancelled
-    from inference.sources import fetch_upload
+    from inference.drawing.progress import SamplingCancelled
+    from inference.results.sources import fetch_upload
 
     itx = await pony_image(fake, picture(256, 256))
-    job = await QueueView(redis, Keys()).job(queued_job_id(itx))
+    job = await QueueReads(redis, Keys()).job(queued_job_id(itx))
     assert job is not None
     cancelled = threading.Event()
     cancelled.set()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.upscale import (
+from inference.results.upscale import (
     UpscaleError,
     Upscaler,
     UpscalerCache,

@@ -11,7 +11,7 @@ How it is built:
   `create_vae_diffusers_config_from_ldm`, fed the CompVis `configs/stable-diffusion/
   v1-inference.yaml` values (copied below as a dict; nothing is downloaded).
 * text_encoder/: the CLIP ViT-L/14 text tower SD 1.x conditions on.
-* scheduler/: DDIM with the pony-diffusion model card's settings (`inference.schedulers`).
+* scheduler/: DDIM with the pony-diffusion model card's settings (`inference.drawing.schedulers`).
 * tokenizer/: the real CLIP BPE, built exactly as OpenAI CLIP's `SimpleTokenizer` does from
   `bpe_simple_vocab_16e6.txt.gz`. That file ships inside the open_clip_torch wheel:
 
@@ -36,6 +36,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -107,7 +108,7 @@ V1_INFERENCE = {
 }
 
 # openai/clip-vit-large-patch14, text tower (what FrozenCLIPEmbedder loads).
-CLIP_L_TEXT = {
+CLIP_L_TEXT: dict[str, Any] = {
     "vocab_size": 49408,
     "hidden_size": 768,
     "intermediate_size": 3072,
@@ -218,19 +219,21 @@ def check_tokenizer(folder: Path) -> list[int]:
 def write_model_configs(out: Path) -> None:
     import torch
     from accelerate import init_empty_weights
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
     from diffusers.loaders.single_file_utils import (
         create_unet_diffusers_config_from_ldm,
         create_vae_diffusers_config_from_ldm,
     )
+
+    # From where each is defined: diffusers' top level shows type checkers stand-in classes.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+        StableDiffusionPipeline,
+    )
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from inference.schedulers import SEED_DDIM_CONFIG
+    from inference.drawing.schedulers import SEED_DDIM_CONFIG
 
     # An empty checkpoint makes diffusers infer "v1" (512 px images, 64 px latents).
     unet_config = create_unet_diffusers_config_from_ldm(V1_INFERENCE, checkpoint={})
@@ -251,8 +254,9 @@ def write_model_configs(out: Path) -> None:
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        # diffusers' documented way to go without them; its annotations leave None out.
+        safety_checker=None,  # type: ignore[arg-type]  # None: no safety checker
+        feature_extractor=None,  # type: ignore[arg-type]  # None: nothing for it to feed
         requires_safety_checker=False,
     )
 
@@ -264,10 +268,12 @@ def write_model_configs(out: Path) -> None:
 
 
 def check_model_configs(folder: Path) -> None:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig
 
-    from inference.schedulers import SEED_DDIM_CONFIG
+    from inference.drawing.schedulers import SEED_DDIM_CONFIG
 
     unet = UNet2DConditionModel.load_config(folder / "unet")
     assert unet["cross_attention_dim"] == 768, unet

@@ -3,8 +3,8 @@
 - `producer` — the bot's side: enqueue with positions and the per-user cap, edit a
   waiting job in place, cancel, pause;
 - `consumer` — the workers' side: take by the queue policy, take over a dead worker's jobs,
-  renew leases; each taken job is a `delivery.Delivery` that makes its own moves;
-- `views` — reading: a job's `state.JobState`, positions, the admins' snapshot;
+  renew leases; each taken job is a `Delivery` that makes its own moves;
+- `reads` — reading: a job's `state.JobState`, positions, the admins' snapshot;
 - `state` — the job's life as a state machine, the legal moves written once;
 - `lua/` — each atomic step as a script that gets every key through KEYS.
 
@@ -15,8 +15,7 @@ over when their lease runs out; one hash per job; a dead-letter stream. The mult
 want one Redis (or Sentinel), not Redis Cluster.
 """
 
-from ponybot_core.queue.consumer import Consumer
-from ponybot_core.queue.delivery import Delivery, Outcome
+from ponybot_core.queue.consumer import Consumer, Delivery, Outcome
 from ponybot_core.queue.producer import (
     Cancelled,
     Edited,
@@ -24,8 +23,8 @@ from ponybot_core.queue.producer import (
     Producer,
     UserLimitReached,
 )
+from ponybot_core.queue.reads import QueueReads, Snapshot
 from ponybot_core.queue.state import JobState, JobStatus
-from ponybot_core.queue.views import QueueView, Snapshot
 
 __all__ = ["Cancelled", "Consumer", "Delivery", "Edited", "Enqueued", "JobState", "JobStatus",
-           "Outcome", "Producer", "QueueView", "Snapshot", "UserLimitReached"]
+           "Outcome", "Producer", "QueueReads", "Snapshot", "UserLimitReached"]

@@ -1,9 +1,20 @@
 """The workers' side of the queue: take jobs by the queue policy, take over jobs whose worker
-died, keep the leases of every job held, see cancel requests."""
+died, keep the leases of every job held, see cancel requests.
+
+Each job taken is a `Delivery`: the job handed to one worker, and every move the worker makes
+with it until it is finished. It holds the worker's lease on the job: each move is a
+compare-and-set in Redis that succeeds only while this worker still holds the job (another
+worker may have taken it over after this one stopped renewing) and only along
+`ponybot_core.queue.state.LEGAL`. A move that finds the job held by someone else answers
+`LOST`, and the worker drops the job without posting."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -12,13 +23,108 @@ from redis.exceptions import NoScriptError, ResponseError
 from ponybot_core.config import CANCELLED_TTL_S, DEAD_TTL_S
 from ponybot_core.job import Job
 from ponybot_core.keys import WORKER_GROUP, Keys
-from ponybot_core.queue.delivery import Delivery, Outcome
+from ponybot_core.queue.reads import QueueReads
 from ponybot_core.queue.scripts import Scripts
-from ponybot_core.queue.state import JobStatus, Lifetimes, kept_on_takeover
-from ponybot_core.queue.views import QueueView, text
+from ponybot_core.queue.state import FINAL, JobStatus, Lifetimes, kept_on_takeover, sources
+from ponybot_core.redis_client import as_str
 
 # How many servers the take script looks at to find a job for a loaded model.
 RING_LOOKAHEAD = 64
+
+# How long to wait for the bot to record the queued message before posting a new one instead.
+MESSAGE_WAIT_S = 5.0
+# Dead letters kept for the admin (approximately: trimmed with MAXLEN ~).
+DEAD_LETTERS_KEPT = 10_000
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    SAME = "same"  # already there: a retried call whose first reply was lost
+    LOST = "lost"  # another worker holds the job now
+    ILLEGAL = "illegal"  # the job is somewhere this move cannot start from
+    GONE = "gone"  # Redis has no such job any more (flushed, or expired)
+
+    @property
+    def done(self) -> bool:
+        return self in (Outcome.OK, Outcome.SAME)
+
+
+@dataclass(eq=False)
+class Delivery:
+    consumer: Consumer
+    job_id: str
+    job: Job
+    entry_id: str
+    attempts: int
+    lease: str
+    # RUNNING for a job to draw; POSTING for one taken over from a worker that may have
+    # posted it already (confirm with Discord before drawing it again).
+    status: JobStatus
+    message_id: int | None = None
+    # Set when the lease was found held by another worker: stop, post nothing.
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    _message_resolved: bool = False
+
+    async def message(self) -> int | None:
+        """The queued message's id, resolved once. The bot records it right after answering,
+        which can be a moment after a fast worker took the job; None when it never comes
+        (the result is then posted in the channel)."""
+        if self._message_resolved or self.message_id is not None:
+            return self.message_id
+        deadline = self.job.created_at + MESSAGE_WAIT_S
+        while True:
+            state = await self.consumer.reads.state(self.job_id)
+            if state is not None and state.message_id is not None:
+                self.message_id = state.message_id
+                break
+            if state is None or time.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        self._message_resolved = True
+        return self.message_id
+
+    async def posting(self) -> Outcome:
+        """About to post: from here a crash may or may not have reached Discord."""
+        outcome = await self._move(JobStatus.POSTING)
+        if outcome.done:
+            self.status = JobStatus.POSTING
+        return outcome
+
+    async def posted(self, result_message_id: int | None, *,
+                     timings: Mapping[str, float] = {}, worker_seconds: float | None = None
+                     ) -> Outcome:
+        """The result is on Discord: record it and acknowledge, in one step."""
+        fields: dict[str, str] = {"posted_at": f"{time.time():.6f}"}
+        fields.update({f"{name}_s": f"{value:.6f}" for name, value in timings.items()})
+        if result_message_id is not None:
+            fields["result_message_id"] = str(result_message_id)
+        # ETAs multiply these by the work queued: keep them per plain job's worth of it.
+        per_unit = None if worker_seconds is None else worker_seconds / self.job.work_units()
+        return await self._move(JobStatus.POSTED, effect="end", fields=fields,
+                                worker_seconds=per_unit)
+
+    async def retry(self) -> Outcome:
+        """Give the job back: to the front of its server's list, for any worker to take."""
+        return await self._move(JobStatus.QUEUED, effect="requeue")
+
+    async def give_up(self, reason: str) -> Outcome:
+        """Dead-letter the job with the reason (for the admin; the user is told by the worker)."""
+        return self._noted(await self.consumer.dead_letter(self.job_id, self.lease, reason))
+
+    async def cancelled(self) -> Outcome:
+        return await self._move(JobStatus.CANCELLED, effect="end")
+
+    async def _move(self, target: JobStatus, *, effect: str = "",
+                    fields: Mapping[str, str] = {}, worker_seconds: float | None = None
+                    ) -> Outcome:
+        return self._noted(await self.consumer.move(
+            self.job_id, self.lease, target, effect=effect, fields=fields,
+            worker_seconds=worker_seconds))
+
+    def _noted(self, outcome: Outcome) -> Outcome:
+        if outcome is Outcome.LOST:
+            self.lost.set()
+        return outcome
 
 
 class Consumer:
@@ -32,7 +138,7 @@ class Consumer:
         self.lease_s = lease_s
         self.lifetimes = Lifetimes(result_ttl_s, cancelled_ttl_s, dead_ttl_s)
         self.scripts = Scripts(redis)
-        self.view = QueueView(redis, keys)
+        self.reads = QueueReads(redis, keys)
 
     async def take(self, *, count: int, block_s: float = 0.0,
                    preferred_models: Sequence[str] = (),
@@ -56,7 +162,7 @@ class Consumer:
         return await self._deliveries(rows)
 
     def _take_call(self, count: int, preferred: Sequence[str],
-                   max_wait: float) -> tuple[list[str], list[object]]:
+                   max_wait: float) -> tuple[list[str], list[str | int | float]]:
         return ([self.keys.ring, self.keys.paused, self.keys.stream],
                 [self.group, self.name, count, max_wait, RING_LOOKAHEAD,
                  JobStatus.QUEUED.value, JobStatus.RUNNING.value, *preferred])
@@ -83,13 +189,36 @@ class Consumer:
         )
         lost = []
         for delivery, reply in zip(deliveries, replies, strict=True):
-            if text(reply) == Outcome.LOST:
+            if as_str(reply) == Outcome.LOST:
                 delivery.lost.set()
                 lost.append(delivery)
         return lost
 
+    async def move(self, job_id: str, lease: str, target: JobStatus, *, effect: str = "",
+                   fields: Mapping[str, str] = {}, dead_reason: str = "",
+                   worker_seconds: float | None = None) -> Outcome:
+        """Move a job this worker holds under `lease` (a compare-and-set along LEGAL); a
+        `Delivery`'s moves all come here, as does dead-lettering a job that cannot be read."""
+        k = self.keys
+        flat = [item for pair in fields.items() for item in pair]
+        reply = await self.scripts.transition(
+            keys=[k.job(job_id), k.stream, k.ring, k.paused, k.dead, k.durations,
+                  k.token(job_id)],
+            args=[self.group, lease, target.value, sources(target), effect,
+                  self.lifetimes.of(target) if target in FINAL else "",
+                  dead_reason, DEAD_LETTERS_KEPT,
+                  "" if worker_seconds is None else f"{worker_seconds:.3f}", *flat],
+        )  # fmt: skip
+        return Outcome(as_str(reply[0]))
+
+    async def dead_letter(self, job_id: str, lease: str, reason: str) -> Outcome:
+        """Give up a job this worker holds: the reason is kept on it and in the dead-letter
+        stream, for the admin."""
+        return await self.move(job_id, lease, JobStatus.DEAD, effect="end",
+                               fields={"error": reason[:2000]}, dead_reason=reason[:2000])
+
     async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
-        return await self.view.cancel_requested(job_ids)
+        return await self.reads.cancel_requested(job_ids)
 
     async def forget_departed(self, live: set[str], *, idle_s: float) -> list[str]:
         """Delete consumers of workers that are gone (no heartbeat, nothing pending, idle for
@@ -100,7 +229,7 @@ class Consumer:
             return []
         removed = []
         for consumer in consumers:
-            name = text(consumer["name"])
+            name = as_str(consumer["name"])
             if name in live or name == self.name or int(consumer["pending"]) > 0:
                 continue
             if int(consumer["idle"]) >= idle_s * 1000:
@@ -111,22 +240,18 @@ class Consumer:
     async def _deliveries(self, rows: list[list[bytes]]) -> list[Delivery]:
         deliveries = []
         for job_id, entry_id, job_json, attempts, message_id, lease, token, status in rows:
-            delivery = Delivery(consumer=self, job_id=text(job_id), job=_unread,
-                                entry_id=text(entry_id),
-                                attempts=int(attempts), lease=text(lease),
-                                status=JobStatus(text(status)),
-                                message_id=int(message_id) if text(message_id) else None)
             try:
                 job = Job.from_json(job_json)
             except ValidationError as exc:
-                # A job this worker cannot read (a newer bot's schema): keep it for the admin.
-                await delivery.give_up(f"unreadable job: {exc}")
+                # A job this worker cannot read (a newer bot's schema) makes no delivery:
+                # there is no job to draw. It is dead-lettered under the lease just taken,
+                # as any other give-up is, and kept for the admin.
+                await self.dead_letter(as_str(job_id), as_str(lease), f"unreadable job: {exc}")
                 continue
-            delivery.job = job.model_copy(update={"interaction_token": text(token)})
-            deliveries.append(delivery)
+            deliveries.append(Delivery(
+                consumer=self, job_id=as_str(job_id),
+                job=job.model_copy(update={"interaction_token": as_str(token)}),
+                entry_id=as_str(entry_id), attempts=int(attempts), lease=as_str(lease),
+                status=JobStatus(as_str(status)),
+                message_id=int(message_id) if as_str(message_id) else None))
         return deliveries
-
-
-# Stands in for the job until it is parsed (a delivery is built first so that an unreadable
-# job can be dead-lettered through the same move as any other).
-_unread = Job.model_construct()

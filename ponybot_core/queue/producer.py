@@ -11,12 +11,11 @@ from redis.asyncio import Redis
 
 from ponybot_core.config import CANCELLED_TTL_S, DEAD_TTL_S
 from ponybot_core.job import INTERACTION_TOKEN_TTL_S, Job
-from ponybot_core.keys import Keys
+from ponybot_core.keys import ALL_SERVERS, Keys
 from ponybot_core.queue.scripts import Scripts
 from ponybot_core.queue.state import EDITABLE, JobStatus, Lifetimes, sources
-from ponybot_core.queue.views import text
+from ponybot_core.redis_client import as_str
 
-GLOBAL = "*"
 # The token key outlives Discord's 15 minutes a little, for clocks that disagree.
 TOKEN_KEEP_S = INTERACTION_TOKEN_TTL_S + 60
 
@@ -71,7 +70,7 @@ class Producer:
                   job.interaction_token, TOKEN_KEEP_S],
         )  # fmt: skip
         if int(reply[0]) == -1:
-            raise UserLimitReached(sorted(text(i) for i in reply[1]), user_limit or 0)
+            raise UserLimitReached(sorted(as_str(i) for i in reply[1]), user_limit or 0)
         return Enqueued(position=int(reply[0]), paused=bool(int(reply[1])))
 
     async def record_message(self, job_id: str, message_id: int, *, position: int) -> None:
@@ -91,7 +90,7 @@ class Producer:
         reply = await self.scripts.edit(keys=[self.keys.job(job.id)], args=[
             EDITABLE.value, job.id, job.to_json(), job.model_id, job.batch_key(),
             job.guild_key, job.user_id])  # fmt: skip
-        outcome, was = text(reply[0]), text(reply[1])
+        outcome, was = as_str(reply[0]), as_str(reply[1])
         if outcome == "moved":
             raise ValueError(f"job {job.id}: an edit cannot move a job to another server or user")
         return Edited(done=outcome == "ok", was=was)
@@ -103,9 +102,9 @@ class Producer:
             args=[self.lifetimes.cancelled_s, sources(JobStatus.CANCELLED)],
         )
         job = Job.from_json(job_json).model_copy(
-            update={"interaction_token": text(token[0]) if token else ""}) if job_json else None
-        message = text(message)
-        return Cancelled(job=job, was=text(was), message_id=int(message) if message else None)
+            update={"interaction_token": as_str(token[0]) if token else ""}) if job_json else None
+        message = as_str(message)
+        return Cancelled(job=job, was=as_str(was), message_id=int(message) if message else None)
 
     async def clear(self, guild_id: int | None, user_id: int | None = None) -> list[Cancelled]:
         """Cancel a server's queued jobs (one user's, or everyone's)."""
@@ -123,12 +122,12 @@ class Producer:
 
     async def pause(self, guild_id: int | None) -> None:
         """Pause one server (its jobs stay queued, others keep flowing), or all with None."""
-        member = GLOBAL if guild_id is None else str(guild_id)
+        member = ALL_SERVERS if guild_id is None else str(guild_id)
         await self.scripts.pause(keys=[self.keys.paused, self.keys.ring,
                                        self.keys.waiting(guild_id or 0)], args=[member])
 
     async def resume(self, guild_id: int | None) -> None:
-        member = GLOBAL if guild_id is None else str(guild_id)
+        member = ALL_SERVERS if guild_id is None else str(guild_id)
         await self.scripts.resume(keys=[self.keys.paused, self.keys.ring, self.keys.wake,
                                         self.keys.waiting(guild_id or 0)], args=[member])
 

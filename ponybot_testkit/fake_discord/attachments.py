@@ -19,9 +19,12 @@ from ponybot_testkit.fake_discord.model import FakeAttachment, _Upload
 
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.clock import _Snowflakes
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class Attachments:
+class Attachments(FakeParts):
     """``_make_attachment`` stores an upload; ``_cdn`` serves it (and records the path in
     ``cdn_requests``). Needs ``base_url``."""
 

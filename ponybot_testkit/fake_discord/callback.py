@@ -29,9 +29,12 @@ from ponybot_testkit.fake_discord.rules import (
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.clock import FakeClock
     from ponybot_testkit.fake_discord.model import FakeInteraction, FakeMessage, _Upload
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class CallbackRoute:
+class CallbackRoute(FakeParts):
     """The callback handler; messages through ``messages``."""
 
     clock: FakeClock

@@ -19,6 +19,9 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.model import FakeMessage, _Guild
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 HEARTBEAT_INTERVAL_MS = 41250
 
@@ -94,7 +97,7 @@ class _Session:
             self.conn.enqueue(text)
 
 
-class GatewayServer:
+class GatewayServer(FakeParts):
     """The websocket endpoint and event dispatch.
 
     Uses the bot's identity (``bot_token``, ``application_id``, ``gateway_url``), the guilds
@@ -230,7 +233,7 @@ class GatewayServer:
             conn.enqueue(mark_ready)
         elif op == 6:
             d = d if isinstance(d, dict) else {}
-            session = next(
+            resumed = next(
                 (
                     s
                     for s in self.sessions
@@ -238,9 +241,10 @@ class GatewayServer:
                 ),
                 None,
             )
-            if session is None or d.get("token") != self.bot_token:
+            if resumed is None or d.get("token") != self.bot_token:
                 conn.enqueue(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
                 return
+            session = resumed
             if session.conn is not None and session.conn is not conn:
                 old = session.conn
                 old.server_closed = True

@@ -25,9 +25,12 @@ from ponybot_testkit.fake_discord.rules import (
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.clock import _Snowflakes
     from ponybot_testkit.fake_discord.model import _Guild
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class Interactions:
+class Interactions(FakeParts):
     """``invoke``, ``autocomplete``, ``click``, ``submit_modal``.
 
     Relies on ``_find_command`` / ``_build_options`` (``options``), ``_user`` and

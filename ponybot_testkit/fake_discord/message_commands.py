@@ -19,11 +19,14 @@ from ponybot_testkit.fake_discord.rules import APPLICATION_COMMAND
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.clock import FakeClock, _Snowflakes
     from ponybot_testkit.fake_discord.model import FakeAttachment, _Channel
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 MESSAGE_COMMAND = 3
 
 
-class MessageCommands:
+class MessageCommands(FakeParts):
     """``post_as_user`` and ``invoke_on_message``. Uses ``_make_attachment``
     (``attachments``), ``_context`` / ``_send_interaction`` (``interactions``), the JSON
     shapes and ``_emit_message`` (``gateway``)."""

@@ -33,9 +33,12 @@ if TYPE_CHECKING:
         _Channel,
         _Upload,
     )
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class MessageLogic:
+class MessageLogic(FakeParts):
     """Create / edit / delete; uses ``_make_attachment`` (``attachments``) and
     ``_emit_message`` / ``_broadcast`` (``gateway``)."""
 

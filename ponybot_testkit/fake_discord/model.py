@@ -19,7 +19,7 @@ from PIL import Image
 from ponybot_testkit.fake_discord.rules import EPHEMERAL
 
 if TYPE_CHECKING:
-    from ponybot_testkit.fake_discord.server import FakeDiscord
+    from ponybot_testkit.fake_discord.parts import FakeParts
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -130,7 +130,7 @@ class FakeInteraction:
 
     def __init__(
         self,
-        fake: FakeDiscord,
+        fake: FakeParts,
         *,
         id: int,
         token: str,

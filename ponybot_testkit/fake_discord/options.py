@@ -15,9 +15,12 @@ from ponybot_testkit.fake_discord.rules import DEFAULT_PERMISSIONS
 
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.model import _Channel, _Guild
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class CommandOptions:
+class CommandOptions(FakeParts):
     """Command lookup and option building for ``invoke`` / ``autocomplete``.
 
     Uses ``_user`` (``world``), the JSON shapes and ``_make_attachment`` (``attachments``).

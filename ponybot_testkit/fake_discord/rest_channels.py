@@ -22,9 +22,12 @@ from ponybot_testkit.fake_discord.rules import (
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.clock import FakeClock
     from ponybot_testkit.fake_discord.model import FakeMessage, _Channel
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class ChannelRoutes:
+class ChannelRoutes(FakeParts):
     """Handlers for ``/channels/{id}`` and its messages; message logic from ``messages``."""
 
     bot_user_id: int

@@ -24,9 +24,12 @@ from ponybot_testkit.fake_discord.rules import (
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.clock import _Snowflakes
     from ponybot_testkit.fake_discord.model import _Guild
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class CommandRoutes:
+class CommandRoutes(FakeParts):
     """Handlers for ``/applications/{id}[/guilds/{id}]/commands``."""
 
     application_id: int

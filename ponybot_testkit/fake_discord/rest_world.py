@@ -15,9 +15,12 @@ from ponybot_testkit.fake_discord.rules import _ApiError, _json_response
 
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.model import _Channel, _Guild
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class WorldRoutes:
+class WorldRoutes(FakeParts):
     """Handlers for ``/gateway``, ``/users``, ``/applications/@me`` and ``/guilds``."""
 
     bot_user_id: int

@@ -29,6 +29,9 @@ from ponybot_testkit.fake_discord.rules import (
 
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.faults import Injection
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class _Route:
     auth: bool
 
 
-class Routing:
+class Routing(FakeParts):
     """Dispatches requests to the handlers of the ``rest_*``, ``callback`` and ``webhooks``
     modules, the gateway (``_gateway``) and the CDN (``_cdn``)."""
 

@@ -18,9 +18,12 @@ if TYPE_CHECKING:
         _Channel,
         _Guild,
     )
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class JsonShapes:
+class JsonShapes(FakeParts):
     """``_*_json`` builders; ``_user`` (from ``world``) creates users it is asked about."""
 
     bot_user_id: int

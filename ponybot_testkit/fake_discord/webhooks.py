@@ -24,9 +24,12 @@ from ponybot_testkit.fake_discord.rules import (
 if TYPE_CHECKING:
     from ponybot_testkit.fake_discord.clock import FakeClock
     from ponybot_testkit.fake_discord.model import FakeInteraction, FakeMessage
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
 
-class WebhookRoutes:
+class WebhookRoutes(FakeParts):
     """Handlers for ``/webhooks/{application id}/{token}[/messages/{id}]``."""
 
     application_id: int

@@ -10,15 +10,20 @@ THREAD_DELETE. (Not to be confused with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ponybot_testkit.fake_discord.clock import FakeClock, _Snowflakes
 from ponybot_testkit.fake_discord.gateway import INTENT_GUILDS
 from ponybot_testkit.fake_discord.model import _Channel, _Guild
 from ponybot_testkit.fake_discord.rules import DEFAULT_PERMISSIONS
 
+if TYPE_CHECKING:
+    from ponybot_testkit.fake_discord.parts import FakeParts
+else:
+    FakeParts = object  # the type checker's view of the other mixins (parts.py)
 
-class WorldSetup:
+
+class WorldSetup(FakeParts):
     """Guilds, channels and users; announces changes with ``_broadcast`` (``gateway``)."""
 
     owner_id: int

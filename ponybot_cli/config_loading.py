@@ -1,0 +1,26 @@
+"""The config every `ponybot` command starts from, or one message saying what is wrong."""
+
+from __future__ import annotations
+
+import sys
+
+from ponybot_cli.redis_server import running_url
+from ponybot_core.config import ConfigError, LoadedConfig, config_path, load_config_and_secrets
+from ponybot_core.logs import setup_logging
+
+
+def load_or_explain(cli_value: str | None) -> LoadedConfig | None:
+    """The config (with the secrets) from `--config`, `$PONYBOT_CONFIG` or ./config.toml;
+    None (after printing why, naming the file and key) when it is unusable."""
+    setup_logging("ponybot")
+    try:
+        return load_config_and_secrets(config_path(cli_value).resolve())
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def redis_url(loaded: LoadedConfig) -> str | None:
+    """The configured Redis (REDIS_URL, else redis.url), else the embedded one of a running
+    `ponybot up`; None when there is neither."""
+    return loaded.redis_url or running_url(loaded.resolve(loaded.config.redis.data_dir))

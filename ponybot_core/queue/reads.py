@@ -1,0 +1,140 @@
+"""Reading the queue: a job's state, positions, the admins' snapshot. Read-only; every job hash
+is read here and handed out as a `JobState`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from ponybot_core.job import Job
+from ponybot_core.keys import ALL_SERVERS, Keys
+from ponybot_core.queue.state import JobState
+from ponybot_core.redis_client import as_str
+
+
+@dataclass
+class Snapshot:
+    """The queue as admins see it: running jobs, then queued jobs in the order they will run."""
+
+    running: list[tuple[Job, str, float]] = field(default_factory=list)  # job, worker, started
+    queued: list[tuple[Job, int]] = field(default_factory=list)  # job, position (0 = paused)
+    paused_guilds: set[int] = field(default_factory=set)
+    paused_globally: bool = False
+    # Job id -> the work queued up to and including it, in plain jobs (`Job.work_units`),
+    # every server's counted: its position when every job is plain. Paused jobs have none.
+    work_ahead: dict[str, float] = field(default_factory=dict)
+
+
+def round_robin(ring: Sequence[str], queues: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(waiting list, job key) in the order the take script will serve them, if nothing else
+    arrives: one job per server per turn, servers in ring order."""
+    active = [w for w in ring if queues.get(w)]
+    cursors = dict.fromkeys(active, 0)
+    order = []
+    while active:
+        still = []
+        for w in active:
+            order.append((w, queues[w][cursors[w]]))
+            cursors[w] += 1
+            if cursors[w] < len(queues[w]):
+                still.append(w)
+        active = still
+    return order
+
+
+class QueueReads:
+    """Every read of the queue's state in Redis (the writes are `Producer`'s and the
+    `Delivery`'s moves)."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def state(self, job_id: str) -> JobState | None:
+        return (await self.states([job_id]))[job_id]
+
+    async def states(self, job_ids: Iterable[str]) -> dict[str, JobState | None]:
+        ids = list(job_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(job_id))
+                pipe.get(self.keys.token(job_id))
+            raw = await pipe.execute()
+        return {job_id: JobState.from_hash(raw[2 * i], raw[2 * i + 1])
+                for i, job_id in enumerate(ids)}
+
+    async def job(self, job_id: str) -> Job | None:
+        """The job's parameters (with its interaction token while that is alive)."""
+        state = await self.state(job_id)
+        return state.job() if state is not None else None
+
+    async def user_jobs(self, guild_id: int | None, user_id: int) -> list[str]:
+        return sorted(as_str(i) for i in await self.redis.smembers(
+            self.keys.user_jobs(guild_id, user_id)))
+
+    async def paused(self) -> tuple[bool, set[int]]:
+        """(everything paused, paused server ids)."""
+        members = {as_str(m) for m in await self.redis.smembers(self.keys.paused)}
+        return ALL_SERVERS in members, {int(m) for m in members if m != ALL_SERVERS}
+
+    async def _waiting(self, lists: Sequence[str]) -> dict[str, list[str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in lists:
+                pipe.lrange(w, 0, -1)
+            raw = await pipe.execute()
+        return {w: [as_str(k) for k in keys] for w, keys in zip(lists, raw, strict=True)}
+
+    async def positions(self) -> dict[str, int]:
+        """Every queued job's position, counting only servers that are not paused; empty while
+        everything is paused (no position moves then)."""
+        paused_all, _ = await self.paused()
+        if paused_all:
+            return {}
+        ring = [as_str(w) for w in await self.redis.lrange(self.keys.ring, 0, -1)]
+        order = round_robin(ring, await self._waiting(ring))
+        return {self.keys.job_id(key): n for n, (_, key) in enumerate(order, 1)}
+
+    async def snapshot(self, guild_id: int | None = None, *, all_guilds: bool = False) -> Snapshot:
+        """Running and queued jobs with positions; one server's, or every server's."""
+        paused_all, paused_guilds = await self.paused()
+        snap = Snapshot(paused_guilds=paused_guilds, paused_globally=paused_all)
+        wanted = None if all_guilds else (guild_id or 0)
+        ring = [as_str(w) for w in await self.redis.lrange(self.keys.ring, 0, -1)]
+        held = [self.keys.waiting(g) for g in sorted(paused_guilds)]
+        queues = await self._waiting([*ring, *held])
+        ordered = [(key, 0 if paused_all else n)
+                   for n, (_, key) in enumerate(round_robin(ring, queues), 1)]
+        ordered += [(key, 0) for w in held for key in queues[w]]
+        states = await self.states(self.keys.job_id(key) for key, _ in ordered)
+        work = 0.0
+        for key, position in ordered:
+            state = states[self.keys.job_id(key)]
+            if state is not None and position:
+                work += state.job().work_units()
+                snap.work_ahead[state.id] = work
+            if state is not None and (wanted is None or state.guild == wanted):
+                snap.queued.append((state.job(), position))
+        entries = await self.redis.xrange(self.keys.stream) or []
+        running = await self.states(self.keys.job_id(fields[b"job"]) for _, fields in entries
+                                    if fields and b"job" in fields)
+        for state in running.values():
+            if state is not None and not state.finished and \
+                    (wanted is None or state.guild == wanted):
+                snap.running.append((state.job(), state.worker or "?", state.started_at or 0.0))
+        return snap
+
+    async def recent_job_seconds(self) -> float | None:
+        """Mean worker time of recent jobs per plain job's worth of work (a hires job counts
+        as `Job.work_units` of them), for ETAs."""
+        values = [float(v) for v in await self.redis.lrange(self.keys.durations, 0, 49)]
+        return sum(values) / len(values) if values else None
+
+    async def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs someone asked to cancel."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "cancel")
+            flags = await pipe.execute()
+        return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
