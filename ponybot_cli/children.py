@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
+from redis.exceptions import RedisError
+
 from ponybot_core.logs import CHILD_OUTPUT
 from ponybot_core.processes import EXIT_CONFIG
 
@@ -199,7 +201,7 @@ class EmbeddedRedis:
         log.warning("restarting the embedded Redis (the AOF keeps the queue)")
         try:
             self.server.start()
-        except (RuntimeError, TimeoutError, OSError) as exc:
+        except (RuntimeError, TimeoutError, OSError, RedisError) as exc:
             self._crashed(now, f"did not start: {last_line(str(exc))}")
             return
         self.started_at = now

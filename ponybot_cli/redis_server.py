@@ -161,9 +161,9 @@ class RedisServer:
                 try:
                     if client.ping():
                         return
-                except redis.exceptions.ConnectionError:
-                    pass
-                except redis.exceptions.BusyLoadingError:
+                except redis.exceptions.RedisError:
+                    # Not answering yet, still loading its AOF, or not our server at all (a
+                    # process that took the port first): only a PONG from ours is ready.
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"redis-server did not answer on port {self.port}")

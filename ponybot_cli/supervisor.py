@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from inference.models.inventory import check_all
 from ponybot_cli import doctor
 from ponybot_cli.children import (
@@ -187,7 +189,7 @@ def supervise(loaded: LoadedConfig, lock: DataFolderLock, *, workers: int,
                                  keep_fds=keep_fds)
             try:
                 server.start()
-            except (RuntimeError, TimeoutError, OSError) as exc:
+            except (RuntimeError, TimeoutError, OSError, RedisError) as exc:
                 log.error("the embedded Redis did not start: %s (its log: %s)",
                           last_line(str(exc)), server.data_dir / "redis.log")
                 return EXIT_GAVE_UP

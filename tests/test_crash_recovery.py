@@ -145,6 +145,11 @@ async def test_a_job_that_keeps_killing_its_workers_is_dead_lettered_and_its_use
 
     await fake.wait_for(lambda: "could not be drawn" in itx.original.content, timeout=60)
     assert "failed 3 times" in itx.original.content
+    # The user is told first, the queue second: wait for the dead letter itself.
+    for _ in range(3000):
+        if await redis.xlen(Keys().dead):
+            break
+        await asyncio.sleep(0.02)
     [(_, fields)] = await redis.xrange(Keys().dead)
     assert fields[b"reason"] == b"it failed 3 times"
     assert not itx.original.attachments
