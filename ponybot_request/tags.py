@@ -153,9 +153,41 @@ def fold(text: str) -> str:
     return text
 
 
+# Letters that read as a Latin one (Unicode TR39's confusables, the common ones): Cyrillic,
+# Greek, IPA and small capitals. Capitals first, before casefolding merges them with a lowercase
+# letter that looks like another (Greek `Ν` reads N, its `ν` reads v).
+_LOOKALIKE_CAPITALS = str.maketrans({
+    "А": "a", "В": "b", "Е": "e", "К": "k", "М": "m", "Н": "h", "О": "o", "Р": "p", "С": "c",
+    "Т": "t", "У": "y", "Х": "x", "І": "i", "Ј": "j", "Ѕ": "s", "Ү": "y", "Ԛ": "q", "Ԝ": "w",
+    "Α": "a", "Β": "b", "Ε": "e", "Ζ": "z", "Η": "h", "Ι": "i", "Κ": "k", "Μ": "m", "Ν": "n",
+    "Ο": "o", "Ρ": "p", "Τ": "t", "Υ": "y", "Χ": "x",
+})
+_LOOKALIKES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "ү": "y", "ԁ": "d", "һ": "h",
+    "ԛ": "q", "ԝ": "w", "ӏ": "l", "ѵ": "v", "ь": "b",
+    "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
+    "υ": "u", "χ": "x", "ϲ": "c", "ϳ": "j", "η": "n", "μ": "u", "ζ": "z",
+    "ı": "i", "ȷ": "j", "ɡ": "g", "ɑ": "a", "ɩ": "i", "ɪ": "i", "ʏ": "y", "ɴ": "n", "ʀ": "r",
+    "ʜ": "h", "ʟ": "l", "ɢ": "g", "ʙ": "b", "ᴀ": "a", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴊ": "j",
+    "ᴋ": "k", "ᴍ": "m", "ᴏ": "o", "ᴘ": "p", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ᴢ": "z",
+    "ꜱ": "s",
+})
+
+
+def skeleton(text: str) -> str:
+    """How a person reads text, for matching only (never written into a caption): folded,
+    accents and other combining marks dropped (NFKD), look-alike letters as the Latin ones
+    (`еxplicit` with a Cyrillic `е`, `explıcıt`, `éxplicit` all read `explicit`)."""
+    text = unicodedata.normalize("NFKD", fold(text.translate(_LOOKALIKE_CAPITALS)))
+    marks = ("Mn", "Me")
+    return "".join(c for c in text if unicodedata.category(c) not in marks).translate(_LOOKALIKES)
+
+
 def squash(text: str) -> str:
-    """Only the letters and digits, folded: how a tag reads whatever its punctuation."""
-    return _NOT_ALNUM.sub("", fold(text))
+    """Only the letters and digits, as a person reads them (`skeleton`): how a tag reads
+    whatever its punctuation and look-alike letters. For matching only."""
+    return _NOT_ALNUM.sub("", skeleton(text))
 
 
 def spells(tag: str, word: str) -> bool:
@@ -163,7 +195,7 @@ def spells(tag: str, word: str) -> bool:
     punctuated: `suggestive pose`, `casual_nudity`, `sug-gestive` spell what they contain;
     `unsuggestive` does not spell `suggestive`."""
     letters = squash(word)
-    words = _ALNUM_RUN.findall(fold(tag))
+    words = _ALNUM_RUN.findall(skeleton(tag))
     for start in range(len(words)):
         run = ""
         for part in words[start:]:

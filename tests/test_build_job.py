@@ -11,6 +11,7 @@ import ast
 import re
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ponybot_core.config import (
 )
 from ponybot_core.image_parameters import A1111Parameters
 from ponybot_core.job import Job, JobKind, UploadedImage
+from ponybot_request import policy
 from ponybot_request.drawable import for_draw_this
 from ponybot_request.errors import UserFacingError
 from ponybot_request.jobs import (
@@ -504,3 +506,117 @@ def test_the_request_package_imports_neither_discord_nor_torch_nor_the_bot():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+# --- what a caption may hold, whatever wrote it ------------------------------------------------
+
+MAX_TAGS = CONFIG.limits.max_tags
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("entry_point", ALL_ENTRY_POINTS)
+def test_more_tags_than_pony_takes_are_refused_at_every_entry_point(entry_point, model):
+    # A picture's parameters (Draw this) or an old job (the buttons) once queued 750 tags
+    # that /pony refuses, and every one of them was read against every blocked tag.
+    text = ", ".join(f"tag{i}" for i in range(MAX_TAGS + 1))
+    with pytest.raises(UserFacingError, match=f"You gave {MAX_TAGS + 1} tags; "
+                                              f"at most {MAX_TAGS} are allowed"):
+        job_from(entry_point, text, model, channel())
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("age_restricted", [False, True])
+def test_a_caption_written_for_the_most_tags_pony_takes_stays_legal_to_re_draw(
+        model, age_restricted):
+    here = channel(age_restricted=age_restricted)
+    tags = ", ".join(f"tag{i}" for i in range(MAX_TAGS))
+    negative = ", ".join(f"bad{i}" for i in range(MAX_TAGS))
+    first = build_job(PonyRequest(by=BY, options=PonyOptions.parse(
+        CONFIG, tags=tags, negative=negative, model=model.id)), here, None, config=CONFIG).job
+    for kind, index in (("reroll", None), ("upscale", 0), ("vary", 0), ("hires", None)):
+        build_job(FromResult(kind=kind, by=BY, source=first, index=index), here, None,
+                  config=CONFIG)
+    build_job(DrawThisRequest(by=BY, parameters=A1111Parameters(
+        prompt=first.prompt, negative_prompt=first.negative_prompt, model=model.name)),
+        here, None, config=CONFIG)
+
+
+def test_reading_a_caption_for_blocked_tags_costs_the_same_however_many_are_blocked():
+    # 200 blocked tags that all start the way a 750-word caption goes on: each word of the
+    # caption is followed once along the spellings they share, not once per blocked tag.
+    caption = " ".join(["a"] * 750)
+    pieces = policy._pieces(caption)
+    shared = " ".join(["a"] * 5)
+
+    def steps(count: int) -> int:
+        search = policy.BlockedSearch.for_tags([f"{shared} b{i}" for i in range(count)], CONFIG)
+        assert search.find(caption, pieces) == {}
+        return search.steps
+
+    words_read = sum(len(policy._words(p)) for p, _ in pieces) + 750
+    assert steps(200) == steps(1) <= words_read * (len(shared.split()) + 2)
+
+
+def test_a_refusal_names_each_blocked_tag_as_the_caption_wrote_it():
+    blocked = ("rainbow dash", "twilight sparkle", "balloons", "oc:kindle")
+    with pytest.raises(UserFacingError) as refused:
+        job_from("Draw this", "pony, Rainbow-Dash, the twilight sparkle, balloon, kindle oc",
+                 MODELS[0], channel(blocked=blocked))
+    assert str(refused.value).startswith(
+        "Not allowed on this server: `Rainbow-Dash` (blocked: `rainbow dash`), "
+        "`the twilight sparkle` (blocked: `twilight sparkle`). ")
+
+
+# --- look-alike letters ------------------------------------------------------------------------
+
+# Letters a person (and CLIP's byte-level BPE, for some) reads as the Latin one they look like.
+LOOKALIKES = {
+    "Cyrillic е in explicit": "pony, \u0435xplicit, solo",
+    "Cyrillic х and р in explicit": "pony, e\u0445\u0440licit, solo",
+    "dotless ı in explicit": "pony, expl\u0131c\u0131t, solo",
+    "e with a combining acute": "pony, e\u0301xplicit, solo",
+    "precomposed é": "pony, \u00e9xplicit, solo",
+    "Greek ο in questionable": "pony, questi\u03bfnable, solo",
+    "Cyrillic е in suggestive": "pony, sugg\u0435stive, solo",
+    "dotless ı in nudity": "pony, nud\u0131ty, solo",
+    "small capital ᴇ": "pony, \u1d07xplicit, solo",
+}
+LOOKALIKE_WORDS = ("explicit", "questionable", "suggestive", "nudity")
+# The reader's own table, not the bot's: what each case above reads as.
+AS_LATIN = str.maketrans({"\u0435": "e", "\u0445": "x", "\u0440": "p", "\u0131": "i",
+                          "\u03bf": "o", "\u03bd": "n", "\u03b9": "i", "\u1d07": "e"})
+
+
+def read_as_latin(text: str) -> list[str]:
+    """The caption's pieces as a person reads them: accents dropped, look-alikes as Latin."""
+    text = unicodedata.normalize("NFKD", text.casefold()).translate(AS_LATIN)
+    text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+    return [re.sub(r"[\W_]", "", p) for p in re.split(r"[\s,]+", text)]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("case", list(LOOKALIKES))
+@pytest.mark.parametrize("entry_point", ALL_ENTRY_POINTS)
+def test_a_refused_rating_or_channel_negative_in_look_alike_letters_never_reaches_a_channel_for_all_ages(  # noqa: E501
+        entry_point, case, model):
+    try:
+        job = job_from(entry_point, LOOKALIKES[case], model, channel())
+    except UserFacingError:
+        return  # refused
+    assert not any(w in p for p in read_as_latin(job.prompt) for w in LOOKALIKE_WORDS), \
+        job.prompt
+
+
+@pytest.mark.parametrize("typed", ["pony, r\u0430inbow dash", "pony, r\u00e1inbow dash",
+                                   "pony, RAINBOW D\u0410SH", "pony, rainbow, dash"])
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)  # `ponybot draw` has no server
+def test_a_blocked_tag_in_look_alike_letters_is_refused_at_every_entry_point(entry_point, typed):
+    with pytest.raises(UserFacingError, match="Not allowed on this server"):
+        job_from(entry_point, typed, MODELS[0], channel(blocked=("rainbow dash",)))
+
+
+@pytest.mark.parametrize("entry_point", ["Draw this", "🔁 re-roll"])
+def test_look_alike_letters_are_only_read_never_rewritten_in_the_caption(entry_point):
+    caption = "safe, caf\u00e9, \u0440\u043e\u043d\u0438, pony, unsuggestive"
+    job = job_from(entry_point, caption, MODELS[0], channel())
+    assert job.prompt == caption
