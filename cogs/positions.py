@@ -68,20 +68,29 @@ class PositionsCog(commands.Cog):
         await self.bot.wait_until_ready()
 
     async def update_positions(self) -> int:
-        """One pass over the queue; returns the number of messages edited."""
+        """One pass over the queue; returns the number of messages edited. Every queued job's
+        few deciding fields are read (`QueueReads.shown`, in chunks); a whole job only for a
+        message about to be edited, which is at most a few per cycle."""
         reads = self.bot.queue_reads
         positions = await reads.positions()
         edits = 0
-        states = await reads.states(positions)
+        shown = await reads.shown(positions)
         for job_id, position in positions.items():
             if edits >= MAX_EDITS_PER_CYCLE:
                 break
-            state = states[job_id]
+            seen = shown[job_id]
+            if seen is None or seen.status is not JobStatus.QUEUED or seen.message_id is None:
+                continue
+            # Its token is gone (a long wait): the edit could only fail, every cycle anew.
+            if not seen.token_kept:
+                continue
+            if not worth_an_edit(seen.shown_position or 0, position):
+                continue
+            if time.time() - (seen.shown_at or 0.0) < self.min_gap_s:
+                continue
+            state = await reads.state(job_id)
+            # Taken or gone since its fields were read: its worker owns the message now.
             if state is None or state.status is not JobStatus.QUEUED or state.message_id is None:
-                continue
-            if not worth_an_edit(state.shown_position or 0, position):
-                continue
-            if time.time() - (state.shown_at or 0.0) < self.min_gap_s:
                 continue
             job = state.job()
             text = queued_text(job, position=position, model_name=_model_name(self.bot, job))
@@ -99,7 +108,7 @@ class PositionsCog(commands.Cog):
         for job_id, watched in list(self.watched.items()):
             if not watched.job.token_usable(now):
                 del self.watched[job_id]
-        states = await self.bot.queue_reads.states(self.watched)
+        states = await self.bot.queue_reads.shown(self.watched)
         told = 0
         for job_id, state in states.items():
             watched = self.watched[job_id]

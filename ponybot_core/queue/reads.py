@@ -1,8 +1,10 @@
 """Reading the queue: a job's state, positions, the admins' snapshot. Read-only; every job hash
-is read here and handed out as a `JobState`."""
+is read here and handed out as a `JobState`, or as a `Shown` (a few fields) where every queued
+job is read every few seconds."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -10,7 +12,7 @@ from redis.asyncio import Redis
 
 from ponybot_core.job import Job
 from ponybot_core.keys import ALL_SERVERS, Keys
-from ponybot_core.queue.state import JobState
+from ponybot_core.queue.state import SHOWN_FIELDS, JobState, Shown
 from ponybot_core.redis_client import as_str
 
 
@@ -44,6 +46,10 @@ def round_robin(ring: Sequence[str], queues: dict[str, list[str]]) -> list[tuple
     return order
 
 
+# Jobs per round trip of `QueueReads.shown`: each chunk is parsed in one go on the event loop.
+SHOWN_CHUNK = 100
+
+
 class QueueReads:
     """Every read of the queue's state in Redis (the writes are `Producer`'s and the
     `Delivery`'s moves)."""
@@ -64,6 +70,29 @@ class QueueReads:
             raw = await pipe.execute()
         return {job_id: JobState.from_hash(raw[2 * i], raw[2 * i + 1])
                 for i, job_id in enumerate(ids)}
+
+    async def shown(self, job_ids: Iterable[str], *,
+                    chunk: int = SHOWN_CHUNK) -> dict[str, Shown | None]:
+        """What each job's queued message shows (`Shown`), without reading its whole hash: one
+        pipelined round trip per `chunk` jobs, letting the event loop in between, so a long
+        queue never holds up the bot's commands for more than one chunk's parsing."""
+        ids = list(job_ids)
+        found: dict[str, Shown | None] = {}
+        for start in range(0, len(ids), chunk):
+            if start:
+                await asyncio.sleep(0)
+            part = ids[start:start + chunk]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in part:
+                    key = self.keys.job(job_id)
+                    pipe.hmget(key, SHOWN_FIELDS)
+                    pipe.hexists(key, "job")
+                    pipe.exists(self.keys.token(job_id))
+                raw = await pipe.execute()
+            found.update((job_id, Shown.from_fields(raw[3 * i], bool(raw[3 * i + 1]),
+                                                    token_kept=bool(raw[3 * i + 2])))
+                         for i, job_id in enumerate(part))
+        return found
 
     async def job(self, job_id: str) -> Job | None:
         """The job's parameters (with its interaction token while that is alive)."""

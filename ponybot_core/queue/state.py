@@ -11,7 +11,7 @@ argument and apply each move as a compare-and-set, so a job never moves backward
 ("maybe posted": the result may have reached Discord) and `posted` are never downgraded, and a
 running job goes back to `queued` only when its worker gives it back (a retry, or a reclaim
 while its server is paused). Nothing outside `ponybot_core.queue` reads a job hash: it reads a
-`JobState`.
+`JobState` (or a `Shown`, its few fields that decide a position edit).
 """
 
 from __future__ import annotations
@@ -142,6 +142,44 @@ class JobState(BaseModel):
     def job(self) -> Job:
         """The job's parameters, with its interaction token while that is alive."""
         return Job.from_json(self.job_json).model_copy(update={"interaction_token": self.token})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL
+
+
+# The fields `Shown` reads, in the order `QueueReads.shown` asks HMGET for them.
+SHOWN_FIELDS = ("status", "message_id", "shown_position", "shown_at")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The few fields of a job hash that tell whether its queued message needs an edit: what
+    the positions loop reads of every queued job, where a whole `JobState` (the job's JSON
+    parsed and validated) would cost it a thousand times over."""
+
+    status: JobStatus
+    message_id: int | None
+    shown_position: int | None
+    shown_at: float | None
+    # Its interaction token is still kept: without it no message of the job can be edited.
+    token_kept: bool = False
+
+    @classmethod
+    def from_fields(cls, values: list[bytes | str | None], has_job: bool, *,
+                    token_kept: bool = False) -> Shown | None:
+        """`values` as HMGET gives `SHOWN_FIELDS`; None, as `JobState.from_hash` gives, for a
+        hash that is gone or was never a whole job."""
+        status, message_id, position, at = (None if v is None else str(_text(v))
+                                             for v in values)
+        if not has_job or status is None:
+            return None
+        try:
+            return cls(JobStatus(status), int(message_id) if message_id else None,
+                       int(position) if position else None, float(at) if at else None,
+                       token_kept)
+        except ValueError:
+            return None
 
     @property
     def finished(self) -> bool:
