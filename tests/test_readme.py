@@ -33,7 +33,7 @@ def test_the_path_finder_finds_paths_and_only_paths() -> None:
 
 def test_every_test_file_the_threat_table_names_exists() -> None:
     table = README[README.index("## Every way in"):README.index("## Test\n")]
-    files = set(re.findall(r"`(test_\w+\.py)", table))
+    files = set(re.findall(r"`tests/(test_\w+\.py)", table))
     assert files, "the threat table names no test"
     missing = sorted(f for f in files if not (ROOT / "tests" / f).exists())
     assert not missing, f"the threat table names test files that do not exist: {missing}"
@@ -41,10 +41,10 @@ def test_every_test_file_the_threat_table_names_exists() -> None:
 
 def test_every_test_the_threat_table_names_exists() -> None:
     table = README[README.index("## Every way in"):README.index("## Test\n")]
-    named = re.findall(r"`(test_\w+\.py)::(test_\w+)", table)
+    named = re.findall(r"`tests/(test_\w+\.py)::(test_\w+)", table)
     # A row may name further tests of the same file as `::test_name`.
     current = None
-    for file, test in re.findall(r"`(?:(test_\w+\.py))?::(test_\w+)`?", table):
+    for file, test in re.findall(r"`(?:tests/(test_\w+\.py))?::(test_\w+)`?", table):
         current = file or current
         named.append((current, test))
     assert named
