@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from PIL import Image
 from redis.asyncio import Redis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -323,3 +324,21 @@ def queue(redis: Redis) -> QueueParts:
     keys = Keys("test")
     return QueueParts(redis, keys, Producer(redis, keys, result_ttl_s=600),
                       QueueReads(redis, keys))
+
+
+# --- Pictures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bytes_to_pillows_exif_reader(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every EXIF block handed to Pillow's EXIF (TIFF) reader while the test runs:
+    `getexif`, `exif_transpose` and JPEG's dpi all go through `Exif.load`."""
+    handed: list[int] = []
+    real_load = Image.Exif.load
+
+    def spy_load(self: Image.Exif, data: bytes) -> None:
+        handed.append(len(data))
+        return real_load(self, data)
+
+    monkeypatch.setattr(Image.Exif, "load", spy_load)
+    return handed

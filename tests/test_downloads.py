@@ -406,21 +406,6 @@ def test_a_picture_whose_exif_is_broken_is_used_as_stored(exif, fmt):
 THEIRS = "pinkie pie\nNegative prompt: lowres\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1"
 
 
-@pytest.fixture
-def bytes_to_pillows_exif_reader(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every EXIF block handed to Pillow's EXIF (TIFF) reader while the test runs:
-    `getexif`, `exif_transpose` and JPEG's dpi all go through `Exif.load`."""
-    handed: list[int] = []
-    real_load = Image.Exif.load
-
-    def spy_load(self, data):
-        handed.append(len(data))
-        return real_load(self, data)
-
-    monkeypatch.setattr(Image.Exif, "load", spy_load)
-    return handed
-
-
 def _peak_bytes_while(action):
     tracemalloc.start()
     try:

@@ -222,20 +222,6 @@ def test_whatever_the_bytes_the_reader_answers_or_says_why(data):
 # --- EXIF bombs: the comment read, nothing else (fix-a) ----------------------------------------
 
 
-@pytest.fixture
-def bytes_to_pillows_exif_reader(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every EXIF block handed to Pillow's EXIF (TIFF) reader while the test runs."""
-    handed: list[int] = []
-    real_load = Image.Exif.load
-
-    def spy_load(self, data):
-        handed.append(len(data))
-        return real_load(self, data)
-
-    monkeypatch.setattr(Image.Exif, "load", spy_load)
-    return handed
-
-
 @pytest.mark.parametrize("wrap", [exif_png, exif_webp], ids=["png eXIf", "webp EXIF"])
 def test_an_exif_tag_of_a_quarter_million_values_costs_no_more_than_the_comment_beside_it(
         wrap, bytes_to_pillows_exif_reader):
