@@ -32,9 +32,13 @@ from diffusers.loaders.single_file_utils import (
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
+    StableDiffusionXLPipeline,
+)
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from inference.drawing.schedulers import SEED_DDIM_CONFIG
 
@@ -383,3 +387,111 @@ def build_tiny_ckpt_with_unsafe_pickle(pipeline_dir: Path, out_path: Path) -> Pa
     }
     torch.save(payload, out_path)
     return out_path
+
+
+# ---------------------------------------------------------------------------------------------
+# SD 2.x (v-prediction, OpenCLIP text tower) and SDXL (two text towers, pooled embeddings,
+# size/crop micro-conditioning), tiny and random like the SD 1.x one above. Shapes follow the
+# real configs (stabilityai/stable-diffusion-2-1 and stable-diffusion-xl-base-1.0): linear
+# transformer projections, per-block head counts, SD 2.1's upcast attention, SDXL's
+# `text_time` added embedding fed by text_encoder_2's projection and six size numbers.
+
+TINY_SD2_UNET: dict[str, Any] = {
+    **TINY_UNET,
+    "attention_head_dim": (2, 4, 8, 8),
+    "use_linear_projection": True,
+    "upcast_attention": True,
+}
+# OpenCLIP ViT-H as transformers writes it: gelu, no quick_gelu, pads with `!` (id 0).
+TINY_SD2_TEXT: dict[str, Any] = {**TINY_TEXT, "hidden_act": "gelu", "pad_token_id": 0,
+                                 "num_hidden_layers": 3}
+TINY_SDXL_UNET: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64, 64),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 1, 2),
+    "attention_head_dim": (2, 4, 4),
+    "use_linear_projection": True,
+    "cross_attention_dim": 64,  # text_encoder's 32 + text_encoder_2's 32, concatenated
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,  # pooled text + six size numbers
+    "norm_num_groups": 32,
+}
+TINY_SDXL_VAE: dict[str, Any] = {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}
+TINY_SDXL_TEXT: dict[str, Any] = {**TINY_TEXT, "num_hidden_layers": 3}
+TINY_SDXL_TEXT_2: dict[str, Any] = {**TINY_SD2_TEXT}
+# The schedulers their hub repositories ship: SD 2.1 (768, v) DDIM with v-prediction; SDXL
+# base Euler discrete, `leading` spacing. Both on the SD 1.x training schedule.
+SD2_V_SCHEDULER: dict[str, Any] = {**SEED_DDIM_CONFIG, "prediction_type": "v_prediction"}
+SDXL_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+
+
+def _open_clip_tokenizer() -> CLIPTokenizer:
+    # OpenCLIP's tokenizer is CLIP's BPE that pads with `!` instead of `<|endoftext|>`.
+    return CLIPTokenizer.from_pretrained(SD1_TOKENIZER, local_files_only=True, pad_token="!")
+
+
+def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny SD 2.x v-prediction pipeline (float32, CPU). Same seed -> same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_SD2_UNET)
+        vae = AutoencoderKL(**TINY_VAE)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_SD2_TEXT))
+    generator = torch.Generator().manual_seed(seed)
+    for module in (unet, vae, text_encoder):
+        _perturb(module, generator)
+        module.eval()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_open_clip_tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(SD2_V_SCHEDULER),
+        safety_checker=None,  # type: ignore[arg-type]  # as in tiny_pipeline
+        feature_extractor=None,  # type: ignore[arg-type]
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """A tiny SDXL pipeline (float32, CPU). Same seed -> same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_SDXL_UNET)
+        vae = AutoencoderKL(**TINY_SDXL_VAE)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_SDXL_TEXT))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT_2))
+    generator = torch.Generator().manual_seed(seed)
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        _perturb(module, generator)
+        module.eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(SD1_TOKENIZER, local_files_only=True),
+        tokenizer_2=_open_clip_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
