@@ -33,6 +33,21 @@ class Sampler(StrEnum):
     DPMPP_2M_KARRAS = "dpm++2m_karras"
 
 
+class Architecture(StrEnum):
+    """Which Stable Diffusion family a checkpoint belongs to: what its networks look like, which
+    component configs and tokenizers load it, which sizes it was trained at."""
+
+    AUTO = "auto"  # the worker reads it from the file's keys (or a folder's model_index.json)
+    SD1 = "sd1"  # SD 1.x: CLIP ViT-L text tower, 512 px (Lun's V1/V2, pony-diffusion, V4)
+    SD2 = "sd2"  # SD 2.x: OpenCLIP ViT-H text tower, 768 px v-prediction (Pony Diffusion V5)
+    SDXL = "sdxl"  # SDXL: two text towers, pooled embeddings, 1024 px (Pony Diffusion V6 XL)
+
+
+class PredictionType(StrEnum):
+    EPSILON = "epsilon"
+    V_PREDICTION = "v_prediction"
+
+
 class ModelFormat(StrEnum):
     AUTO = "auto"
     DIFFUSERS = "diffusers"
@@ -158,9 +173,25 @@ class ModelEntry(_Strict):
     description: str = ""
     path: Path
     format: ModelFormat = ModelFormat.AUTO
-    base: Literal["sd1"] = "sd1"
+    # The model's family; `auto` = read from the file by the worker (declare it so the bot
+    # knows the model's own sizes without opening the file).
+    base: Architecture = Architecture.AUTO
+    # What the UNet predicts; unset = its family's shipped scheduler config says (SD 2.x: the
+    # 768 px v-prediction model's `v_prediction`; SD 1.x and SDXL: `epsilon`).
+    prediction: PredictionType | None = None
+    # CLIP skip as AUTOMATIC1111 counts it: 1 = the text tower's last layer, 2 = the one before
+    # it (what Pony Diffusion V6 XL's card asks for), and so on.
+    clip_skip: Annotated[int, Field(ge=1, le=12)] = 1
+    # The model's own pixel sizes for square/portrait/landscape; unset = its family's defaults.
+    sizes: dict[Size, Dimensions] | None = None
+    # A VAE to use instead of the checkpoint's own (a folder or single file), e.g. SDXL's
+    # fp16-safe VAE; unset = the checkpoint's.
+    vae: Path | None = None
+    # Upcast attention to float32 (SD 2.1 768-v overflows in fp16 without it); unset = its
+    # family's shipped config says.
+    upcast_attention: bool | None = None
     # Diffusers-format folder of component configs (no weights) for single-file checkpoints;
-    # unset = the SD 1.x folder shipped in inference/sd1_config.
+    # unset = the folder shipped for its family (inference/sd1_config, sd2_config, sdxl_config).
     single_file_config: Path | None = None
     # How its training captions were written: /pony writes prompts the same way.
     caption: CaptionProfile = Field(default_factory=lambda: CaptionProfile())
