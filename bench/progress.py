@@ -67,10 +67,11 @@ _preview_cpu = [0.0]
 _original_preview_jpeg = progress.preview_jpeg
 
 
-def _timed_preview_jpeg(latents: torch.Tensor) -> bytes:
+def _timed_preview_jpeg(latents: torch.Tensor,
+                        latent_format: progress.LatentFormat = progress.SD1_LATENTS) -> bytes:
     start = time.thread_time()
     try:
-        return _original_preview_jpeg(latents)
+        return _original_preview_jpeg(latents, latent_format)
     finally:
         _preview_cpu[0] += time.thread_time() - start
 

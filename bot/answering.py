@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 from redis import exceptions as redis_errors
 
+from bot import metrics
 from bot.errors import QueueUnavailable, UserFacingError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def what_to_say(interaction: discord.Interaction, error: BaseException) -> str:
         dict(interaction.data or {}).get("custom_id")
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
+    metrics.refused(interaction, error,
+                    unavailable=isinstance(error, (*REDIS_OUTAGES, QueueUnavailable)))
     if isinstance(error, (*REDIS_OUTAGES, QueueUnavailable)):
         log.warning("%s refused, queue unavailable: %r", what, error.__cause__ or error)
         return str(QueueUnavailable())

@@ -6,6 +6,8 @@ an admin can read them with `HGETALL`:
     model       the model id `/pony` uses when no option or saved default picks one
     blocked     JSON list of canonical tags (`ponybot_request.tags.parse_tags` form) `/pony` refuses
     user_limit  the per-user cap on queued + running jobs (`/queue limit`)
+    safety      JSON: the picture check's choice (`/safety`, bot.safety_settings)
+    quality_prefix  `off`: captions without the model card's quality tags (`/settings server`)
 
 `/pony` reads all of it in one HGETALL, pipelined with the user's and the channel's saved
 defaults (`bot.saved_settings.load_layers`). A value that cannot be read (hand-edited, from an
@@ -24,6 +26,8 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from bot.errors import UserFacingError
+from bot.safety_settings import SAFETY_FIELD, SafetyChoice
+from bot.safety_settings import from_value as safety_from_value
 from ponybot_core.config import Config, ModelEntry
 from ponybot_core.keys import Keys
 from ponybot_core.redis_client import as_str
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 MODEL_FIELD = "model"
 BLOCKED_FIELD = "blocked"
 USER_LIMIT_FIELD = "user_limit"
+QUALITY_PREFIX_FIELD = "quality_prefix"
 # Enough for any real block list; keeps the hash (read on every /pony) small.
 MAX_BLOCKED_TAGS = 200
 
@@ -54,6 +59,11 @@ class GuildSettings(BaseModel):
     model: str | None = None
     blocked_tags: tuple[str, ...] = ()
     user_limit: int | None = None
+    # Captions start with the model card's quality tags (V6 XL's `score_9, score_8_up, ...`);
+    # a server that wants only what its users type turns them off.
+    quality_prefix: bool = True
+    # `/safety`: the picture check's choice (bot.safety_settings).
+    safety: SafetyChoice = SafetyChoice()
 
     def configured_model(self, config: Config) -> str | None:
         """The server's default model if it is still in config.toml, else None."""
@@ -97,7 +107,11 @@ def from_hash(raw: Mapping[bytes | str, bytes | str], guild_id: int) -> GuildSet
             log.warning(
                 "guild %s: ignoring unreadable user_limit %r", guild_id, fields[USER_LIMIT_FIELD]
             )
-    return GuildSettings(model=model, blocked_tags=blocked, user_limit=user_limit)
+    # Only `off` turns it off: an unreadable value keeps the card's template.
+    quality_prefix = fields.get(QUALITY_PREFIX_FIELD) != "off"
+    return GuildSettings(model=model, blocked_tags=blocked, user_limit=user_limit,
+                         quality_prefix=quality_prefix,
+                         safety=safety_from_value(fields.get(SAFETY_FIELD), guild_id))
 
 
 def _decode_blocked(value: str | bytes | None, guild_id: int) -> tuple[str, ...]:
@@ -128,6 +142,15 @@ async def set_model(redis: Redis, keys: Keys, guild_id: int, model_id: str | Non
         await redis.hdel(keys.guild(guild_id), MODEL_FIELD)
     else:
         await redis.hset(keys.guild(guild_id), MODEL_FIELD, model_id)
+
+
+async def set_quality_prefix(redis: Redis, keys: Keys, guild_id: int, on: bool) -> None:
+    """Whether captions start with the model card's quality tags in this server; on is the
+    default, so turning it on again deletes the field."""
+    if on:
+        await redis.hdel(keys.guild(guild_id), QUALITY_PREFIX_FIELD)
+    else:
+        await redis.hset(keys.guild(guild_id), QUALITY_PREFIX_FIELD, "off")
 
 
 async def set_user_limit(redis: Redis, keys: Keys, guild_id: int, limit: int | None) -> None:

@@ -37,6 +37,7 @@ from ponybot_core.keys import Keys
 from ponybot_core.logs import JobLog
 from ponybot_core.messages import queued_text, queued_view
 from ponybot_core.queue import Enqueued, JobStatus, Producer, UserLimitReached
+from ponybot_core.replicas import Replication
 from ponybot_request.jobs import Channel, Requester
 from ponybot_request.options import out_of_limits
 
@@ -59,14 +60,14 @@ def channel_of(interaction: discord.Interaction, server: GuildSettings) -> Chann
     """The channel the interaction came from, as build_job weighs it."""
     return Channel(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
                    age_restricted=is_age_restricted(interaction.channel),
-                   blocked_tags=server.blocked_tags)
+                   blocked_tags=server.blocked_tags, quality_prefix=server.quality_prefix)
 
 
 def job_channel(client: discord.Client, job: Job, server: GuildSettings) -> Channel:
     """The channel a job already lives in (not the one a click or a form came from)."""
     return Channel(guild_id=job.guild_id, channel_id=job.channel_id,
                    age_restricted=is_age_restricted(client.get_channel(job.channel_id)),
-                   blocked_tags=server.blocked_tags)
+                   blocked_tags=server.blocked_tags, quality_prefix=server.quality_prefix)
 
 
 def is_age_restricted(channel: object) -> bool:
@@ -154,6 +155,13 @@ async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
         if guild is None:
             guild = await guild_settings.load(bot.redis, bot.keys, interaction.guild_id)
         limit = guild.user_limit or bot.config.queue.user_limit
+        # What the worker's picture check does with it: the channel's age restriction (the
+        # job's own channel, which is the interaction's; any other counts as not restricted)
+        # and the server's `/safety` choice.
+        age_restricted = job.channel_id == interaction.channel_id and \
+            is_age_restricted(interaction.channel)
+        job = job.model_copy(update={
+            "picture_check": guild.safety.picture_check(age_restricted=age_restricted)})
         enqueued = await bot.queue.enqueue(job, user_limit=limit)
     except UserLimitReached as exc:
         raise UserFacingError(
@@ -164,6 +172,11 @@ async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
     except (RedisError, OSError) as exc:
         jlog.warning("enqueue failed: %r", exc)
         raise QueueUnavailable() from exc
+    if enqueued.replication is Replication.LAGGING:
+        # With Sentinel, "queued" is said only of a job a replica has: a failover now would
+        # promote one without it (ponybot_core/replicas.py).
+        await _take_back_unreplicated(bot, job)
+        raise QueueUnavailable()
     # 3. Answer with the position (or "paused"), the exact prompt and a Cancel button.
     try:
         callback = await interaction.response.send_message(
@@ -185,6 +198,18 @@ async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
             await bot.queue.record_message(job.id, message_id, position=enqueued.position)
         except (RedisError, OSError):
             jlog.warning("could not record message %s; the worker will post anew", message_id)
+
+
+async def _take_back_unreplicated(bot: Submitter, job: Job) -> None:
+    jlog = JobLog(log, job.id)
+    try:
+        cancelled = await bot.queue.cancel(job.id)
+    except (RedisError, OSError) as exc:
+        jlog.error("no replica confirmed the job and it could not be taken back (%r); its "
+                   "result will be posted in the channel", exc)
+        return
+    jlog.warning("no replica confirmed the job in time: taken back (it was %s), the user is "
+                 "told the queue is unavailable", cancelled.was)
 
 
 def _log_queued(jlog: JobLog, job: Job, enqueued: Enqueued) -> None:

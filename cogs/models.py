@@ -30,7 +30,7 @@ from bot.errors import UserFacingError
 from bot.guild_settings import GuildSettings, SettingsUnavailable
 from bot.permissions import require_server_admin
 from bot.submit import is_age_restricted
-from ponybot_core.config import CaptionProfile, Config, LongPrompts, ModelEntry
+from ponybot_core.config import Architecture, CaptionProfile, Config, LongPrompts, ModelEntry
 from ponybot_core.heartbeat import WorkerHeartbeat, read_heartbeats
 from ponybot_request import tags
 
@@ -195,11 +195,21 @@ def _describe(
     if entry.description:
         lines.append(entry.description)
     lines.append(f"File `{_plain(entry.path.name)}` · format {entry.resolved_format().value}")
-    lines += _caption_profile(entry, age_restricted=age_restricted)
+    lines += _caption_profile(entry, age_restricted=age_restricted,
+                              quality_prefix=guild.quality_prefix)
     sampler = (entry.sampler or config.defaults.sampler).value
     steps = entry.steps or config.defaults.steps
     cfg = entry.cfg or config.defaults.cfg
-    lines.append(f"Defaults: sampler {sampler} · {steps} steps · cfg {cfg:g}")
+    # Clip skip and sizes only where they are the model's own: /model info must fit one
+    # Discord message, and an SD 1.x model at [sizes] with clip skip 1 says nothing new.
+    skip = f" · clip skip {entry.clip_skip}" if entry.clip_skip != 1 else ""
+    lines.append(f"Defaults: sampler {sampler} · {steps} steps · cfg {cfg:g}{skip}")
+    if entry.base in _FAMILIES or entry.sizes:
+        sizes = config.model_sizes(entry)
+        family = _FAMILIES.get(entry.base, "")
+        lines.append(f"Sizes{f' ({family})' if family else ''}: " + " · ".join(
+            f"{size.value} {d.width}×{d.height}" for size, d in sizes.items())
+            + f" · hires up to {config.model_hires(entry).max_side} px")
     if problem:
         lines.append(f"-# {problem}")
     else:
@@ -224,7 +234,17 @@ def _describe(
                 "bot's default. `/model set` picks another."
             )
         lines.append(f"Blocked on this server: {_tag_list(guild.blocked_tags, limit=800)}")
+    if entry.draws_nsfw and config.safety.path is None:
+        # Issue 19: no picture check, and the model's card says it draws NSFW too.
+        lines.append("⚠️ This model can draw NSFW pictures, and this bot has no picture check "
+                     "configured: outside age-restricted channels only the prompt (`safe`) keeps "
+                     "its pictures safe, which makes explicit ones less likely, not impossible.")
     return lines
+
+
+# How /model info names a declared family (`base`); `auto` is read from the file by the worker.
+_FAMILIES = {Architecture.SD1: "SD 1.x", Architecture.SD2: "SD 2.x",
+             Architecture.SDXL: "SDXL"}
 
 
 def _style(profile: CaptionProfile) -> str:
@@ -233,11 +253,19 @@ def _style(profile: CaptionProfile) -> str:
     return f"{joined}-separated tags, {inside}"
 
 
-def _caption_profile(entry: ModelEntry, *, age_restricted: bool) -> list[str]:
+def _caption_profile(entry: ModelEntry, *, age_restricted: bool,
+                     quality_prefix: bool = True) -> list[str]:
     """How the model's captions were written, and one example worked through the rules."""
     profile = entry.caption
     lines = [f"**Captions**: {_style(profile)}"
              + (f" · from {_plain(profile.evidence)}" if profile.evidence else "")]
+    if profile.quality_prefix:
+        template = _plain(", ".join(profile.quality_prefix))
+        lines.append(f"Template: `{template}, ` then your tags" if quality_prefix else
+                     f"Template: the card's `{template}` is off on this server")
+    if profile.rating_tags:
+        words = [f"{rating}→{word}" for rating, word in profile.rating_tags.items()]
+        lines.append(f"Ratings in the model's words: {_tag_list(words)}")
     if profile.replacements:
         rules = [f"{old}→{new or '(nothing)'}" for old, new in profile.replacements]
         lines.append(f"Rewrites, in order, also inside tags: {_tag_list(rules, limit=260)}")
@@ -258,7 +286,8 @@ def _caption_profile(entry: ModelEntry, *, age_restricted: bool) -> list[str]:
     if negatives:
         lines.append(f"Negative tags{'' if age_restricted else ' here'}: {_tag_list(negatives)}")
     prompt = tags.parse_tags(profile.example, profile=profile)
-    rendered = tags.render(prompt, entry, age_restricted=age_restricted)
+    rendered = tags.render(prompt, entry, age_restricted=age_restricted,
+                           quality_prefix=quality_prefix)
     where = "an age-restricted channel" if age_restricted else "this channel"
     lines.append(f"Example in {where}: `{_plain(profile.example)}`")
     lines.append(f"→ the model sees `{_plain(rendered.positive)}`")

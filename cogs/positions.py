@@ -68,11 +68,14 @@ class PositionsCog(commands.Cog):
         await self.bot.wait_until_ready()
 
     async def update_positions(self) -> int:
-        """One pass over the queue; returns the number of messages edited. Every queued job's
-        few deciding fields are read (`QueueReads.shown`, in chunks); a whole job only for a
-        message about to be edited, which is at most a few per cycle."""
+        """One pass over the queued jobs of this process's servers (`PonyBot.owns`); returns
+        the number of messages edited. Every such job's few deciding fields are read
+        (`QueueReads.shown`, in chunks); a whole job only for a message about to be edited,
+        which is at most a few per cycle."""
         reads = self.bot.queue_reads
-        positions = await reads.positions()
+        # Only the servers of this process's shards: each bot process edits its own servers'
+        # messages, so N processes never edit one message N times.
+        positions = await reads.positions(self.bot.owns)
         edits = 0
         shown = await reads.shown(positions)
         for job_id, position in positions.items():

@@ -4,6 +4,8 @@
     /settings set [model] [size] [steps] [cfg] [count] [negative] [upscale]
     /settings clear [setting]           one of yours, or all of them
     /settings channel show|set|clear    this channel's defaults (set, clear: Manage Server)
+    /settings server quality_prefix     captions with or without the model card's quality tags
+                                        (`score_9, score_8_up, ...`; Manage Server)
 
 Everything is answered privately. Values are checked as the `/pony` options are
 (`bot.saved_settings.check`): one bad value refuses the command, naming the option, and nothing is
@@ -34,7 +36,7 @@ from bot.errors import UserFacingError
 from bot.guild_settings import SettingsUnavailable
 from bot.permissions import require_server_admin
 from bot.saved_settings import Layers, SavedSettings
-from ponybot_core.config import Config
+from ponybot_core.config import Config, ModelEntry
 from ponybot_request.options import PonyOptions
 from ponybot_request.resolution import SETTINGS, Layer, Setting, resolve
 
@@ -62,6 +64,8 @@ class SettingsCog(commands.GroupCog, group_name="settings",
                   group_description="Your defaults for /pony in this server"):
     channel = app_commands.Group(name="channel",
                                  description="This channel's defaults for /pony (admins set them)")
+    server = app_commands.Group(name="server", description="This server's caption settings "
+                                                           "(Manage Server)")
 
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
@@ -195,6 +199,23 @@ class SettingsCog(commands.GroupCog, group_name="settings",
         what = f"this channel's `{setting}` default" if setting else "all this channel's defaults"
         await _reply(interaction, f"🧹 Forgot {what}.\n\n" + await self._overview(interaction))
 
+    # --- this server's ----------------------------------------------------------------------
+
+    @server.command(name="quality_prefix", description="Start captions with the model card's "
+                                                       "quality tags (Manage Server)")
+    @app_commands.describe(on="on: `score_9, score_8_up, ...` as the card's template; off: "
+                              "only what users type")
+    async def server_quality_prefix(self, interaction: discord.Interaction, on: bool) -> None:
+        guild_id = require_server_admin(interaction, "change this server's captions")
+        with _store():
+            await guild_settings.set_quality_prefix(self.bot.redis, self.bot.keys, guild_id, on)
+        log.info("guild %s: quality prefix %s by user %s", guild_id, "on" if on else "off",
+                 interaction.user.id)
+        await _reply(interaction, ("✅ Captions here start with the model card's quality tags."
+                                   if on else "✅ Captions here no longer start with the model "
+                                   "card's quality tags.")
+                     + "\n\n" + await self._overview(interaction))
+
     @set_yours.autocomplete("model")
     @channel_set.autocomplete("model")
     async def _model_choices(
@@ -243,8 +264,22 @@ def overview(config: Config, layers: Layers, *, in_guild: bool) -> str:
                 if negative else "no negative tags")
     lines += ["**What `/pony` uses here** (its own options override all of this)",
               " · ".join(used)]
+    if in_guild and (resolved.model.caption.quality_prefix or not layers.server.quality_prefix):
+        lines.append(_quality_prefix(resolved.model, layers.server.quality_prefix))
     lines += [f"-# {note}" for note in layers.notes]
     return "\n".join(lines)
+
+
+def _quality_prefix(model: ModelEntry, on: bool) -> str:
+    """The server's quality-prefix setting, and what it means for the model /pony uses here."""
+    prefix = model.caption.quality_prefix
+    state = "on" if on else "off"
+    if not prefix:
+        return (f"Quality prefix ({state}; admins: `/settings server quality_prefix`): "
+                f"{model.name} has none")
+    tags = _inline(", ".join(prefix))
+    return (f"Quality prefix ({state}; admins: `/settings server quality_prefix`): {model.name} "
+            + (f"captions start with {tags}" if on else f"captions leave out {tags}"))
 
 
 def _saved(config: Config, saved: SavedSettings) -> str:

@@ -12,23 +12,40 @@ from pathlib import Path
 
 from ponybot_core.config import ConfigError, config_path, load_config_and_secrets
 from ponybot_core.discord_endpoints import use_endpoints
-from ponybot_core.logs import masked_url, setup_logging
+from ponybot_core.logs import setup_logging
 from ponybot_core.processes import run_process
-from ponybot_core.redis_client import worker_redis
+from ponybot_core.redis_client import describe, redis_target, worker_redis
 
 log = logging.getLogger("inference")
 
 
+# What only the worker extra brings (pyproject.toml): missing on the light bot install.
+_WORKER_ONLY = {"torch", "torchvision", "diffusers", "transformers", "accelerate", "spandrel",
+                "safetensors", "numpy", "timm"}
+
+
 async def run_worker(path: Path) -> int:
-    from inference.worker import Worker, logged_in_client
+    try:
+        from inference import metrics as worker_metrics
+        from inference.worker import Worker, logged_in_client
+    except ModuleNotFoundError as exc:
+        if exc.name not in _WORKER_ONLY:
+            raise
+        # Exit 2: `ponybot up` stops with this line instead of restarting a worker forever.
+        raise ConfigError(f"worker: {exc.name} is not installed (the light bot install): pip "
+                          "install 'ponybot[worker]' where workers run, or `ponybot up "
+                          "--workers 0` here") from exc
 
     loaded = load_config_and_secrets(path)
-    token, redis_url = loaded.connection("worker")
-    log.info("config %s, Redis %s", loaded.path, masked_url(redis_url))
+    token, _ = loaded.connection("worker")
+    target = redis_target(loaded)
+    assert target is not None  # connection() refused a config without one
+    log.info("config %s, Redis %s", loaded.path, describe(target))
     use_endpoints(loaded.config.discord)
-    redis = worker_redis(redis_url, block_s=loaded.config.worker.block_ms / 1000)
+    redis = worker_redis(target, block_s=loaded.config.worker.block_ms / 1000)
     client = await logged_in_client(token)
     worker = Worker(loaded, redis, client)
+    worker_metrics.serve(loaded.config.metrics, redis, worker.placement.device)  # until exit
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Finish the job in hand, then stop; a second signal kills (the job is reclaimed).

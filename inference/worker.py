@@ -11,9 +11,13 @@ steps, each one call, each in the folder of its step:
 5. load the model (an LRU cache on the device): `models/`;
 6. sample: `drawing/` (sampling, img2img for variations and hires, live progress);
 7. upscale: `results/upscale.py`;
-8. mark it `posting`: `Delivery.posting`, a queue move (`ponybot_core/queue/consumer.py`);
-9. encode and post: `results/post.py` (files fitted by `results/fit.py`);
-10. record and acknowledge in one step: `Delivery.posted`, then the lease let go
+8. check pictures: those bound for a channel that is not age-restricted pass the classifier,
+   on what is posted (`safety/`); a flagged one is never posted there;
+9. mark it `posting`, with the check's verdict: `Delivery.posting`, a queue move
+   (`ponybot_core/queue/consumer.py`);
+10. encode and post: `results/post.py` (files fitted by `results/fit.py`), then the flagged
+    pictures where the server sends them and the requester told privately;
+11. record and acknowledge in one step: `Delivery.posted`, then the lease let go
     (`loop/endings.py`, where every other ending is too: cancelled, retried, given up).
 
 A job is text to image (`/pony`, 🔁 Re-roll), an upscale (U buttons) or a variation (V buttons)
@@ -45,6 +49,7 @@ from dataclasses import dataclass
 import discord
 from redis.asyncio import Redis
 
+from inference import metrics as worker_metrics
 from inference.drawing.calls import draw, pipeline_calls
 from inference.drawing.progress import ProgressReporter, SamplingCancelled
 from inference.drawing.sampling import Sampled
@@ -55,9 +60,13 @@ from inference.loop.holding import LeaseKeeper, in_background, watch_cancels
 from inference.loop.retrying import is_unavailable, patiently
 from inference.models.cache import ModelCache
 from inference.models.device import Placement, choose_placement, warm_up
-from inference.results.post import post_result, progress_editor
+from inference.results.model_hash import MODEL_HASHES
+from inference.results.post import deliver_flagged, post_result, progress_editor
 from inference.results.sources import fetch_source_image
 from inference.results.upscale import UpscalerCache, upscale_for
+from inference.safety.checking import PictureChecker
+from inference.safety.files import classifier_problem, unchecked_warning
+from ponybot_core import metrics
 from ponybot_core.config import LoadedConfig
 from ponybot_core.heartbeat import remove_heartbeat
 from ponybot_core.job import JobKind
@@ -101,6 +110,8 @@ class Worker:
         self.models = models or ModelCache(config, base_dir=base_dir, placement=self.placement)
         self.upscalers = UpscalerCache(base_dir=base_dir, device=self.placement.device,
                                        dtype=self.placement.dtype)
+        self.pictures = PictureChecker(config.safety, base_dir=base_dir,
+                                       device=self.placement.device, dtype=self.placement.dtype)
         self.throughput = Throughput()
         self.jobs_done = self.images_done = 0
         self.current: Delivery | None = None
@@ -116,6 +127,7 @@ class Worker:
                 seconds = await asyncio.to_thread(warm_up, await self.models.get(model_id),
                                                   model_id, self.config)
                 log.info("model %s: UNet compiled and warmed up in %.1f s", model_id, seconds)
+        self._warn_about_the_picture_check()
         log.info("worker %s ready on %s", self.name, self.placement.describe())
         async with in_background(self.beats.run(), self.leases.run(), tidy(
                 self.redis, self.keys, self.consumer, lease_s=self.config.queue.lease_s)):
@@ -129,6 +141,14 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _warn_about_the_picture_check(self) -> None:
+        """Said once at start: no check where a model can draw NSFW, or a check configured
+        that cannot run (its pictures will be withheld)."""
+        if warning := unchecked_warning(self.config):
+            log.warning("%s", warning)
+        if problem := classifier_problem(self.config.safety, self.pictures.base_dir):
+            log.error("%s", problem)
 
     async def next_jobs(self) -> tuple[bool, list[Delivery]]:
         """(may share a pipeline call, jobs). Jobs whose worker died come first: they have
@@ -162,7 +182,7 @@ class Worker:
         for call in calls:
             # 4-6. Fetch the source image, load the model, sample.
             drawn = await self._draw([todo[i] for i in call])
-            # 7-10. Finish (upscale, post, record) while the next call samples; never more
+            # 7-11. Finish (upscale, check, post, record) while the next call samples; never more
             #       than one waits, so a slow Discord holds the sampler back.
             await self.drain()
             self._finishing = asyncio.create_task(self._finish_all(drawn))
@@ -225,6 +245,10 @@ class Worker:
                 # 5. The model (cached after the first job); an upscale needs none.
                 pipe = None if first.kind is JobKind.UPSCALE else \
                     await self.models.get(first.model_id)
+                if pipe is not None:  # A1111's `Model hash`: once per file, off the loop
+                    await asyncio.to_thread(
+                        MODEL_HASHES.compute, first.model_id,
+                        self.models.base_dir / self.config.model(first.model_id).path)
                 loaded = time.perf_counter()
                 # 6. Sample, off the event loop so leases, heartbeats and progress flow; the
                 #    sampler stops early only when every job of the call is cancelled.
@@ -236,13 +260,16 @@ class Worker:
                 async with reporter:
                     results = await asyncio.to_thread(
                         draw, pipe, [d.job for d in call], source, self.config.worker,
-                        reporter.pipeline_kwargs())
+                        reporter.pipeline_kwargs(),
+                        self.config.model(first.model_id) if pipe is not None else None)
                 sampled = time.perf_counter()
         finally:
             self.current = None
         fault_point("after_sample", first.id)
         if pipe is not None:
             self.throughput.record(sampled - loaded, sum(d.job.count for d in call))
+            worker_metrics.drawn(self.config, [d.job for d in call], sampled - loaded,
+                                 attempts=[d.attempts for d in call])
         timings = {"fetch": fetched - started, "load": loaded - fetched, "sample": sampled - loaded}
         return [Drawn(d, result, cancels.one[d.job_id].is_set(), timings, started)
                 for d, result in zip(call, results, strict=True)]
@@ -268,27 +295,38 @@ class Worker:
         images, upscaled_by = await asyncio.to_thread(
             upscale_for, self.config, self.upscalers, job, item.sampled.images, notes)
         upscaled = time.perf_counter()
-        # 8. Mark it `posting`: from here a crash may or may not have reached Discord.
-        outcome = await patiently(delivery.posting, "mark posting", stopping=self._stopping)
+        # 8. Check pictures: what is posted, after any upscale; a crash from here on draws and
+        #    checks again, so nothing is ever posted unchecked.
+        checked = await asyncio.to_thread(self.pictures.check, job, images)
+        checked_at = time.perf_counter()
+        # 9. Mark it `posting`, recording the check's verdict: from here a crash may or may
+        #    not have reached Discord.
+        record = {"picture_check": checked.record} if checked.record else {}
+        outcome = await patiently(lambda: delivery.posting(record), "mark posting",
+                                  stopping=self._stopping)
         if outcome in (Outcome.LOST, Outcome.ILLEGAL):
             return await self.endings.dropped(delivery, f"the job is {outcome.value} here")
         if outcome is Outcome.GONE:  # Redis lost it: nobody else has it; the user still gets it
             JobLog(log, job.id).warning("the queue lost this job's state; posting it anyway")
         fault_point("before_post", job.id)
-        # 9. Encode (every file and the whole message under Discord's limits) and post.
+        # 10. Encode (every file and the whole message under Discord's limits) and post; then
+        #     the flagged pictures where the server sends them, and the requester told.
         message_id, encode_s = await post_result(
             self.poster, self.config, delivery, images, notes, upscaled_by,
-            elapsed_s=item.timings["sample"] + upscaled - finishing)
+            elapsed_s=item.timings["sample"] + upscaled - finishing, checked=checked)
         posted = time.perf_counter()
         fault_point("after_post", job.id)
-        # 10. Record it and acknowledge in one step; a Redis error here is waited out, never
+        await deliver_flagged(self.poster, self.config, job, checked)
+        # 11. Record it and acknowledge in one step; a Redis error here is waited out, never
         #     answered by doing the job again.
-        timings = {**item.timings, "upscale": upscaled - finishing, "encode": encode_s,
-                   "post": posted - upscaled - encode_s}
+        timings = {**item.timings, "upscale": upscaled - finishing,
+                   "check": checked_at - upscaled, "encode": encode_s,
+                   "post": posted - checked_at - encode_s}
         await self.endings.recorded(delivery, await patiently(
             lambda: delivery.posted(message_id, timings=timings,
                                     worker_seconds=posted - item.started),
             "record the post", stopping=self._stopping))
+        metrics.job_ended("withheld" if checked.withheld else "posted")
         fault_point("after_finish", job.id)
         self.jobs_done += 1
         self.images_done += len(images)

@@ -7,6 +7,7 @@ import sys
 from ponybot_cli.redis_server import running_url
 from ponybot_core.config import ConfigError, LoadedConfig, config_path, load_config_and_secrets
 from ponybot_core.logs import setup_logging
+from ponybot_core.redis_client import RedisTarget, redis_target
 
 
 def load_or_explain(cli_value: str | None) -> LoadedConfig | None:
@@ -20,7 +21,8 @@ def load_or_explain(cli_value: str | None) -> LoadedConfig | None:
         return None
 
 
-def redis_url(loaded: LoadedConfig) -> str | None:
-    """The configured Redis (REDIS_URL, else redis.url), else the embedded one of a running
-    `ponybot up`; None when there is neither."""
-    return loaded.redis_url or running_url(loaded.resolve(loaded.config.redis.data_dir))
+def redis_where(loaded: LoadedConfig) -> RedisTarget | None:
+    """The configured Redis ([redis.sentinel]'s sentinels, REDIS_URL or redis.url), else the
+    embedded one of a running `ponybot up`; None when there is neither. Raises ConfigError
+    when both Sentinel and a URL are configured."""
+    return redis_target(loaded) or running_url(loaded.resolve(loaded.config.redis.data_dir))

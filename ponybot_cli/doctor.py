@@ -8,7 +8,8 @@
     redis      reachable, version 6.2 or newer (streams, XAUTOCLAIM), AOF on (else a warning);
                the embedded one only while `ponybot up` runs (a url file it left is stale)
     models     the default model's files are usable (others: warnings), upscalers likewise
-    device     CUDA / MPS / CPU, the dtype, and free memory against what SD 1.x needs
+    device     CUDA / MPS / CPU, the dtype, and free memory against what the largest configured
+               model needs (SDXL about 3x SD 1.x)
 
 The exit code is 0 only when nothing failed: then a `/pony` would succeed. `ponybot up` runs
 the checks it can fix nothing without (`before_up`: data, token, the configured Redis) before it
@@ -28,21 +29,26 @@ from typing import Literal
 
 import discord
 from pydantic import BaseModel, ConfigDict
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from inference.models.inventory import check_all, human_size
-from ponybot_cli.config_loading import redis_url
+from inference.safety.files import classifier_problem, unchecked_warning
+from ponybot_cli.config_loading import redis_where
 from ponybot_cli.redis_server import redis_server_binary
 from ponybot_core.config import ConfigError, LoadedConfig, config_path, load_config_and_secrets
 from ponybot_core.discord_endpoints import use_endpoints
-from ponybot_core.logs import masked_url, setup_logging
+from ponybot_core.logs import setup_logging
+from ponybot_core.redis_client import SentinelService, describe, probe_redis, survey
 
 MIN_REDIS = (6, 2)
 # SD 1.x: UNet 859.5 M, VAE 83.7 M, CLIP ViT-L/14 text encoder 123.1 M parameters.
 SD1_PARAMETERS = 1_066_230_000
 # Activations of one 512x512 image at half precision (twice that at float32), about.
 WORKING_BYTES_HALF = 1536 * 1024**2
+# Parameters per architecture, counted from the shipped configs (tests/test_loading_architectures
+# recounts them): SD 2.x's OpenCLIP ViT-H tower is 340.4 M; SDXL's UNet is 2567.5 M and it adds
+# OpenCLIP bigG's 694.7 M to CLIP-L: about 3.25x SD 1.x.
+ARCHITECTURE_PARAMETERS = {"sd1": SD1_PARAMETERS, "sd2": 1_289_952_427, "sdxl": 3_468_837_867}
 _MARKS = {"ok": "✔", "warn": "!", "fail": "✘", "skip": "-"}
 
 
@@ -112,7 +118,7 @@ async def before_up(loaded: LoadedConfig) -> list[Finding]:
     token (not the commands: the bot registers them when it starts) and the configured Redis,
     or the embedded redis-server it is about to start."""
     findings = await check_discord(loaded, commands=False)
-    if loaded.redis_url:
+    if loaded.redis_url or loaded.config.redis.sentinel is not None:
         findings.append(await check_redis(loaded))
     else:
         findings.append(embedded_redis_finding(loaded.resolve(loaded.config.redis.data_dir)))
@@ -187,15 +193,33 @@ async def check_commands(client: discord.Client, loaded: LoadedConfig) -> Findin
 
 
 async def check_redis(loaded: LoadedConfig) -> Finding:
-    url = redis_url(loaded)
-    if url is None:
+    try:
+        target = redis_where(loaded)
+    except ConfigError as exc:
+        return Finding(status="fail", topic="redis", detail=str(exc))
+    if target is None:
         return embedded_redis_finding(loaded.resolve(loaded.config.redis.data_dir))
-    redis = Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    sentinels = ""
+    if isinstance(target, SentinelService):
+        found = await survey(target)
+        if found.primary is None:
+            return Finding(status="fail", topic="redis", transient=True,
+                           detail=f"{target}: no sentinel names a primary that is up "
+                                  f"(reached: {', '.join(found.reached) or 'none'}; "
+                                  f"unreachable: {', '.join(found.unreachable) or 'none'})",
+                           fix="start the sentinels and the primary, or fix redis.sentinel "
+                               "(addresses, service_name) and REDIS_SENTINEL_PASSWORD")
+        unreachable = f" (unreachable: {', '.join(found.unreachable)})" if found.unreachable else ""
+        sentinels = (f"; sentinels reached {len(found.reached)}/{len(target.sentinels)}"
+                     f"{unreachable}, primary {found.primary}, "
+                     f"replicas {', '.join(found.replicas) or 'none'}")
+    url = describe(target)
+    redis = probe_redis(target)
     try:
         server = await redis.info("server")
         persistence = await redis.info("persistence")
     except (RedisError, OSError) as exc:
-        return Finding(status="fail", topic="redis", detail=f"{masked_url(url)} unreachable: {exc}",
+        return Finding(status="fail", topic="redis", detail=f"{url}{sentinels}: unreachable: {exc}",
                        transient=True,
                        fix="start Redis, or fix REDIS_URL / redis.url (unset both to have "
                            "`ponybot up` start an embedded one)")
@@ -204,15 +228,15 @@ async def check_redis(loaded: LoadedConfig) -> Finding:
     version = str(server.get("redis_version", "0"))
     if not version_at_least(version, MIN_REDIS):
         return Finding(status="fail", topic="redis",
-                       detail=f"{masked_url(url)} is Redis {version}; 6.2 or newer is needed "
+                       detail=f"{url} is Redis {version}; 6.2 or newer is needed "
                               "(streams with XAUTOCLAIM)",
                        fix="upgrade Redis, or unset REDIS_URL to use the embedded 6.2")
     if not int(persistence.get("aof_enabled", 0)):
         return Finding(status="warn", topic="redis",
-                       detail=f"{masked_url(url)} Redis {version}, but AOF is off: a restart "
+                       detail=f"{url} Redis {version}, but AOF is off: a restart "
                               "loses the queued jobs",
                        fix="set `appendonly yes` (CONFIG SET appendonly yes, and in redis.conf)")
-    return Finding(status="ok", topic="redis", detail=f"{masked_url(url)} Redis {version}, AOF on")
+    return Finding(status="ok", topic="redis", detail=f"{url} Redis {version}, AOF on{sentinels}")
 
 
 def embedded_redis_finding(data_dir: Path) -> Finding:
@@ -288,7 +312,8 @@ def check_files(loaded: LoadedConfig) -> list[Finding]:
             size = human_size(check.size_bytes)
             copy = f", loads {check.converted.name}" if check.converted else ""
             findings.append(Finding(status="ok", topic=f"model {check.id}",
-                                    detail=f"{check.format} {size}{copy}", fix=check.tip))
+                                    detail=f"{check.architecture_label()} {check.format} "
+                                           f"{size}{copy}", fix=check.tip))
         else:
             default = check.id == config.default_model
             findings.append(Finding(
@@ -302,11 +327,36 @@ def check_files(loaded: LoadedConfig) -> list[Finding]:
                         if check.usable else
                         Finding(status="warn", topic=f"upscaler {check.id}",
                                 detail=f"{check.problem} (upscaling is refused)", fix=check.fix))
+    if (picture_check := check_picture_check(loaded)) is not None:
+        findings.append(picture_check)
     return findings
 
 
+def check_picture_check(loaded: LoadedConfig) -> Finding | None:
+    """The picture check ([safety]): its classifier's files, or a warning when there is none
+    and a model can draw NSFW; None when there is none and nothing needs one."""
+    safety = loaded.config.safety
+    if problem := classifier_problem(safety, loaded.path.parent):
+        return Finding(status="warn", topic="picture check", detail=problem,
+                       fix="ponybot models pull safety")
+    if warning := unchecked_warning(loaded.config):
+        return Finding(status="warn", topic="picture check", detail=warning,
+                       fix="configure a classifier in [safety] (see the README)")
+    if safety.path is None:
+        return None
+    return Finding(status="ok", topic="picture check",
+                   detail=f"{safety.path} (threshold {safety.threshold:g})")
+
+
 def check_device(loaded: LoadedConfig) -> Finding:
-    import torch
+    try:
+        import torch
+    except ImportError:  # the light bot install (pyproject.toml): a bot host draws nothing
+        return Finding(status="warn", topic="device",
+                       detail="torch is not installed (the light bot install): no worker can "
+                              "run on this machine",
+                       fix="pip install 'ponybot[worker]' where workers run (README: Install "
+                           "and run)")
 
     from inference.models.device import choose_placement
 
@@ -321,7 +371,9 @@ def check_device(loaded: LoadedConfig) -> Finding:
                        "not available", fix="set worker.device = \"auto\"")
     placement = choose_placement(worker.device, worker.dtype)
     half = placement.dtype != torch.float32
-    needed = SD1_PARAMETERS * placement.dtype.itemsize + WORKING_BYTES_HALF * (1 if half else 2)
+    biggest = largest_architecture(loaded)
+    needed = (ARCHITECTURE_PARAMETERS[biggest] * placement.dtype.itemsize
+              + WORKING_BYTES_HALF * (1 if half else 2))
     if placement.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(placement.device)
         where = "free on the GPU"
@@ -330,14 +382,25 @@ def check_device(loaded: LoadedConfig) -> Finding:
         where = "of RAM available"
     else:  # MPS shares system memory and reports no free figure
         return Finding(status="ok", topic="device", detail=placement.describe())
-    detail = (f"{placement.describe()}: {human_size(free)} {where}; an SD 1.x model needs about "
-              f"{human_size(needed)}")
+    detail = (f"{placement.describe()}: {human_size(free)} {where}; the largest configured model "
+              f"({_ARCHITECTURE_NAMES[biggest]}) needs about {human_size(needed)}")
     if free < needed:
         return Finding(status="fail", topic="device", detail=detail,
                        fix="free memory (other processes, other loaded models) or use a "
                            "smaller dtype (worker.dtype)")
     slow = " (CPU: minutes per picture)" if placement.device.type == "cpu" else ""
     return Finding(status="ok", topic="device", detail=detail + slow)
+
+
+_ARCHITECTURE_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
+def largest_architecture(loaded: LoadedConfig) -> str:
+    """The biggest family among the configured models (read from their files, else declared;
+    unknown counts as SD 1.x)."""
+    inventory = check_all(loaded.config, loaded.path.parent)
+    found = {m.architecture or "sd1" for m in inventory.models} or {"sd1"}
+    return max(found, key=lambda a: ARCHITECTURE_PARAMETERS.get(a, SD1_PARAMETERS))
 
 
 def available_ram() -> int:

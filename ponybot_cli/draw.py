@@ -52,6 +52,10 @@ def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentPa
     draw.add_argument("--upscale", action="store_true", help="through the default upscaler")
     draw.add_argument("--nsfw", action="store_true",
                       help="as in an age-restricted channel (no forced `safe` rating)")
+    draw.add_argument("--check-pictures", action="store_true",
+                      help="pass the pictures through the picture check ([safety]), as the "
+                           "worker does for a channel that is not age-restricted: a flagged "
+                           "one is written as its placeholder")
     draw.add_argument("--out", type=Path, default=DEFAULT_OUT,
                       help=f"folder for the PNGs (default: ./{DEFAULT_OUT})")
     draw.set_defaults(run=run)
@@ -92,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if sampling_note:
         print(f"note:     {sampling_note}")
-    for path in write_pngs(loaded, job, images, upscaled_by, args.out):
+    withheld: frozenset[int] = frozenset()
+    if args.check_pictures:
+        images, withheld = check_pictures(loaded, job, images)
+    for path in write_pngs(loaded, job, images, upscaled_by, args.out, withheld=withheld):
         print(f"wrote {path}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
@@ -149,18 +156,43 @@ async def draw(loaded: LoadedConfig, job: Job) -> tuple[list[Image], str | None,
     return images, upscaled_by, sampled.note
 
 
+def check_pictures(loaded: LoadedConfig, job: Job, images: list[Image]
+                   ) -> tuple[list[Image], frozenset[int]]:
+    """The pictures as the worker would post them in a channel that is not age-restricted
+    (the server's default choice: a flagged one withheld, its placeholder in its place), and
+    which were withheld."""
+    from inference.models.device import choose_placement
+    from inference.safety.checking import PictureChecker
+    from ponybot_core.job import PictureCheck
+
+    config = loaded.config
+    if config.safety.path is None:
+        print("note:     --check-pictures: no classifier is configured ([safety] path)")
+    placement = choose_placement(config.worker.device, config.worker.dtype)
+    checker = PictureChecker(config.safety, base_dir=loaded.path.parent,
+                             device=placement.device, dtype=placement.dtype)
+    checked = checker.check(job.model_copy(update={"picture_check": PictureCheck()}), images)
+    print(f"check:    {checked.record or 'nothing flagged'}")
+    for note in checked.notes:
+        print(f"note:     {note}")
+    return checked.images, checked.withheld
+
+
 def write_pngs(loaded: LoadedConfig, job: Job, images: list[Image], upscaled_by: str | None,
-               out: Path) -> list[Path]:
-    """One PNG per image, named and annotated like the bot's attachments."""
+               out: Path, *, withheld: frozenset[int] = frozenset()) -> list[Path]:
+    """One PNG per image, named and annotated like the bot's attachments (a withheld one is
+    its placeholder, `…_withheld.png`, without parameters)."""
     from inference.results.fit import png_with_parameters
     from inference.results.post import image_parameters
 
     model_name = loaded.config.model(job.model_id).name
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for image, seed in zip(images, job.image_seeds(), strict=True):
-        path = out / (f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "") + ".png")
-        parameters = image_parameters(job, seed, model_name, upscaled_by)
+    for number, (image, seed) in enumerate(zip(images, job.image_seeds(), strict=True)):
+        gone = number in withheld
+        path = out / (f"pony_{job.id}_{seed}" + ("_upscaled" if upscaled_by else "")
+                      + ("_withheld" if gone else "") + ".png")
+        parameters = "" if gone else image_parameters(job, seed, model_name, upscaled_by)
         path.write_bytes(png_with_parameters(image, parameters))
         paths.append(path)
     return paths

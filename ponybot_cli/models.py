@@ -1,5 +1,6 @@
 """`ponybot models`: every configured model and upscaler as found on disk (present, format,
-size, converted copy), with the last load time and load failure the running workers report;
+architecture read from the file or declared, size, converted copy), with the last load time and
+load failure the running workers report;
 `ponybot models pull ID` fetches one (see `ponybot_cli.pull`)."""
 
 from __future__ import annotations
@@ -7,15 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from inference.models.inventory import check_all
+from inference.safety.files import classifier_problem, unchecked_warning
 from ponybot_cli import pull
-from ponybot_cli.config_loading import load_or_explain, redis_url
-from ponybot_core.config import LoadedConfig
+from ponybot_cli.config_loading import load_or_explain, redis_where
+from ponybot_core.config import ConfigError, LoadedConfig
 from ponybot_core.heartbeat import WorkerHeartbeat, read_heartbeats
 from ponybot_core.keys import Keys
+from ponybot_core.redis_client import probe_redis
 
 _FAILURE_CHARS = 60
 
@@ -38,15 +40,24 @@ def run(args: argparse.Namespace) -> int:
                                  "load failure": load_failures(beats)}))
     if note:
         print(f"({note})")
+    safety = loaded.config.safety
+    if safety.path is not None:
+        problem = classifier_problem(safety, loaded.path.parent)
+        print(f"picture check: {safety.path} — " + (problem or "present"))
+    if warning := unchecked_warning(loaded.config):
+        print(f"picture check: {warning}")
     return 0
 
 
 async def live_heartbeats(loaded: LoadedConfig) -> tuple[list[WorkerHeartbeat], str | None]:
     """The running workers' heartbeats, or none and why."""
-    url = redis_url(loaded)
-    if url is None:
+    try:
+        target = redis_where(loaded)
+    except ConfigError as exc:
+        return [], f"{exc}: no worker reports to show"
+    if target is None:
         return [], "no Redis configured and no `ponybot up` running: no worker reports to show"
-    redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    redis = probe_redis(target, timeout_s=2)
     try:
         beats = await read_heartbeats(redis, Keys(loaded.config.redis.key_prefix))
     except (RedisError, OSError) as exc:

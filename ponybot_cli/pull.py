@@ -8,6 +8,9 @@ also kept in the repository), with progress bars. An interrupted pull is run aga
 files are kept (huggingface_hub's metadata in `<path>/.cache/huggingface`), a dropped connection
 resumes where it stopped. A model without `hub_repo` is fetched by hand: this prints its exact
 file name, its `download_url` and where it goes.
+
+`ponybot models pull safety` fetches the picture check's classifier ([safety]: `hub_repo` into
+`path`): only the files it loads (config.json, model.safetensors, the labels file).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import sys
 from pathlib import Path
 
 from inference.models.inventory import check_model, human_size
+from inference.safety.files import classifier_problem, required_files
 from ponybot_cli.config_loading import load_or_explain
-from ponybot_core.config import ModelEntry, ModelFormat, resolve_path
+from ponybot_core.config import ModelEntry, ModelFormat, SafetyConfig, resolve_path
 
 # Pipeline components loaded with weights, and those that are only configuration.
 _WEIGHTED = ("unet", "vae", "text_encoder")
@@ -34,7 +38,8 @@ def add_parser(actions: argparse._SubParsersAction, parent: argparse.ArgumentPar
     pull = actions.add_parser("pull", parents=[parent], help="download a model into its path",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    pull.add_argument("model_id", help="a model id from config.toml")
+    pull.add_argument("model_id", help="a model id from config.toml, or `safety` for the "
+                                       "picture check's classifier")
     pull.set_defaults(run=run)
 
 
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_or_explain(args.config)
     if loaded is None:
         return 2
+    if args.model_id == SAFETY_ID and SAFETY_ID not in {m.id for m in loaded.config.models}:
+        return pull_classifier(loaded.config.safety, loaded.path.parent)
     try:
         entry = loaded.config.model(args.model_id)
     except KeyError:
@@ -63,6 +70,42 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"✔ {entry.id}: {target} ({human_size(check.size_bytes)}) is ready; "
           f"`ponybot draw \"pony, solo\" --model {entry.id}` tries it")
+    return 0
+
+
+SAFETY_ID = "safety"
+
+
+def pull_classifier(safety: SafetyConfig, base_dir: Path) -> int:
+    """The picture check's classifier from `[safety] hub_repo` into its `path`."""
+    from huggingface_hub import constants, snapshot_download
+
+    if safety.path is None or safety.hub_repo is None:
+        print("✘ safety: [safety] needs `path` and `hub_repo` in config.toml to be pulled",
+              file=sys.stderr)
+        return 2
+    target = resolve_path(safety.path, base_dir)
+    if classifier_problem(safety, base_dir) is None:
+        print(f"✔ safety: {target} is already there.")
+        return 0
+    if constants.HF_HUB_OFFLINE:
+        print("✘ safety: HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (and "
+              "TRANSFORMERS_OFFLINE) for this command.", file=sys.stderr)
+        return 1
+    revision = safety.revision or "main"
+    print(f"safety: {', '.join(required_files(safety))} from {constants.ENDPOINT}/"
+          f"{safety.hub_repo} at {revision} into {target}", flush=True)
+    try:
+        snapshot_download(safety.hub_repo, revision=revision, local_dir=target,
+                          allow_patterns=required_files(safety))
+    except Exception as exc:
+        print(f"✘ safety: could not download {safety.hub_repo}@{revision}: {exc}. Run the "
+              "same command again to resume.", file=sys.stderr)
+        return 1
+    if problem := classifier_problem(safety, base_dir):
+        print(f"✘ safety: downloaded, but {problem}", file=sys.stderr)
+        return 1
+    print(f"✔ safety: {target} is ready; the worker checks pictures with it.")
     return 0
 
 

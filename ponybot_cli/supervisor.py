@@ -56,6 +56,7 @@ from ponybot_core.logs import (
     masked_url,
     setup_logging,
 )
+from ponybot_core.metrics import worker_port_environment
 from ponybot_core.processes import EXIT_CONFIG
 
 log = logging.getLogger("ponybot")
@@ -181,7 +182,10 @@ def supervise(loaded: LoadedConfig, lock: DataFolderLock, *, workers: int,
     redis: EmbeddedRedis | None = None
     children: list[Child] = []
     try:
-        if loaded.redis_url:
+        if loaded.config.redis.sentinel is not None:  # the children ask the sentinels
+            log.info("Redis via the sentinels %s",
+                     ", ".join(loaded.config.redis.sentinel.addresses))
+        elif loaded.redis_url:
             log.info("Redis %s (from %s)", masked_url(loaded.redis_url),
                      "REDIS_URL" if loaded.secrets.redis_url else "redis.url")
         else:
@@ -203,6 +207,7 @@ def supervise(loaded: LoadedConfig, lock: DataFolderLock, *, workers: int,
             worker_env = dict(env)
             if workers > 1:
                 worker_env.setdefault("CUDA_VISIBLE_DEVICES", str(i))
+            worker_env.update(worker_port_environment(loaded.config.metrics, i))  # 9751, 9752..
             children.append(Child(f"worker-{i}", [sys.executable, "-m", "inference"],
                                   worker_env, policy, keep_fds))
         while not received:

@@ -12,8 +12,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CONFIG_PATH = Path("config.toml")
 
@@ -55,6 +63,37 @@ class ModelFormat(StrEnum):
     SAFETENSORS = "safetensors"
 
 
+# The most shards one deployment may name (Discord's largest bots run a few thousand).
+MAX_SHARDS = 65_536
+
+
+def parse_shard_ids(value: object) -> object:
+    """Shard ids as a list, or as an operator types them in an environment variable or the
+    file: `"0-3"`, `"0,2,5"`, `"0-1,4"`. Ranges are bounded by MAX_SHARDS before they are
+    expanded, so a typo cannot make a list of billions."""
+    if not isinstance(value, str):
+        return value
+    ids: list[int] = []
+    # A JSON list ("[0, 1]") reads as its comma-separated items.
+    for part in (p.strip() for p in value.strip().removeprefix("[").removesuffix("]").split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise ValueError(f"shard ids {value!r}: {part!r} is not a shard id or a range like "
+                             "0-3") from None
+        if not 0 <= low <= high < MAX_SHARDS:
+            raise ValueError(f"shard ids {value!r}: {part!r} is not a range within "
+                             f"0..{MAX_SHARDS - 1}")
+        ids.extend(range(low, high + 1))
+    return ids
+
+
+ShardIds = Annotated[list[int] | None, BeforeValidator(parse_shard_ids)]
+
+
 class DiscordConfig(_Strict):
     # Only set these to talk to a Discord proxy (nirn-proxy and friends) or a test double.
     api_base: str = "https://discord.com/api/v10"
@@ -62,6 +101,61 @@ class DiscordConfig(_Strict):
     # Guilds to sync commands to instantly (guild commands); empty = global sync.
     sync_guilds: list[int] = []
     owners: list[int] = []
+    # Gateway sharding (README, "Several bot processes"). Unset: this one process runs every
+    # shard, as many as Discord recommends. Several processes: the same shard_count in each and
+    # each its own shard_ids (`[0, 1]`, or "0-1"); PONYBOT_SHARD_COUNT / PONYBOT_SHARD_IDS
+    # override them (`with_shard_environment`), so every host can share one config file.
+    shard_count: Annotated[int, Field(ge=1, le=MAX_SHARDS)] | None = None
+    shard_ids: ShardIds = None
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> DiscordConfig:
+        if self.shard_ids is None:
+            return self
+        if self.shard_count is None:
+            raise ValueError("shard_ids needs shard_count: the number of shards across every "
+                             "bot process")
+        if not self.shard_ids:
+            raise ValueError("shard_ids is empty: a bot process needs at least one shard")
+        outside = sorted({i for i in self.shard_ids if not 0 <= i < self.shard_count})
+        if outside:
+            raise ValueError(f"shard_ids {outside} outside 0..{self.shard_count - 1} "
+                             f"(shard_count {self.shard_count})")
+        if len(set(self.shard_ids)) != len(self.shard_ids):
+            raise ValueError("shard_ids lists a shard twice")
+        return self
+
+
+class SentinelConfig(_Strict):
+    """`[redis.sentinel]`: a highly available Redis (a primary, its replicas, three or more
+    sentinels), reached through redis-py's Sentinel client (ponybot_core/redis_client.py). Set,
+    the bot, the workers and `ponybot check` ask the sentinels where the primary is, and follow
+    a failover by themselves. The passwords come from the environment only: REDIS_PASSWORD (the
+    primary's and replicas') and REDIS_SENTINEL_PASSWORD (the sentinels', if they have one)."""
+
+    # The sentinels, "host:port" each (all of them: any one that answers is enough).
+    addresses: Annotated[list[str], Field(min_length=1)]
+    # The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    service_name: str = "ponybot"
+    db: Annotated[int, Field(ge=0)] = 0
+    # A job is acknowledged to its user only once this many replicas have it (Redis' WAIT): a
+    # failover promotes a replica, so an acknowledged job is on the one promoted. 0 = do not
+    # wait (a job acknowledged in the last moments before a failover may be lost).
+    ack_replicas: Annotated[int, Field(ge=0)] = 1
+    # How long the bot waits for them, inside Discord's 3 seconds for an answer.
+    ack_timeout_ms: Annotated[int, Field(ge=1, le=2000)] = 500
+
+    @model_validator(mode="after")
+    def _check_addresses(self) -> SentinelConfig:
+        for address in self.addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"addresses: {address!r} is not host:port")
+        return self
+
+    def hosts(self) -> list[tuple[str, int]]:
+        return [(a.rpartition(":")[0].strip("[]"), int(a.rpartition(":")[2]))
+                for a in self.addresses]
 
 
 class RedisConfig(_Strict):
@@ -69,6 +163,8 @@ class RedisConfig(_Strict):
     url: str | None = None
     data_dir: Path = Path("data/redis")
     key_prefix: str = "ponybot"
+    # Set = a highly available Redis behind Sentinel (url and REDIS_URL are then not used).
+    sentinel: SentinelConfig | None = None
 
 
 class Size(StrEnum):
@@ -80,6 +176,27 @@ class Size(StrEnum):
 class Dimensions(_Strict):
     width: Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
     height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+
+
+# Each family's own square/portrait/landscape, for entries that declare `base` and no `sizes`.
+# SD 1.x's are the config's `[sizes]` (512 px, what SD 1.x was trained at).
+FAMILY_SIZES: dict[Architecture, dict[Size, tuple[int, int]]] = {
+    # SD 2.1 768 is the 768x768 model (Pony Diffusion V5's page, civitai.com/models/95367:
+    # Base Model "SD 2.1 768", "SD 2.1 768px finetune"). Portrait and landscape are ours, by
+    # the rule of SD 1.x's [sizes] (the native side, and 1.5 times it: 512x768): 768x1152.
+    # Unverified for V5, whose page names no other size.
+    Architecture.SD2: {Size.SQUARE: (768, 768), Size.PORTRAIT: (768, 1152),
+                       Size.LANDSCAPE: (1152, 768)},
+    # SDXL's aspect buckets (SDXL report, arXiv:2307.01952, appendix: 1024x1024, 832x1216,
+    # 1216x832 among them; about one megapixel each), which V6 XL's card means by "most
+    # supported SDXL resolution".
+    Architecture.SDXL: {Size.SQUARE: (1024, 1024), Size.PORTRAIT: (832, 1216),
+                        Size.LANDSCAPE: (1216, 832)},
+}
+# Each family's largest hires side: twice its native size, as `[hires] scale` 2 gives SD 1.x
+# (1536 lets SD 1.x's 512x768 double); SD 1.x and `auto` use `[hires] max_side`.
+FAMILY_HIRES_MAX_SIDE: dict[Architecture, int] = {Architecture.SD2: 1536,
+                                                  Architecture.SDXL: 2048}
 
 
 def _default_sizes() -> dict[Size, Dimensions]:
@@ -148,6 +265,20 @@ class CaptionProfile(_Strict):
     negative_tags: list[str] = []
     sfw_negative_tags: list[str] = []
     long_prompts: LongPrompts = LongPrompts.CHUNK
+    # The card's prompt template: the quality tags it puts before what the user describes
+    # (Pony Diffusion V6 XL's `score_9, score_8_up, ...`, V5's `score_9`), written first in
+    # every caption unless a server turns it off (`/settings server quality_prefix:off`).
+    quality_prefix: list[str] = []
+    # The model's own spelling of a derpibooru rating (`safe` -> `rating_safe` for V6 XL):
+    # what a typed rating, in any model's spelling, is written as, and the `safe` a channel
+    # that is not age-restricted forces. A rating not listed is written as derpibooru spells it.
+    rating_tags: dict[str, str] = {}
+    # Tags the card spells with `_` (`source_pony`): typed with spaces or `_`, written as the
+    # card writes them even where `underscores` is false.
+    keyword_tags: list[str] = []
+    # Trained on sentences as well as tags (V5's and V6 XL's cards): text typed without a comma
+    # is one piece, a sentence, never guessed to be space-separated tags.
+    natural_language: bool = False
     # What `/model info` renders as its worked example (derpibooru tags as a user types them).
     example: str = "twilight sparkle, artist:pierogarts, solo"
     # One line saying where these rules come from, shown by `/model info`.
@@ -159,6 +290,11 @@ class CaptionProfile(_Strict):
             # Captions were lower case; an upper-case rule would silently never match.
             if not old or old != old.lower():
                 raise ValueError(f"replacements: {old!r} must be non-empty and lower case")
+        ratings = ("safe", "suggestive", "questionable", "explicit")
+        for rating in self.rating_tags:
+            # A key that is not a rating would never be looked up: a silent no-op.
+            if rating not in ratings:
+                raise ValueError(f"rating_tags: {rating!r} is not one of {', '.join(ratings)}")
         return self
 
     @property
@@ -182,8 +318,13 @@ class ModelEntry(_Strict):
     # CLIP skip as AUTOMATIC1111 counts it: 1 = the text tower's last layer, 2 = the one before
     # it (what Pony Diffusion V6 XL's card asks for), and so on.
     clip_skip: Annotated[int, Field(ge=1, le=12)] = 1
-    # The model's own pixel sizes for square/portrait/landscape; unset = its family's defaults.
+    # The model's own pixel sizes for square/portrait/landscape; unset = its family's defaults
+    # (`FAMILY_SIZES`; SD 1.x and `auto`: the config's `[sizes]`). A partial table is filled in
+    # from the family's.
     sizes: dict[Size, Dimensions] | None = None
+    # The largest side of its hires pictures; unset = its family's (`FAMILY_HIRES_MAX_SIDE`;
+    # SD 1.x and `auto`: `[hires] max_side`).
+    hires_max_side: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] | None = None
     # A VAE to use instead of the checkpoint's own (a folder or single file), e.g. SDXL's
     # fp16-safe VAE; unset = the checkpoint's.
     vae: Path | None = None
@@ -205,6 +346,10 @@ class ModelEntry(_Strict):
     # For a model that is not on the hub: where its author published the file (printed by
     # `ponybot models pull <id>`, which cannot fetch it).
     download_url: str | None = None
+    # Its card says it draws NSFW as well as SFW (a `safe` prompt makes explicit output less
+    # likely, not impossible): without a picture check ([safety]) `/model info`, `ponybot
+    # check` and the worker's start warn about it.
+    draws_nsfw: bool = False
 
     def resolved_format(self) -> ModelFormat:
         if self.format is not ModelFormat.AUTO:
@@ -324,6 +469,61 @@ class UploadsConfig(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 20.0
 
 
+SafetyRating = Literal["safe", "suggestive", "questionable", "explicit"]
+
+
+class SafetyConfig(_Strict):
+    """[safety]: the picture check (inference/safety). Every picture bound for a channel that
+    is not age-restricted passes this classifier after sampling (and upscaling), before it is
+    posted; a flagged one is never posted there. Unset `path` = no check."""
+
+    # A timm classifier folder: config.json (`architecture`, `num_classes`, `pretrained_cfg`),
+    # model.safetensors and the labels file; what SmilingWolf/wd-*-tagger-v3 ship.
+    path: Path | None = None
+    format: Literal["timm"] = "timm"
+    # Where `ponybot models pull safety` downloads it from.
+    hub_repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")] | None = None
+    revision: str | None = None
+    # A CSV with a `name` column, one row per output of the classifier, in order.
+    labels_file: str = "selected_tags.csv"
+    # The outputs that rate a picture, and the rating each stands for (Danbooru's
+    # general/sensitive/questionable/explicit in the wd taggers); other outputs are ignored.
+    rating_labels: dict[str, SafetyRating] = {
+        "general": "safe", "sensitive": "suggestive", "questionable": "questionable",
+        "explicit": "explicit"}
+    # Ratings not posted outside age-restricted channels.
+    flagged_ratings: list[SafetyRating] = ["questionable", "explicit"]
+    # A picture is flagged when a flagged rating's probability reaches this: lower catches
+    # more (fewer misses, more false alarms), higher the reverse.
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    # Pictures classified in one call on the worker's device.
+    batch_size: Annotated[int, Field(ge=1, le=64)] = 8
+
+    @model_validator(mode="after")
+    def _check_labels(self) -> SafetyConfig:
+        if not set(self.flagged_ratings) & set(self.rating_labels.values()):
+            raise ValueError("safety.flagged_ratings: no label of rating_labels has one of them")
+        return self
+
+
+class MetricsConfig(_Strict):
+    """`[metrics]`: each process's Prometheus `/metrics` and `/healthz`, served from a thread
+    (ponybot_core/metrics.py) so that a stuck event loop is reported, not hidden."""
+
+    enabled: bool = True
+    # Loopback by default: the endpoints show the fleet's activity (no tokens, prompts or user
+    # ids). Set "0.0.0.0" (or PONYBOT_METRICS_BIND) only where the scraper's network is trusted.
+    bind: str = "127.0.0.1"
+    # One port per process kind; several processes of one kind on a host each need their own
+    # (PONYBOT_METRICS_PORT). 0 = any free port, written in the process's log.
+    bot_port: Annotated[int, Field(ge=0, le=65535)] = 9750
+    worker_port: Annotated[int, Field(ge=0, le=65535)] = 9751
+    # /healthz fails when the event loop has not run a callback within this long, or Redis has
+    # not answered a PING within this long.
+    loop_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
 class Config(_Strict):
     discord: DiscordConfig = DiscordConfig()
     redis: RedisConfig = RedisConfig()
@@ -341,6 +541,9 @@ class Config(_Strict):
     # Pictures users give the bot ([uploads]).
     uploads: UploadsConfig = UploadsConfig()
     hires: HiresConfig = HiresConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    # The picture check ([safety]).
+    safety: SafetyConfig = SafetyConfig()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:
@@ -378,6 +581,19 @@ class Config(_Strict):
                 return entry
         raise KeyError(upscaler_id or "no upscaler configured")
 
+    def model_sizes(self, entry: ModelEntry) -> dict[Size, Dimensions]:
+        """The model's square/portrait/landscape in pixels: its own `sizes`, over its family's
+        (`FAMILY_SIZES`), over the config's `[sizes]` (SD 1.x, and a family not declared)."""
+        family = FAMILY_SIZES.get(entry.base, {})
+        sizes = {size: Dimensions(width=w, height=h) for size, (w, h) in family.items()}
+        return {**self.sizes, **sizes, **(entry.sizes or {})}
+
+    def model_hires(self, entry: ModelEntry) -> HiresConfig:
+        """`[hires]` for this model: its largest side is its own (`hires_max_side`), else its
+        family's (`FAMILY_HIRES_MAX_SIDE`), else `[hires] max_side`."""
+        side = entry.hires_max_side or FAMILY_HIRES_MAX_SIDE.get(entry.base)
+        return self.hires if side is None else self.hires.model_copy(update={"max_side": side})
+
     def model(self, model_id: str) -> ModelEntry:
         for entry in self.models:
             if entry.id == model_id:
@@ -392,6 +608,37 @@ class Secrets(BaseSettings):
 
     discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    # With [redis.sentinel]: the primary's and replicas' password, and the sentinels'.
+    redis_password: SecretStr | None = Field(default=None, validation_alias="REDIS_PASSWORD")
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, validation_alias="REDIS_SENTINEL_PASSWORD")
+
+
+class ShardEnvironment(BaseSettings):
+    """`PONYBOT_SHARD_COUNT` and `PONYBOT_SHARD_IDS` ("0-3", "0,2" or "[0, 2]"): which
+    shards this bot process runs, over the file's `[discord]`, so one config file serves every
+    bot host (`with_shard_environment`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PONYBOT_", extra="ignore")
+
+    shard_count: int | None = None
+    # NoDecode: pydantic-settings would read a list variable as JSON only; "0-3" is parsed here.
+    shard_ids: Annotated[ShardIds, NoDecode] = None
+
+
+def with_shard_environment(config: Config, environment: ShardEnvironment | None = None) -> Config:
+    """`config` with the environment's shard settings (`ShardEnvironment`) over `[discord]`'s,
+    checked as the file's are; raises ConfigError naming the variables."""
+    try:
+        env = environment if environment is not None else ShardEnvironment()
+        changes = env.model_dump(exclude_none=True)
+        if not changes:
+            return config
+        discord = DiscordConfig.model_validate(config.discord.model_dump() | changes)
+    except ValidationError as exc:
+        raise ConfigError("PONYBOT_SHARD_COUNT / PONYBOT_SHARD_IDS (over [discord]): "
+                          f"invalid:\n{_describe(exc)}") from exc
+    return config.model_copy(update={"discord": discord})
 
 
 class LoadedConfig(BaseModel):
@@ -413,15 +660,15 @@ class LoadedConfig(BaseModel):
         return resolve_path(path, self.path.parent)
 
     def connection(self, process: str) -> tuple[str, str]:
-        """(Discord token, Redis URL) that the bot and the worker cannot start without;
-        raises ConfigError saying what to set."""
+        """(Discord token, Redis URL — "" with [redis.sentinel]) that the bot and the worker
+        cannot start without; raises ConfigError saying what to set."""
         token = self.secrets.discord_token
         if token is None:
             raise ConfigError(f"{process}: DISCORD_TOKEN is not set")
-        if not self.redis_url:
+        if not self.redis_url and self.config.redis.sentinel is None:
             raise ConfigError(f"{process}: no Redis: set REDIS_URL or redis.url (or start "
                               "everything with `ponybot up`)")
-        return token.get_secret_value(), self.redis_url
+        return token.get_secret_value(), self.redis_url or ""
 
 
 def resolve_path(path: Path | str, base_dir: Path) -> Path:

@@ -70,15 +70,18 @@ def quote(value: str) -> str:
     return value if not any(c in value for c in ",\n:") else json.dumps(value, ensure_ascii=False)
 
 
-def format_parameters(job: Job, seed: int, *, model_name: str) -> str:
-    """The `parameters` text of one image of `job` (seed `seed`)."""
+def format_parameters(job: Job, seed: int, *, model_name: str,
+                      model_hash: str | None = None) -> str:
+    """The `parameters` text of one image of `job` (seed `seed`); `Model hash` (A1111's AutoV2
+    short hash of the checkpoint file) before `Model`, where A1111 writes it."""
     lines = [job.prompt]
     if job.negative_prompt:
         lines.append(f"{_NEGATIVE} {job.negative_prompt}")
     lines.append(
         f"Steps: {job.steps}, Sampler: {SAMPLER_NAMES.get(job.sampler, job.sampler.value)}, "
         f"CFG scale: {job.cfg:g}, Seed: {seed}, Size: {job.width}x{job.height}, "
-        f"Model: {quote(model_name)}"
+        + (f"Model hash: {model_hash}, " if model_hash else "")
+        + f"Model: {quote(model_name)}"
     )
     return "\n".join(lines)
 

@@ -52,6 +52,28 @@ class UploadedImage(BaseModel):
     height: Annotated[int, Field(ge=1)]
 
 
+class Flagged(StrEnum):
+    """What a server has a flagged picture become (`/safety flagged`)."""
+
+    WITHHOLD = "withhold"  # not posted; a placeholder in its place
+    SPOILER = "spoiler"  # posted behind Discord's spoiler cover
+    REDIRECT = "redirect"  # posted in the server's age-restricted channel instead
+
+
+class PictureCheck(BaseModel):
+    """Whether the worker checks this job's pictures ([safety], inference/safety) and what a
+    flagged one becomes. Written by the bot from the channel and the server's `/safety`
+    choice; the defaults (checked, withheld) are what a job from an older bot gets: never
+    less strict than the server asked."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    check: bool = True
+    flagged: Flagged = Flagged.WITHHOLD
+    # REDIRECT: the server's age-restricted channel.
+    redirect_channel_id: int | None = None
+
+
 class Job(BaseModel):
     # New optional fields must not break older workers; breaking changes bump the version.
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -108,6 +130,8 @@ class Job(BaseModel):
     # (`attachment_size_limit`: more in boosted servers). The worker fits every file under the
     # smaller of this and its `worker.attachment_limit_bytes`.
     attachment_limit: Annotated[int, Field(ge=1)] | None = None
+    # The picture check: whether and how (the channel's age restriction, the server's choice).
+    picture_check: PictureCheck = Field(default_factory=PictureCheck)
 
     @property
     def guild_key(self) -> int:

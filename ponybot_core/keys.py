@@ -32,6 +32,10 @@ class Keys:
         """A server's queued jobs (their hash keys), oldest first (DMs are server 0)."""
         return f"{self.prefix}:waiting:{guild_id}"
 
+    def waiting_server(self, waiting_key: str | bytes) -> int:
+        """The server id in a key built by `waiting` (0: DMs)."""
+        return int(as_str(waiting_key).removeprefix(f"{self.prefix}:waiting:"))
+
     @property
     def ring(self) -> str:
         """The waiting-list keys of servers that have queued jobs and are not paused, in

@@ -92,7 +92,9 @@ class Poster:
         into the result, or a channel post. Raises discord.HTTPException when Discord cannot
         be asked (the caller tries again later)."""
         def shows_result(message: discord.Message | discord.WebhookMessage) -> bool:
-            return any(a.filename.startswith(f"pony_{job.id}_") for a in message.attachments)
+            # A spoilered picture (the picture check, inference/safety) is `SPOILER_pony_…`.
+            return any(a.filename.removeprefix("SPOILER_").startswith(f"pony_{job.id}_")
+                       for a in message.attachments)
 
         if message_id is not None and job.token_usable(time.time()):
             webhook = self._interaction_webhook(job)

@@ -27,6 +27,11 @@ EXIT_CONFIG = 2
 # Gateway close codes that no reconnect or restart fixes (Discord's docs: "do not reconnect").
 _FATAL_CLOSE_CODES = {
     4004: "Discord refused the token (gateway: authentication failed)",
+    4010: "Discord refused the shard this process asked for (invalid shard): check "
+          "[discord] shard_count / shard_ids and PONYBOT_SHARD_COUNT / PONYBOT_SHARD_IDS",
+    4011: "Discord requires sharding: this bot is in too many servers for one shard (2,500 "
+          "at most); set a larger [discord] shard_count or PONYBOT_SHARD_COUNT, or leave it "
+          "unset so Discord's recommendation is used",
     4013: "Discord refused the gateway intents the bot asked for (invalid intents)",
     4014: "Discord refused a privileged intent: enable it for this application in the "
           "developer portal (Bot → Privileged Gateway Intents)",

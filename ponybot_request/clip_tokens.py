@@ -7,6 +7,12 @@ collapsed, lower case; split into letter runs, single digits and punctuation run
 BPE with `</w>` ending each word) over the vocabulary and merges of the SD 1.x tokenizer the
 worker ships in inference/sd1_config/tokenizer. tests/test_captions_tokens.py compares its
 counts with transformers' CLIPTokenizer over the same files.
+
+SD 2.x's and SDXL's OpenCLIP tokenizers (inference/sd2_config/tokenizer,
+sdxl_config/tokenizer_2) ship the same vocabulary and merges, byte for byte; they pad with `!`
+(id 0) where CLIP pads with `<|endoftext|>`, after the prompt's tokens, and read a typed `!` as
+text (`split_special_tokens`, as open_clip's own tokenizer did in training), so the count of a
+prompt's own tokens is the same for every family.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ def _tokenizer() -> Tokenizer:
 
 
 def count(text: str) -> int:
-    """The prompt tokens of `text`, without BOS/EOS, as the SD 1.x pipeline's tokenizer counts."""
+    """The prompt tokens of `text`, without BOS/EOS, as every family's pipeline tokenizer counts
+    (SD 1.x's CLIP, SD 2.x's and SDXL's OpenCLIP)."""
     return len(_tokenizer().encode(text, add_special_tokens=False).ids)
 
 

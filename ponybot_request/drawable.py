@@ -104,7 +104,7 @@ def drawing_fields(parsed: A1111Parameters, config: Config) -> tuple[dict[str, A
         if parsed.sampler:
             notes.append(f"sampler `{parsed.sampler}` is not offered here: drawn with "
                          f"{sampler.value}")
-    width, height = _size(parsed, config, notes)
+    width, height = _size(parsed, config, entry, notes)
     seeded = parsed.seed is not None and 0 <= parsed.seed <= MAX_SEED
     if parsed.seed is not None and not seeded:
         notes.append(f"seed {parsed.seed} is out of range: a new one is used")
@@ -126,10 +126,12 @@ def drawing_fields(parsed: A1111Parameters, config: Config) -> tuple[dict[str, A
     return fields, notes
 
 
-def _size(parsed: A1111Parameters, config: Config, notes: list[str]) -> tuple[int, int]:
-    """The picture's size when this bot could have drawn it (sides multiples of 8, none longer
-    and no more pixels than its largest size); else the configured size nearest its shape."""
-    sizes = list(config.sizes.values())
+def _size(parsed: A1111Parameters, config: Config, entry: ModelEntry,
+          notes: list[str]) -> tuple[int, int]:
+    """The picture's size when this bot could have drawn it with the model (sides multiples of
+    8, none longer and no more pixels than the model's largest size); else the model's size
+    nearest its shape (`Config.model_sizes`)."""
+    sizes = list(config.model_sizes(entry).values())
     longest = max(max(d.width, d.height) for d in sizes)
     most = max(d.width * d.height for d in sizes)
     w, h = parsed.width, parsed.height

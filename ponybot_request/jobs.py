@@ -78,6 +78,9 @@ class Channel(BaseModel):
     age_restricted: bool
     # The server's `/model block` list, canonical (bot.guild_settings).
     blocked_tags: tuple[str, ...] = ()
+    # The server's `/settings server quality_prefix`: captions start with the model card's
+    # quality tags (V6 XL's `score_9, score_8_up, ...`) unless it turned them off.
+    quality_prefix: bool = True
 
 
 class PonyRequest(BaseModel):
@@ -181,7 +184,8 @@ def _pony(request: PonyRequest, channel: Channel, saved: Saved | None, config: C
     resolved = resolve(request.options, config, saved, upscale=request.upscale)
     options, entry, generation = resolved.options, resolved.model, resolved.generation
     rendered, notes = render_prompt(options, entry, config, age_restricted=channel.age_restricted,
-                                    blocked_tags=channel.blocked_tags)
+                                    blocked_tags=channel.blocked_tags,
+                                    quality_prefix=channel.quality_prefix)
     if resolved.upscale and not config.upscalers:
         raise UserFacingError("Upscaling is not available: no upscaler is configured on "
                               "this bot. Ask again with `upscale:false` (it may come from "
@@ -194,12 +198,12 @@ def _pony(request: PonyRequest, channel: Channel, saved: Saved | None, config: C
         "sampler": generation.sampler, "width": generation.width, "height": generation.height,
         "count": generation.count, "upscale": resolved.upscale,
     }
-    fields.update(_img2img(request, config))
+    fields.update(_img2img(request, config, entry))
     if request.hires:  # planned from the size the job has now: the first pass's
         if fields.get("kind", JobKind.GENERATE) is not JobKind.GENERATE:
             raise UserFacingError("`hires` draws from tags: ask for it without `image`.")
         fields["hires"] = hires_pass(config, fields["width"], fields["height"],
-                                     fields["steps"])
+                                     fields["steps"], entry)
     return Built(_new_job(fields, request.by, channel), (*resolved.notes(), *notes))
 
 
@@ -219,7 +223,8 @@ def _from_result(request: FromResult, channel: Channel, config: Config) -> Built
         if source.hires is not None:
             raise UserFacingError("This picture is drawn in hires already.")
         changes = {"seeded": True,
-                   "hires": hires_pass(config, source.width, source.height, source.steps)}
+                   "hires": hires_pass(config, source.width, source.height, source.steps,
+                                       _model(config, source.model_id))}
         note = f"hires of job {source.id}"
     else:
         index = request.index if request.index is not None else 0
@@ -263,7 +268,8 @@ def _edit(request: EditRequest, channel: Channel, config: Config) -> Built:
         raise ValueError("a queued job's edit is checked against the job's own channel")
     entry = _model(config, source.model_id)
     rendered, notes = render_prompt(form, entry, config, age_restricted=channel.age_restricted,
-                                    blocked_tags=channel.blocked_tags)
+                                    blocked_tags=channel.blocked_tags,
+                                    quality_prefix=channel.quality_prefix)
     steps = form.steps or source.steps
     seed, seeded = _seed(form.seed)
     changes: dict[str, Any] = {
@@ -272,7 +278,7 @@ def _edit(request: EditRequest, channel: Channel, config: Config) -> Built:
         "seed": seed, "seeded": seeded, "steps": steps,
     }
     if source.hires is not None:
-        changes["hires"] = hires_pass(config, source.width, source.height, steps)
+        changes["hires"] = hires_pass(config, source.width, source.height, steps, entry)
     if request.in_place:  # the same job, where it waits
         return Built(Job.model_validate({**source.model_dump(), **changes}), notes)
     job = _new_job({**source.model_dump(), **changes}, request.by, channel)
@@ -367,17 +373,20 @@ def _model(config: Config, model_id: str) -> ModelEntry:
                               "use /pony to pick another.") from None
 
 
-def hires_pass(config: Config, width: int, height: int, steps: int) -> HiresPass:
+def hires_pass(config: Config, width: int, height: int, steps: int,
+               entry: ModelEntry | None = None) -> HiresPass:
     """The hires pass for a first pass of `width`×`height` px and `steps` steps (`/pony
-    hires:true`, ⬆️ Hires, an edited hires job), planned from `[hires]` in config.toml;
+    hires:true`, ⬆️ Hires, an edited hires job), planned from `[hires]` in config.toml with
+    the model's own largest side (`Config.model_hires`: SDXL's 1024 px doubles to 2048);
     refused when the size cannot grow."""
+    hires = config.hires if entry is None else config.model_hires(entry)
     try:
-        return hires_plan.plan(config.hires, width, height, steps)
+        return hires_plan.plan(hires, width, height, steps)
     except hires_plan.HiresTooLarge as exc:
         raise UserFacingError(f"Hires is not available here: {exc}.") from None
 
 
-def _img2img(request: PonyRequest, config: Config) -> dict[str, Any]:
+def _img2img(request: PonyRequest, config: Config, entry: ModelEntry) -> dict[str, Any]:
     """The fields `/pony image:` and `strength:` add (none: text to image), at the picture's
     own aspect: img2img, as the V buttons do from an earlier picture."""
     if request.image is None:
@@ -388,18 +397,21 @@ def _img2img(request: PonyRequest, config: Config) -> dict[str, Any]:
     if request.options.size is not None:
         raise UserFacingError("With `image`, the picture's own shape sets the size: ask again "
                               "without `size`.")
-    width, height = model_size(request.image.width, request.image.height, config)
+    width, height = model_size(request.image.width, request.image.height, config, entry)
     strength = request.strength if request.strength is not None else config.variation_strength
     return {"kind": JobKind.VARIATION, "source_upload": request.image, "strength": strength,
             "width": width, "height": height}
 
 
-def model_size(width: int, height: int, config: Config) -> tuple[int, int]:
+def model_size(width: int, height: int, config: Config,
+               entry: ModelEntry | None = None) -> tuple[int, int]:
     """The size to draw an uploaded picture at: its aspect, about as many pixels as the
-    default size has (what the model draws best), no side longer than the longest configured
-    one or shorter than 64, sides multiples of 8."""
-    native = config.sizes[config.defaults.size]
-    longest = max(max(d.width, d.height) for d in config.sizes.values())
+    default size has (what the model draws best), no side longer than the longest of the
+    model's sizes (`Config.model_sizes`; no model: `[sizes]`) or shorter than 64, sides
+    multiples of 8."""
+    sizes = config.sizes if entry is None else config.model_sizes(entry)
+    native = sizes[config.defaults.size]
+    longest = max(max(d.width, d.height) for d in sizes.values())
     scale = min(math.sqrt(native.width * native.height / (width * height)),
                 longest / max(width, height))
     # A short side under 64 would be stretched to 64: enlarge the whole picture instead (only

@@ -12,7 +12,9 @@ way a person would read it, whatever its punctuation and separators:
   (`ex-plicit!` reads `explicit`).
 
 Outside age-restricted channels a caption is refused if a piece contains `questionable` or
-`explicit` (so `rating:explicit` and `unquestionable` too: when in doubt, refuse). A blocked
+`explicit` (so `rating:explicit` and `unquestionable` too: when in doubt, refuse). That also
+covers every model's own spelling of those ratings (V6 XL's `rating_explicit`, V5's
+`score_questionable`), whatever the model: the refusal suggests the model's own `safe`. A blocked
 tag refuses a caption that has its words in a row, or a piece that squashes to it, in any
 caption language the bot knows: each configured model's spelling of it counts
 (`twilight sparkle` blocked also blocks V1's `twilight`, `artist:x` also `by=x`).
@@ -90,23 +92,26 @@ def apply(
         negative, negative_notes = _negative_for_all_ages(negative, model)
         notes += negative_notes
     check_caption(caption, config=config, age_restricted=age_restricted,
-                  blocked_tags=blocked_tags, earlier=earlier)
+                  blocked_tags=blocked_tags, earlier=earlier,
+                  safe=write_tag(Rating.SAFE.value, model.caption))
     return Allowed(caption, negative, tuple(notes))
 
 
 def check_tag_count(caption: str, negative: str, *, model: ModelEntry, config: Config) -> None:
     """Refuse, as `/pony` does, a caption or negative prompt with more than `limits.max_tags`
     tags, whatever wrote it (a picture's parameters can hold hundreds). What the bot adds is
-    not counted (the rating, the model's score tag, its default and channel negatives), so a
+    not counted (the rating, the model's score tag and quality prefix, its default and channel
+    negatives), so a
     caption it wrote for a legal `/pony` stays legal to re-draw."""
     profile = model.caption
     limit = config.limits.max_tags
     score = squash(write_tag(config_tag(profile.score_tag or ""), profile))
+    prefix = {squash(t) for t in profile.quality_prefix}
     added = {squash(write_tag(config_tag(t), profile))
              for t in (*profile.negative_tags, *profile.sfw_negative_tags)}
     counted = (
         ("tags", [t for t in caption_tags(caption, profile)
-                  if rating_of(t) is None and squash(t) != score]),
+                  if rating_of(t) is None and squash(t) != score and squash(t) not in prefix]),
         ("negative tags", [t for t in caption_tags(negative, profile) if squash(t) not in added]),
     )
     for kind, tags in counted:
@@ -143,9 +148,11 @@ def check_caption(
     age_restricted: bool,
     blocked_tags: Iterable[str] = (),
     earlier: str | None = None,
+    safe: str = Rating.SAFE.value,
 ) -> None:
     """Raise UserFacingError (so nothing is queued) if the caption may not be drawn here.
-    `earlier` names where a button's caption came from ("This picture"), None for /pony."""
+    `earlier` names where a button's caption came from ("This picture"), None for /pony;
+    `safe` is the model's word for it (`rating_safe` for V6 XL), which a refusal suggests."""
     pieces = _pieces(caption)
     if not age_restricted:
         for rating in REFUSED_OUTSIDE_AGE_RESTRICTED:
@@ -155,7 +162,8 @@ def check_caption(
                 raise UserFacingError(
                     f"`{rating}`{spelled} needs an age-restricted channel, and this channel is "
                     "not age-restricted. "
-                    + (f"{earlier} can only be re-drawn in one." if earlier else "Use `safe` here.")
+                    + (f"{earlier} can only be re-drawn in one." if earlier
+                       else f"Use `{safe}` here.")
                 )
     search = BlockedSearch.for_tags(blocked_tags, config)
     refused = [f"`{found}`" + (f" (blocked: `{blocked}`)" if found != blocked else "")

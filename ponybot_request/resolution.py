@@ -163,7 +163,7 @@ def resolve(options: PonyOptions, config: Config, saved: Saved | None = None, *,
     count, sources["count"] = said("count") or (config.defaults.count, Layer.CONFIG)
     negative, sources["negative"] = said("negative") or ("", Layer.CONFIG)
     upscale_, sources["upscale"] = said("upscale") or (False, Layer.CONFIG)
-    dims = config.sizes[Size(size)]
+    dims = config.model_sizes(model)[Size(size)]  # the model's own (SDXL: 1024 px)
     return Resolved(
         model=model,
         options=options.model_copy(update={"model": model.id, "negative": negative}),

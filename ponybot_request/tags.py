@@ -26,20 +26,27 @@ tell the user which tags changed. Decisions (tests/test_tags.py spells each one 
 
 - Separators. Commas separate tags. Without a comma the text is read one tag per word when the
   model's captions are space-separated with `_` inside tags (V2), or when it looks like such a
-  caption (a word with `_`, an `ns=value`, a score tag); otherwise it is one tag, so a
-  comma-free prompt such as pony-diffusion's card example reaches the model unchanged.
+  caption (a word with `_`, an `ns=value`, a score tag) and the model was not trained on
+  sentences (V5, V6 XL were); otherwise it is one tag, so a comma-free prompt such as
+  pony-diffusion's card example reaches the model unchanged.
 - Order. The user's order is kept: training shuffled half the captions, so order carries no
   meaning, and a caption pasted as is stays as is. A rating or score tag the bot adds goes
   first (rating, then score), where CLIP's 75-token window never cuts it.
 - Ratings: at most one; when several are given the most explicit wins, so policy judges the
-  riskiest thing asked for. Outside age-restricted channels `suggestive` becomes `safe` and a
-  missing rating is `safe`; `questionable`/`explicit` are left for ponybot_request/policy.py
-  to refuse.
+  riskiest thing asked for. A rating is read in any model's vocabulary (`rating_explicit` of
+  V6 XL, `score_explicit` of V5, derpibooru's `explicit`) and written in the target model's
+  (`CaptionProfile.rating_tags`). Outside age-restricted channels `suggestive` becomes the
+  model's `safe` and a missing rating is its `safe`; `questionable`/`explicit` are left for
+  ponybot_request/policy.py to refuse.
+- The card's quality prefix (`CaptionProfile.quality_prefix`, V6 XL's `score_9, score_8_up,
+  ...`) comes first, where the card's template puts it, then the rating and score tag the bot
+  adds, then what was typed; a server can turn the prefix off (`render(quality_prefix=False)`).
 - A tag both wanted and negative is kept as a negative only.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -236,10 +243,19 @@ def split_namespace(tag: str) -> tuple[str, str] | None:
     return _NAMESPACE_SYNONYMS.get(namespace, namespace), match.group(2)
 
 
+# How the pony models' cards prefix a rating: V6 XL's `rating_explicit`, V5's `score_explicit`
+# (civitai.com/models/257749, civitai.com/models/95367), derpibooru's search `rating:explicit`.
+_RATING_PREFIXES = ("rating", "score")
+
+
 def rating_of(tag: str) -> Rating | None:
-    """The rating a tag spells, however punctuated: `Explicit!`, `rating:explicit`, `e-xplicit`."""
+    """The rating a tag spells, however punctuated and in any model's vocabulary: `Explicit!`,
+    `rating:explicit`, `e-xplicit`, `rating_explicit` (V6 XL), `score_explicit` (V5)."""
     letters = squash(tag)
-    return _RATINGS.get(letters.removeprefix("rating")) or _RATINGS.get(letters)
+    for prefix in _RATING_PREFIXES:
+        if letters.startswith(prefix) and letters[len(prefix):] in _RATINGS:
+            return _RATINGS[letters[len(prefix):]]
+    return _RATINGS.get(letters)
 
 
 def _canonical(item: str) -> str:
@@ -255,11 +271,13 @@ def _split(text: str, profile: CaptionProfile | None, *, caption: bool) -> list[
         return text.split(",")
     if profile is not None and profile.splits_on_spaces:
         return text.split()
-    if not caption and _SPACE_STYLE_HINT.search(text):
+    natural = profile is not None and profile.natural_language
+    if not caption and not natural and _SPACE_STYLE_HINT.search(text):
         return text.split()
     return [text]
 
 
+@functools.lru_cache(maxsize=4096)  # pure; `write_tag` reads each profile's keywords with it
 def config_tag(text: str) -> str:
     """A tag written in config.toml or stored by `/model block`, in canonical form."""
     return _canonical(_canon(_clean(text, [])))
@@ -367,8 +385,16 @@ def validate(prompt: TagPrompt, limits: Limits) -> None:
 
 
 def write_tag(tag: str, profile: CaptionProfile) -> str:
-    """One canonical tag as the model's captions wrote it: the ordered replacements, then `_`
-    for spaces. `artist:pierogarts` -> `by=pierogarts` for V1."""
+    """One canonical tag as the model's captions wrote it: a rating in the model's vocabulary
+    (`explicit` -> `rating_explicit` for V6 XL), a tag its card spells with `_` as the card
+    does (`source pony` -> `source_pony`), else the ordered replacements, then `_` for spaces.
+    `artist:pierogarts` -> `by=pierogarts` for V1."""
+    if tag in _RATINGS and tag in profile.rating_tags:
+        return profile.rating_tags[tag]
+    keyword = next((k for k in (*profile.quality_prefix, *profile.keyword_tags)
+                    if config_tag(k) == tag), None)
+    if keyword is not None:
+        return keyword
     for old, new in profile.replacements:
         tag = tag.replace(old, new)
     return tag.replace(" ", "_") if profile.underscores else tag
@@ -385,7 +411,8 @@ def caption_tags(caption: str, profile: CaptionProfile) -> list[str]:
 
 def for_all_ages(tags: Sequence[str], profile: CaptionProfile) -> tuple[list[str], list[str]]:
     """Wanted tags as a channel that is not age-restricted draws them, and what to tell the
-    user: the rating is `safe` (`suggestive` becomes it; with no rating it is put first), and
+    user: the rating is the model's `safe` (`suggestive` becomes it; with no rating it is put
+    first, after the card's quality prefix), and
     a tag that has `suggestive` or one of the profile's `sfw_negative_tags` in it as a word
     (`suggestive pose`, `casual_nudity`) is left out, never kept. A tag with `questionable` or
     `explicit` anywhere in its letters stays, for ponybot_request/policy.py to refuse (when in
@@ -394,31 +421,36 @@ def for_all_ages(tags: Sequence[str], profile: CaptionProfile) -> tuple[list[str
     unwanted = [Rating.SUGGESTIVE.value,
                 *(t for t in profile.sfw_negative_tags if rating_of(t) is None)]
     refused = (Rating.QUESTIONABLE.value, Rating.EXPLICIT.value)
+    safe = write_tag(Rating.SAFE.value, profile)  # `rating_safe` for V6 XL, `score_safe` for V5
     kept: list[str] = []
     gone: list[str] = []
     rated = made_safe = False
     for tag in tags:
         rating = rating_of(tag)
         if rating is Rating.SUGGESTIVE:
-            tag, rating, made_safe = Rating.SAFE.value, Rating.SAFE, True
+            tag, rating, made_safe = safe, Rating.SAFE, True
         if rating is None and not any(r in squash(tag) for r in refused) \
                 and any(spells(tag, word) for word in unwanted):
             gone.append(tag)
             continue
         rated = rated or rating is not None
         kept.append(tag)
-    if not rated:
-        kept.insert(0, Rating.SAFE.value)
+    if not rated:  # after the card's quality prefix, which its template puts first
+        prefix = {squash(t) for t in profile.quality_prefix}
+        at = next((i for i, t in enumerate(kept) if squash(t) not in prefix), len(kept))
+        kept.insert(at, safe)
     notes = []
     if made_safe:
-        notes.append("This channel is not age-restricted, so the rating is `safe`.")
+        notes.append(f"This channel is not age-restricted, so the rating is `{safe}`.")
     if gone:
         notes.append(f"This channel is not age-restricted: left out {_names(gone)}.")
     return _dedupe(kept), notes
 
 
-def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> RenderedPrompt:
-    """Write the prompt the way `model`'s captions were written (its `caption` profile).
+def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool,
+           quality_prefix: bool = True) -> RenderedPrompt:
+    """Write the prompt the way `model`'s captions were written (its `caption` profile), after
+    its card's quality prefix unless the server turned it off (`quality_prefix=False`).
 
     Precedence: the user's negatives beat wanted tags (parse_tags); outside age-restricted
     channels the channel's negatives do too (`for_all_ages`); wanted tags beat the model's
@@ -464,14 +496,17 @@ def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> Ren
                      + (f" ({known_scores})." if known_scores else " (it has none)."))
     score_tag = config_tag(profile.score_tag or "")
     if not scores and score_tag and score_tag not in prompt.negatives:
-        items.insert(1 if items and items[0] in _RATINGS else 0, score_tag)
+        items.insert(1 if items and rating_of(items[0]) is not None else 0, score_tag)
 
-    # 4. Each tag in the model's words.
+    # 4. Each tag in the model's words, after the card's quality prefix (its template's first
+    #    tags; one the user asked to keep out stays out).
+    prefix = [config_tag(t) for t in profile.quality_prefix] if quality_prefix else []
+    items = [*(t for t in prefix if t not in prompt.negatives), *items]
     written = [(tag, write_tag(tag, profile)) for tag in items]
     positive = _dedupe(w for _, w in written if w)
-    rewritten = [
+    rewritten = [  # a rating in the model's vocabulary is no news: the caption shows it
         f"`{tag}` → `{word}`" for tag, word in _dedupe(written)
-        if word != tag and word != tag.replace(" ", "_")
+        if word != tag and word != tag.replace(" ", "_") and tag not in _RATINGS
     ]
     if rewritten:
         shown = ", ".join(rewritten[:_NAMED])
@@ -486,10 +521,19 @@ def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> Ren
         if w and w not in positive
     )
 
-    # 5. CLIP's window.
+    # 5. CLIP's window. A truncating model's negative prompt is cut the same way: longer, it
+    #    would be encoded in a second chunk and the positive padded to match, which the model
+    #    never saw in training. The tags the bot adds go first, so they are what is kept.
     positive, window_note = _fit_window(positive, profile)
     if window_note:
         notes.append(window_note)
+    if profile.long_prompts is LongPrompts.TRUNCATE:
+        added = [w for w in negative if w not in {write_tag(t, profile) for t in prompt.negatives}]
+        ours = [*added, *(w for w in negative if w not in added)]
+        kept, cut_note = _fit_window(ours, profile, what="negative prompt")
+        if cut_note:
+            negative = kept
+            notes.append(cut_note)
     return RenderedPrompt(
         positive=profile.separator.join(positive),
         negative=profile.separator.join(negative),
@@ -498,21 +542,25 @@ def render(prompt: TagPrompt, model: ModelEntry, *, age_restricted: bool) -> Ren
     )
 
 
-def _fit_window(tags: list[str], profile: CaptionProfile) -> tuple[list[str], str | None]:
-    """The tags that fit in CLIP's 75 tokens, and what to tell the user about the rest."""
+def _fit_window(tags: list[str], profile: CaptionProfile, *,
+                what: str = "") -> tuple[list[str], str | None]:
+    """The tags that fit in CLIP's 75 tokens, and what to tell the user about the rest
+    (`what`: which prompt, for a negative one)."""
     ends = clip_tokens.running_counts(tags, profile.separator)
     if not ends or ends[-1] <= TOKEN_WINDOW:
         return tags, None
     past = [tag for tag, end in zip(tags, ends, strict=True) if end > TOKEN_WINDOW]
     if profile.long_prompts is LongPrompts.TRUNCATE:
-        if any(t in _RATINGS for t in past):
+        if any(rating_of(t) is not None for t in past):
             # The rating is what policy judged: it stays, at the front, and the rest is cut.
-            first = [t for t in tags if t in _RATINGS]
-            return _fit_window([*first, *(t for t in tags if t not in _RATINGS)], profile)
+            first = [t for t in tags if rating_of(t) is not None]
+            return _fit_window([*first, *(t for t in tags if rating_of(t) is None)], profile,
+                               what=what)
         kept = tags[: len(tags) - len(past)]
         while len(kept) > 1 and clip_tokens.count(profile.separator.join(kept)) > TOKEN_WINDOW:
             past.insert(0, kept.pop())  # running_counts is exact but at punctuation
-        return kept, (f"Left out {_names(past)}: past the {TOKEN_WINDOW} tokens CLIP reads. "
-                      "Put what matters first.")
+        where = f" of the {what}" if what else ""
+        return kept, (f"Left out {_names(past)}{where}: past the {TOKEN_WINDOW} tokens CLIP "
+                      "reads. Put what matters first.")
     return tags, (f"{_names(past)} {'lies' if len(past) == 1 else 'lie'} past CLIP's first "
                   f"{TOKEN_WINDOW} tokens: encoded in a second chunk. Put what matters first.")

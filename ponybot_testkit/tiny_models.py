@@ -233,7 +233,10 @@ def unet_to_ldm(
     state_dict: dict[str, torch.Tensor], config: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
     # diffusers leaves its table unannotated (dicts of mixed dicts); these entries are names.
-    layers = cast("dict[str, dict[str, str]]", DIFFUSERS_TO_LDM_MAPPING["unet"])["layers"]
+    unet_names = cast("dict[str, dict[str, str]]", DIFFUSERS_TO_LDM_MAPPING["unet"])
+    layers = dict(unet_names["layers"])
+    if config.get("addition_embed_type") == "text_time":  # SDXL's `label_emb`
+        layers.update(unet_names["addition_embed_type"])
     prefixes = _unet_prefixes(config)
     out = {}
     for key, value in state_dict.items():
@@ -402,9 +405,12 @@ TINY_SD2_UNET: dict[str, Any] = {
     "use_linear_projection": True,
     "upcast_attention": True,
 }
-# OpenCLIP ViT-H as transformers writes it: gelu, no quick_gelu, pads with `!` (id 0).
+# OpenCLIP ViT-H as transformers writes it: gelu, no quick_gelu, pads with `!` (id 0). 23
+# layers, as diffusers converts SD 2.x: the file's 24th (the penultimate-layer conditioning drops
+# it) is skipped by name (`SD_2_TEXT_ENCODER_KEYS_TO_IGNORE` names `resblocks.23`), so a tiny
+# tower must have the real depth for its single file to load the real way.
 TINY_SD2_TEXT: dict[str, Any] = {**TINY_TEXT, "hidden_act": "gelu", "pad_token_id": 0,
-                                 "num_hidden_layers": 3}
+                                 "num_hidden_layers": 23}
 TINY_SDXL_UNET: dict[str, Any] = {
     "sample_size": 8,
     "in_channels": 4,
@@ -416,15 +422,19 @@ TINY_SDXL_UNET: dict[str, Any] = {
     "transformer_layers_per_block": (1, 1, 2),
     "attention_head_dim": (2, 4, 4),
     "use_linear_projection": True,
-    "cross_attention_dim": 64,  # text_encoder's 32 + text_encoder_2's 32, concatenated
+    "cross_attention_dim": 32 + 48,  # text_encoder's 32 + text_encoder_2's 48, concatenated
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": 8,
-    "projection_class_embeddings_input_dim": 32 + 6 * 8,  # pooled text + six size numbers
+    "projection_class_embeddings_input_dim": 48 + 6 * 8,  # pooled text + six size numbers
     "norm_num_groups": 32,
 }
 TINY_SDXL_VAE: dict[str, Any] = {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}
 TINY_SDXL_TEXT: dict[str, Any] = {**TINY_TEXT, "num_hidden_layers": 3}
-TINY_SDXL_TEXT_2: dict[str, Any] = {**TINY_SD2_TEXT}
+# OpenCLIP bigG is wider than CLIP-L (1280 vs 768), and diffusers tells the two towers of an
+# SDXL file apart by that width (`create_diffusers_clip_model_from_ldm`): equal tiny widths would
+# load CLIP-L's weights into text_encoder_2.
+TINY_SDXL_TEXT_2: dict[str, Any] = {**TINY_SD2_TEXT, "hidden_size": 48, "intermediate_size": 96,
+                                    "projection_dim": 48, "num_hidden_layers": 3}
 # The schedulers their hub repositories ship: SD 2.1 (768, v) DDIM with v-prediction; SDXL
 # base Euler discrete, `leading` spacing. Both on the SD 1.x training schedule.
 SD2_V_SCHEDULER: dict[str, Any] = {**SEED_DDIM_CONFIG, "prediction_type": "v_prediction"}
@@ -442,8 +452,10 @@ SDXL_SCHEDULER: dict[str, Any] = {
 
 
 def _open_clip_tokenizer() -> CLIPTokenizer:
-    # OpenCLIP's tokenizer is CLIP's BPE that pads with `!` instead of `<|endoftext|>`.
-    return CLIPTokenizer.from_pretrained(SD1_TOKENIZER, local_files_only=True, pad_token="!")
+    # OpenCLIP's tokenizer is CLIP's BPE that pads with `!` instead of `<|endoftext|>` (and reads
+    # a typed `!` as text): the shipped SD 2.x one (tools/make_model_configs.py).
+    return CLIPTokenizer.from_pretrained(SD1_CONFIG.parent / "sd2_config" / "tokenizer",
+                                         local_files_only=True)
 
 
 def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -495,3 +507,265 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# SD 2.x and SDXL on disk: diffusers folders, and single files in the layouts real checkpoints
+# have (SD 2.1's LDM layout with OpenCLIP under `cond_stage_model.model.*`; SDXL's sgm layout with
+# CLIP-L under `conditioner.embedders.0.transformer.*` and OpenCLIP bigG under
+# `conditioner.embedders.1.model.*`). Each writer checks itself against diffusers' own
+# LDM -> diffusers converters (what `from_single_file` runs) before returning.
+
+SD2_CONFIG = SD1_CONFIG.parent / "sd2_config"
+SDXL_CONFIG = SD1_CONFIG.parent / "sdxl_config"
+LDM_OPEN_CLIP_SD2_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+# OpenCLIP's learned temperature, ln(1/0.07) at init (open_clip CLIP.logit_scale): unused by
+# generation, present in real files.
+_LOGIT_SCALE = 2.6592600345611572
+TINY_ARCHITECTURES = ("sd1", "sd2", "sdxl")
+
+
+def tiny_pipeline_for(architecture: str, seed: int = 0):
+    """The tiny in-memory pipeline of `architecture` (sd1 | sd2 | sdxl)."""
+    builders = {"sd1": tiny_pipeline, "sd2": tiny_sd2_pipeline, "sdxl": tiny_sdxl_pipeline}
+    return builders[architecture](seed)
+
+
+def _copy_tokenizers(architecture: str, out_dir: Path) -> None:
+    # The shipped folders' BPE files (the tiny towers use the real vocabulary).
+    source = {"sd1": SD1_CONFIG, "sd2": SD2_CONFIG, "sdxl": SDXL_CONFIG}[architecture]
+    for name in ("tokenizer", "tokenizer_2"):
+        if (source / name).is_dir():
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+            shutil.copytree(source / name, out_dir / name)
+
+
+def build_tiny_architecture_pipeline(architecture: str, out_dir: Path, seed: int = 0) -> Path:
+    """Write the tiny `architecture` pipeline as a diffusers folder; returns `out_dir`."""
+    out_dir = Path(out_dir)
+    tiny_pipeline_for(architecture, seed).save_pretrained(out_dir, safe_serialization=True)
+    _copy_tokenizers(architecture, out_dir)
+    return out_dir
+
+
+def build_tiny_sd2_pipeline(out_dir: Path, seed: int = 0) -> Path:
+    return build_tiny_architecture_pipeline("sd2", out_dir, seed)
+
+
+def build_tiny_sdxl_pipeline(out_dir: Path, seed: int = 0) -> Path:
+    return build_tiny_architecture_pipeline("sdxl", out_dir, seed)
+
+
+def tiny_architecture_config(architecture: str, out_dir: Path) -> Path:
+    """The tiny `architecture` pipeline's configs without weights: `single_file_config` for its
+    tiny single files (the shipped folders describe the full-size networks)."""
+    out_dir = Path(out_dir)
+    pipe = tiny_pipeline_for(architecture, 0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe.save_config(out_dir)
+    pipe.unet.save_config(out_dir / "unet")
+    pipe.vae.save_config(out_dir / "vae")
+    pipe.scheduler.save_config(out_dir / "scheduler")
+    pipe.text_encoder.config.save_pretrained(out_dir / "text_encoder")
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pipe.text_encoder_2.config.save_pretrained(out_dir / "text_encoder_2")
+    _copy_tokenizers(architecture, out_dir)
+    return out_dir
+
+
+def _flat(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # transformers >= 5.6 dropped CLIPTextModel's `text_model.` level (not ...WithProjection's).
+    return {k.removeprefix("text_model."): v for k, v in state_dict.items()}
+
+
+_OPEN_CLIP_LAYER = {
+    "layer_norm1.": "ln_1.",
+    "layer_norm2.": "ln_2.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+    "self_attn.out_proj.": "attn.out_proj.",
+}
+
+
+def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text tower's weights in OpenCLIP's layout (`transformer.resblocks.N`
+    with one combined `in_proj` for q, k, v; `text_projection` as `x @ P`), under `prefix`: the
+    inverse of diffusers' `convert_open_clip_checkpoint`."""
+    flat = _flat(state_dict)
+    out: dict[str, torch.Tensor] = {
+        prefix + "token_embedding.weight": flat["embeddings.token_embedding.weight"],
+        prefix + "positional_embedding": flat["embeddings.position_embedding.weight"],
+        prefix + "ln_final.weight": flat["final_layer_norm.weight"],
+        prefix + "ln_final.bias": flat["final_layer_norm.bias"],
+    }
+    if "text_projection.weight" in flat:
+        out[prefix + "text_projection"] = flat["text_projection.weight"].T.contiguous()
+    layers = sorted({int(k.split(".")[2]) for k in flat if k.startswith("encoder.layers.")})
+    for i in layers:
+        hf, ldm = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{ldm}attn.in_proj_{kind}"] = torch.cat(
+                [flat[f"{hf}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            )
+            for new, old in _OPEN_CLIP_LAYER.items():
+                out[f"{ldm}{old}{kind}"] = flat[f"{hf}{new}{kind}"]
+    return out
+
+
+def _extra_open_clip_block(prefix: str, index: int, width: int,
+                           generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random OpenCLIP resblock: SD 2.x files carry a 24th layer the model never runs."""
+    shapes = {
+        "attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
+        "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,),
+        "ln_1.weight": (width,), "ln_1.bias": (width,), "ln_2.weight": (width,),
+        "ln_2.bias": (width,), "mlp.c_fc.weight": (4 * width, width),
+        "mlp.c_fc.bias": (4 * width,), "mlp.c_proj.weight": (width, 4 * width),
+        "mlp.c_proj.bias": (width,),
+    }  # fmt: skip
+    return {f"{prefix}transformer.resblocks.{index}.{name}":
+            torch.randn(shape, generator=generator) * 0.02 for name, shape in shapes.items()}
+
+
+def _ldm_schedule_buffers() -> dict[str, torch.Tensor]:
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return {"betas": betas.float(), "alphas_cumprod": torch.cumprod(1 - betas, 0).float()}
+
+
+def _unet_vae_ldm(pipe) -> dict[str, torch.Tensor]:
+    unet_config = dict(pipe.unet.config)
+    vae_config = dict(pipe.vae.config)
+    ldm = {LDM_UNET_PREFIX + k: v for k, v in
+           unet_to_ldm(pipe.unet.state_dict(), unet_config).items()}
+    ldm.update({LDM_VAE_PREFIX + k: v for k, v in
+                vae_to_ldm(pipe.vae.state_dict(), vae_config).items()})
+    _check_round_trip(ldm, pipe.unet.state_dict(), unet_config, pipe.vae.state_dict(),
+                      vae_config)
+    return ldm
+
+
+def _check_text_round_trip(name: str, original: dict[str, torch.Tensor],
+                           converted: dict[str, torch.Tensor]) -> None:
+    original, converted = _flat(original), _flat(converted)
+    converted.pop("embeddings.position_ids", None)
+    original.pop("embeddings.position_ids", None)
+    if set(original) != set(converted):
+        raise AssertionError(
+            f"{name}: layout does not round-trip through diffusers: missing "
+            f"{sorted(set(original) - set(converted))[:5]}, extra "
+            f"{sorted(set(converted) - set(original))[:5]}"
+        )
+    bad = [k for k in original if not torch.equal(original[k], converted[k])]
+    if bad:
+        raise AssertionError(f"{name}: tensors differ after the round trip: {bad[:5]}")
+
+
+def sd2_ldm_state_dict(pipe: StableDiffusionPipeline, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny SD 2.x pipeline's weights as SD 2.1's own files hold them."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    text = pipe.text_encoder
+    ldm = _unet_vae_ldm(pipe)
+    ldm.update(open_clip_to_ldm(text.state_dict(), LDM_OPEN_CLIP_SD2_PREFIX))
+    width = text.config.hidden_size
+    generator = torch.Generator().manual_seed(seed + 23)
+    ldm.update(_extra_open_clip_block(LDM_OPEN_CLIP_SD2_PREFIX, text.config.num_hidden_layers,
+                                      width, generator))
+    ldm[LDM_OPEN_CLIP_SD2_PREFIX + "text_projection"] = (
+        torch.randn((width, width), generator=generator) * 0.02)
+    ldm[LDM_OPEN_CLIP_SD2_PREFIX + "logit_scale"] = torch.tensor(_LOGIT_SCALE)
+    ldm.update(_ldm_schedule_buffers())
+    _check_text_round_trip(
+        "text_encoder", text.state_dict(),
+        convert_open_clip_checkpoint(text, ldm, prefix=LDM_OPEN_CLIP_SD2_PREFIX))
+    return ldm
+
+
+def sdxl_ldm_state_dict(pipe: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    """A tiny SDXL pipeline's weights as sd_xl_base_1.0.safetensors (and Pony V6 XL) hold them."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+
+    ldm = _unet_vae_ldm(pipe)
+    clip_l = _flat(pipe.text_encoder.state_dict())
+    ldm.update({SDXL_CLIP_L_PREFIX + k: v for k, v in clip_l.items()})
+    ldm[SDXL_CLIP_L_PREFIX + "embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    ldm.update(open_clip_to_ldm(pipe.text_encoder_2.state_dict(), SDXL_OPEN_CLIP_PREFIX))
+    ldm[SDXL_OPEN_CLIP_PREFIX + "logit_scale"] = torch.tensor(_LOGIT_SCALE)
+    _check_text_round_trip("text_encoder", pipe.text_encoder.state_dict(),
+                           convert_ldm_clip_checkpoint(ldm))
+    _check_text_round_trip(
+        "text_encoder_2", pipe.text_encoder_2.state_dict(),
+        convert_open_clip_checkpoint(pipe.text_encoder_2, ldm, prefix=SDXL_OPEN_CLIP_PREFIX))
+    return ldm
+
+
+def _load_tiny_folder(architecture: str, pipeline_dir: Path):
+    cls = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if architecture != "sdxl":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return cls.from_pretrained(pipeline_dir, **kwargs)
+
+
+def build_tiny_architecture_single_file(
+    architecture: str, pipeline_dir: Path, out_path: Path, *, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write a tiny pipeline folder (`build_tiny_architecture_pipeline`) as the one file real
+    checkpoints of `architecture` are shared as: `.safetensors`, or a `.ckpt` holding
+    `{"state_dict": ...}`, chosen by `out_path`'s suffix."""
+    if architecture == "sd1":
+        return build_tiny_single_file(pipeline_dir, out_path, dtype=dtype)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pipe = _load_tiny_folder(architecture, Path(pipeline_dir))
+    state_dict = (sdxl_ldm_state_dict(pipe) if architecture == "sdxl"
+                  else sd2_ldm_state_dict(pipe))
+    state_dict = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().clone()
+                  for k, v in state_dict.items()}
+    if out_path.suffix == ".safetensors":
+        save_file(state_dict, out_path, metadata={"format": "pt"})
+    else:
+        torch.save({"state_dict": state_dict}, out_path)
+    return out_path
+
+
+def build_tiny_sd2_single_file(pipeline_dir: Path, out_path: Path, **kw: Any) -> Path:
+    return build_tiny_architecture_single_file("sd2", pipeline_dir, out_path, **kw)
+
+
+def build_tiny_sdxl_single_file(pipeline_dir: Path, out_path: Path, **kw: Any) -> Path:
+    return build_tiny_architecture_single_file("sdxl", pipeline_dir, out_path, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# The three pony models config.toml ships entries for, tiny and in their real shapes, under the
+# file names those entries expect in models/.
+
+# config.toml id -> (architecture, file name under models/).
+PONY_MODEL_FILES: dict[str, tuple[str, str]] = {
+    "v4": ("sd1", "pony-diffusion-v4.safetensors"),
+    "v5": ("sd2", "ponyDiffusionV5_v55.safetensors"),
+    "v6-xl": ("sdxl", "ponyDiffusionV6XL_v6StartWithThisOne.safetensors"),
+}
+
+
+def build_tiny_pony_models(root: Path, ids: tuple[str, ...] = tuple(PONY_MODEL_FILES)
+                           ) -> dict[str, tuple[Path, Path]]:
+    """Write `root/models/<file>` for each id (a tiny single file shaped like the real one) and
+    the tiny config folder it loads with; returns id -> (file, single_file_config)."""
+    root = Path(root)
+    made: dict[str, tuple[Path, Path]] = {}
+    for model_id in ids:
+        architecture, name = PONY_MODEL_FILES[model_id]
+        folder = build_tiny_architecture_pipeline(architecture, root / "tiny" / architecture)
+        config_dir = root / "tiny" / f"{architecture}-config"
+        config = (tiny_single_file_config(config_dir) if architecture == "sd1"
+                  else tiny_architecture_config(architecture, config_dir))
+        path = build_tiny_architecture_single_file(architecture, folder, root / "models" / name)
+        made[model_id] = (path, config)
+    return made

@@ -101,11 +101,12 @@ def tiny_config(pipeline_dir: Path, fake: FakeDiscord | None = None, **overrides
 @contextlib.asynccontextmanager
 async def running_bot(settings: LoadedConfig, fake: FakeDiscord) -> AsyncIterator[PonyBot]:
     from bot.app import PonyBot
-    from ponybot_core.redis_client import bot_redis
+    from ponybot_core.redis_client import bot_redis, redis_target
 
-    assert settings.redis_url
+    target = redis_target(settings)  # a URL, or [redis.sentinel]'s sentinels
+    assert target
     use_endpoints(settings.config.discord)
-    bot = PonyBot(settings, bot_redis(settings.redis_url))
+    bot = PonyBot(settings, bot_redis(target))
     await bot.login(BOT_TOKEN)
     task = asyncio.create_task(bot.connect(reconnect=False))
     try:

@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every process the tests start serves /metrics on a free port: fixed ones would collide.
+os.environ.setdefault("PONYBOT_METRICS_PORT", "0")
 
 from ponybot_cli.redis_server import RedisServer
 from ponybot_core.config import LoadedConfig, ModelEntry, Secrets

@@ -52,7 +52,7 @@ SHIPPED = load_config(ROOT / "config.toml")
 # With an upscaler, so that U and `upscale` build jobs instead of being refused for want of one.
 CONFIG = Config.model_validate({**SHIPPED.model_dump(), "upscalers": [
     UpscalerEntry(id="x4", name="x4", path=Path("x4.pth")).model_dump()]})
-MODELS = [CONFIG.model(i) for i in ("pony-diffusion", "v1", "v2")]
+MODELS = [CONFIG.model(i) for i in ("pony-diffusion", "v1", "v2", "v4", "v5", "v6-xl")]
 BY = Requester(user_id=5, application_id=1, interaction_id=2, interaction_token="tok")
 GUILD, CHANNEL = 3, 4
 BLOCKED = "balloons"

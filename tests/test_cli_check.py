@@ -251,3 +251,54 @@ async def test_a_gpu_asked_for_but_absent_fails_with_what_to_do(
 
     assert finding.status == "fail" and "sees no CUDA GPU" in finding.detail
     assert finding.fix is not None and 'worker.device = "auto"' in finding.fix
+
+
+def test_v6_xl_and_v5_shaped_single_files_pass_and_a_declared_base_they_contradict_is_named(
+        tmp_path: Path) -> None:
+    from ponybot_testkit.tiny_models import build_tiny_pony_models
+
+    made = build_tiny_pony_models(tmp_path, ids=("v5", "v6-xl"))
+    (v5, v5_config), (xl, xl_config) = made["v5"], made["v6-xl"]
+    path = tmp_path / "config.toml"
+    path.write_text(f"""default_model = "v6-xl"
+
+[worker]
+device = "cpu"
+
+[[models]]
+id = "v6-xl"
+name = "Pony Diffusion V6 XL"
+path = "models/{xl.name}"
+base = "sdxl"
+clip_skip = 2
+single_file_config = "{xl_config}"
+
+[[models]]
+id = "v5"
+name = "Pony Diffusion V5"
+path = "models/{v5.name}"
+upcast_attention = true
+single_file_config = "{v5_config}"
+
+[[models]]
+id = "wrong"
+name = "Declared SD 1.x"
+path = "models/{xl.name}"
+base = "sd1"
+""")
+    settings = settings_for(path)
+
+    found = by_topic(check_files(settings))
+    device = check_device(settings)
+
+    assert found["model v6-xl"].status == "ok"
+    assert found["model v6-xl"].detail.startswith("SDXL safetensors ")
+    assert found["model v5"].status == "ok"
+    assert found["model v5"].detail.startswith("SD 2.x safetensors ")
+    assert found["model v5"].fix is not None and "declare base = \"sd2\"" in found["model v5"].fix
+    assert found["model wrong"].status == "warn"
+    assert found["model wrong"].detail == (
+        f"{xl} is an SDXL checkpoint, but its config entry declares base = \"sd1\"; set "
+        f"base = \"sdxl\" (or \"auto\") (/pony refuses it)")
+    assert found["model wrong"].fix == "set base = \"sdxl\" for this model"
+    assert "the largest configured model (SDXL) needs about" in device.detail

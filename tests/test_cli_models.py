@@ -55,8 +55,9 @@ def test_models_lists_each_model_with_what_to_do_about_missing_ones(
     out = capsys.readouterr().out
     assert code == 0
     table = rows(out)
-    assert table["tiny"][:3] == ["✔", "tiny", "diffusers"] and table["tiny"][3].endswith("MiB")
-    assert table["v2"][:4] == ["✘", "v2", "ckpt", "-"]
+    assert table["tiny"][:4] == ["✔", "tiny", "diffusers", "SD 1.x"]
+    assert table["tiny"][4].endswith("MiB")
+    assert table["v2"][:5] == ["✘", "v2", "ckpt", "-", "-"]
     assert "→ download `sd1.4 finetuned v2 derpibooru e=0000 gs=026400.ckpt` from " \
            "https://mega.nz/file/example#key" in out
     assert "(no Redis configured and no `ponybot up` running: no worker reports to show)" in out
@@ -79,3 +80,40 @@ async def test_models_shows_the_load_time_and_failure_workers_report(
     table = rows(out)
     assert "4.2 s (gpu-a)" in table["tiny"]
     assert "gpu-a: out of memory" in table["v2"]
+
+
+def test_models_names_each_files_architecture_read_from_it_or_declared(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ponybot_testkit.tiny_models import build_tiny_pony_models
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    (xl, xl_config), (v5, _) = (build_tiny_pony_models(tmp_path, ids=("v6-xl", "v5"))[i]
+                                for i in ("v6-xl", "v5"))
+    path = tmp_path / "config.toml"
+    path.write_text(f"""default_model = "v6-xl"
+
+[[models]]
+id = "v6-xl"
+name = "Pony Diffusion V6 XL"
+path = "models/{xl.name}"
+single_file_config = "{xl_config}"
+
+[[models]]
+id = "v5"
+name = "Pony Diffusion V5"
+path = "models/{v5.name}"
+
+[[models]]
+id = "later"
+name = "Not downloaded yet"
+path = "models/later.safetensors"
+base = "sdxl"
+""")
+
+    assert main(["models", "--config", str(path)]) == 0
+
+    table = rows(capsys.readouterr().out)
+    assert table["v6-xl"][:4] == ["✔", "v6-xl", "safetensors", "SDXL"]
+    assert table["v5"][:4] == ["✔", "v5", "safetensors", "SD 2.x"]
+    assert table["later"][:4] == ["✘", "later", "safetensors", "SDXL (declared)"]

@@ -36,13 +36,20 @@ def test_the_shipped_config_lists_the_seed_models_under_their_file_names():
         "v1": ModelFormat.CKPT,
         "v1-287k": ModelFormat.CKPT,
         "v2": ModelFormat.CKPT,
+        "v4": ModelFormat.SAFETENSORS,
+        "v5": ModelFormat.SAFETENSORS,
+        "v6-xl": ModelFormat.SAFETENSORS,
     }
     assert config.default_model == "pony-diffusion"
-    # The files as Lun's post names them (LunNova/Blog @ 86d6c66), so dropping one in works.
+    # The files as Lun's post names them (LunNova/Blog @ 86d6c66), so dropping one in works;
+    # V5's and V6 XL's as civitai serves them (config.toml's [F]), V4's ours (its card has none).
     assert {m.id: m.path.name for m in config.models if m.id != "pony-diffusion"} == {
         "v1": "sd1.4 finetuned derpibooru safe suggestive e=0007 gs=460000.ckpt",
         "v1-287k": "sd1.4 finetuned derpibooru safe suggestive e=0002 gs=287000.ckpt",
         "v2": "sd1.4 finetuned v2 derpibooru e=0000 gs=026400.ckpt",
+        "v4": "pony-diffusion-v4.safetensors",
+        "v5": "ponyDiffusionV5_v55.safetensors",
+        "v6-xl": "ponyDiffusionV6XL_v6StartWithThisOne.safetensors",
     }
 
 

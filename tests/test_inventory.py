@@ -89,16 +89,31 @@ def test_a_truncated_safetensors_download_is_caught_from_its_header(
     assert check.fix is not None and check.fix.startswith("replace it: download")
 
 
-def test_a_single_file_that_is_not_sd1_is_named_for_what_it_is(tmp_path: Path) -> None:
+def test_a_single_file_no_architecture_can_draw_with_is_named_for_what_it_is(
+        tmp_path: Path) -> None:
     import torch
 
-    sdxl = tmp_path / "xl.safetensors"
-    save_file({"conditioner.embedders.0.x": torch.zeros(1),
-               "model.diffusion_model.y": torch.zeros(1)}, sdxl)
+    refiner = tmp_path / "refiner.safetensors"
+    save_file({"conditioner.embedders.0.model.text_projection": torch.zeros(1),
+               "model.diffusion_model.y": torch.zeros(1)}, refiner)
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down_blocks_0.alpha": torch.zeros(1)}, lora)
+    unet_only = tmp_path / "unet.safetensors"
+    save_file({"model.diffusion_model.y": torch.zeros(1)}, unet_only)
+    inpainting = tmp_path / "inpainting.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 9, 3, 3),
+               "cond_stage_model.transformer.text_model.x": torch.zeros(1)}, inpainting)
 
-    check = check_model(entry(sdxl), tmp_path)
-
-    assert check.problem == f"{sdxl} is an SDXL checkpoint; only SD 1.x models are supported."
+    assert check_model(entry(refiner), tmp_path).problem == (
+        f"{refiner} is an SDXL refiner (one OpenCLIP text tower): it only refines another "
+        f"model's pictures and cannot draw from a prompt; use an SDXL base model (Pony Diffusion "
+        f"V6 XL is one).")
+    assert check_model(entry(lora), tmp_path).problem == (
+        f"{lora} is a LoRA, not a full model; it cannot be loaded as a model.")
+    assert "no text encoder" in (check_model(entry(unet_only), tmp_path).problem or "")
+    assert check_model(entry(inpainting), tmp_path).problem == (
+        f"{inpainting} is an inpainting or image-conditioned model (9 UNet input channels, not "
+        f"4): it cannot draw from a prompt alone.")
 
 
 def test_a_ckpt_is_usable_and_converting_it_is_suggested(tiny_ckpt: Path) -> None:
@@ -155,7 +170,7 @@ def test_the_table_lists_every_file_and_then_what_to_do(tiny_pipeline_dir: Path,
     assert inventory.heartbeat_fields() == {
         "serves": ["tiny"], "upscalers": [],
         "unavailable": {"gone": f"not found: {tmp_path / 'models/gone'}"}}
-    assert lines[0].split() == ["id", "format", "size", "converted", "copy", "path"]
+    assert lines[0].split() == ["id", "format", "architecture", "size", "converted", "copy", "path"]
     assert lines[1].startswith("✔") and " tiny " in lines[1]
     assert lines[2].startswith("✘") and " gone " in lines[2]
     assert lines[3] == f"✘ gone: not found: {tmp_path / 'models/gone'}"

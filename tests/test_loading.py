@@ -186,7 +186,7 @@ def test_missing_files_are_named_with_their_path(tiny, tmp_path) -> None:
         load_pipeline(entry(tiny.ckpt, config=Path("nowhere")), base_dir=tmp_path)
 
 
-def test_files_that_are_not_sd1_checkpoints_get_a_clear_message(tiny, tmp_path) -> None:
+def test_files_that_are_not_full_checkpoints_get_a_clear_message(tiny, tmp_path) -> None:
     garbage = tmp_path / "page.ckpt"
     garbage.write_bytes(b"<html>rate limited</html>")
     with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint"):
@@ -197,14 +197,14 @@ def test_files_that_are_not_sd1_checkpoints_get_a_clear_message(tiny, tmp_path) 
     with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
         load_pipeline(entry(truncated), base_dir=tmp_path)
 
-    sdxl = tmp_path / "xl.safetensors"
-    save_file({"conditioner.embedders.0.transformer.x": torch.zeros(1)}, sdxl)
-    with pytest.raises(ModelLoadError, match="SDXL"):
-        load_pipeline(entry(sdxl), base_dir=tmp_path)
+    text_only = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.0.transformer.x": torch.zeros(1)}, text_only)
+    with pytest.raises(ModelLoadError, match=r"has no UNet weights"):
+        load_pipeline(entry(text_only), base_dir=tmp_path)
 
     vae_only = tmp_path / "vae.safetensors"
     save_file({"first_stage_model.decoder.conv_in.weight": torch.zeros(1)}, vae_only)
-    with pytest.raises(ModelLoadError, match=r"not a full SD 1\.x checkpoint"):
+    with pytest.raises(ModelLoadError, match=r"not a full Stable Diffusion checkpoint"):
         load_pipeline(entry(vae_only), base_dir=tmp_path)
 
 

@@ -194,3 +194,16 @@ def test_extra_pipeline_arguments_reach_the_diffusers_call(pipe) -> None:
     images = sample(pipe, job(PROMPT_120), callback_on_step_end=on_step_end)
     assert len(images) == 1
     assert steps == [0]
+
+
+def test_sd2s_openclip_windows_pad_with_its_own_pad_token_like_diffusers() -> None:
+    # OpenCLIP pads with `!` (id 0) after EOS, where SD 1.x repeats EOS (A1111's
+    # `process_tokens`: "SD1 uses the same token for padding and end of text, while SD2 uses
+    # different ones"): the first window of a long SD 2.x prompt is diffusers' own encoding.
+    from ponybot_testkit.tiny_models import tiny_sd2_pipeline
+
+    sd2 = tiny_sd2_pipeline()
+    encoded = encode_prompts(sd2, PROMPT_120, None, backtrack=0)
+    truncated, _ = sd2.encode_prompt(PROMPT_120, CPU, 1, True, None)
+    assert encoded.chunks == 2
+    assert torch.equal(encoded.prompt_embeds[:, :77], truncated)

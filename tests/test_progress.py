@@ -150,6 +150,33 @@ async def test_preview_is_a_small_jpeg_of_the_image_size(pipe) -> None:
         assert image.size == (64, 64)  # 64 px images: previews at their own size
 
 
+async def test_an_sdxl_jobs_preview_uses_sdxls_latent_colours() -> None:
+    from inference.drawing.progress import SD1_LATENTS, SDXL_LATENTS, preview_jpeg
+    from ponybot_testkit.tiny_models import tiny_sdxl_pipeline
+
+    clock = StepClock()
+    edits = Edits(clock)
+    reporter = ProgressReporter(edits, interval_s=1.0, clock=clock)
+    latents_at: dict[int, torch.Tensor] = {}
+
+    def keep(step: int) -> None:
+        latents_at[step + 1] = kept[-1]
+
+    kept: list[torch.Tensor] = []
+    callback = stepping(reporter, clock, 1.0, [], before=keep)
+
+    def recording(p: Any, step: int, t: Any, kwargs: dict[str, Any]) -> dict:
+        kept.append(kwargs["latents"][:1].detach().clone())
+        return callback(p, step, t, kwargs)
+
+    async with reporter:
+        await asyncio.to_thread(run_pipe, tiny_sdxl_pipeline(), recording, 2)
+    assert edits.steps == [1, 2]
+    for step, _, preview, _ in edits.calls:
+        assert preview == preview_jpeg(latents_at[step], SDXL_LATENTS)
+        assert preview != preview_jpeg(latents_at[step], SD1_LATENTS)
+
+
 async def test_previews_off_edits_without_preview(pipe) -> None:
     clock = StepClock()
     edits = Edits(clock)

@@ -264,6 +264,41 @@ async def test_bad_pony_input_still_queues_nothing_with_defaults_saved(bot, fake
     assert await all_jobs(redis) == []
 
 
+# --- the server's quality prefix ---------------------------------------------------------------
+
+
+async def test_a_server_admin_turns_the_models_quality_prefix_off_and_on_again(
+        fake, redis, settings, tiny_pipeline_dir):
+    # A model whose card puts quality tags first (as V6 XL's `score_9, score_8_up, ...`).
+    tiny = settings.config.model("tiny")
+    caption = tiny.caption.model_copy(update={
+        "quality_prefix": ["score_9", "score_8_up"],
+        "rating_tags": {"safe": "rating_safe", "explicit": "rating_explicit"}})
+    config = with_models(settings, tiny_pipeline_dir, fake,
+                         models=[tiny.model_copy(update={"caption": caption}).model_dump()])
+    async with running_bot(config, fake):
+        default = await queued(redis, await pony(fake, tags="solo"))
+        refused = await command(fake, "settings server quality_prefix", {"on": False})
+        off = await command(fake, "settings server quality_prefix", {"on": False},
+                            permissions=MANAGE_GUILD)
+        without = await queued(redis, await pony(fake, tags="solo"))
+        shown = await command(fake, "settings show")
+        await command(fake, "settings server quality_prefix", {"on": True},
+                      permissions=MANAGE_GUILD)
+        again = await queued(redis, await pony(fake, tags="solo"))
+
+    # The card's prefix, then the rating and the score tag the bot adds, then what was typed.
+    assert default.prompt == "score_9, score_8_up, rating_safe, scr100, solo"
+    assert refused.ephemeral and "Manage Server" in refused.original.content
+    assert off.ephemeral and "no longer start with the model card's quality tags" in \
+        off.original.content
+    assert without.prompt == "rating_safe, scr100, solo"
+    assert "Quality prefix (off; admins: `/settings server quality_prefix`): Tiny Pony " \
+        "captions leave out `score_9, score_8_up`" in shown.original.content
+    assert again.prompt == default.prompt
+    assert "quality_prefix" not in await saved(redis, KEYS.guild(GUILD_ID))
+
+
 # --- over time ---------------------------------------------------------------------------------
 
 

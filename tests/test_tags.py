@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ponybot_core.config import CaptionProfile, Limits, LongPrompts, ModelEntry, load_config
+from ponybot_request import clip_tokens
 from ponybot_request.tags import (
     MAX_INPUT_CHARS,
     Rating,
@@ -34,7 +35,8 @@ SHIPPED = load_config(Path(__file__).resolve().parent.parent / "config.toml")
 V1 = SHIPPED.model("v1")
 V2 = SHIPPED.model("v2")
 PONY_DIFFUSION = SHIPPED.model("pony-diffusion")
-MODELS = [V1, V2, PONY_DIFFUSION]
+V4, V5, V6_XL = SHIPPED.model("v4"), SHIPPED.model("v5"), SHIPPED.model("v6-xl")
+MODELS = [V1, V2, PONY_DIFFUSION, V4, V5, V6_XL]
 LIMITS = Limits(max_tags=10, max_prompt_chars=100)
 
 # Lun's post (LunNova/Blog @ 86d6c66, content/articles/pony-diffusion-model/index.md).
@@ -161,9 +163,13 @@ def test_comma_free_text_is_one_tag_for_comma_models():
     )
 
 
-def test_a_v2_caption_pasted_for_any_model_is_read_as_tags():
-    # No comma, but a word with `_`, an `ns=value` or a score tag: V2 caption style.
-    for model in MODELS:
+def test_a_v2_caption_pasted_for_any_tag_model_is_read_as_tags():
+    # No comma, but a word with `_`, an `ns=value` or a score tag: V2 caption style. For the
+    # models trained on sentences too (V5, V6 XL) comma-free text is a sentence, kept whole.
+    for model in (V5, V6_XL):
+        assert parse_tags("pony s5_starlight unicorn", profile=model.caption).items == (
+            "pony s5 starlight unicorn",)
+    for model in (m for m in MODELS if not m.caption.natural_language):
         assert parse_tags("pony s5_starlight unicorn", profile=model.caption).items == (
             "pony", "s5 starlight", "unicorn")
         assert parse_tags("pony by=pierogarts", profile=model.caption).items == (
@@ -403,12 +409,24 @@ def test_a_rating_is_never_the_tag_cut_off():
     assert result.positive.startswith("safe, ")
 
 
-def test_v2_encodes_long_prompts_in_chunks_and_names_what_lies_past_the_first():
-    assert V2.caption.long_prompts is LongPrompts.CHUNK
+def test_v2_leaves_out_tags_past_the_window_as_its_training_clip_did():
+    # V2's training code (translunar-diffusion @ 0d0b70c) encodes with CompVis'
+    # FrozenCLIPEmbedder: truncation=True, max_length=77. It chunked before (issue 18).
+    assert V2.caption.long_prompts is LongPrompts.TRUNCATE
     result = rendered(LONG, V2)
-    assert len(caption_tags(result.positive, V2.caption)) == 31
+    kept = caption_tags(result.positive, V2.caption)
+    assert kept[:2] == ["scr800", "pony_number_0"] and len(kept) < 31
+    assert clip_tokens.count(result.positive) <= 75
+    assert any(f"Left out `pony_number_{len(kept) - 1}`" in n and "75 tokens" in n
+               for n in result.notes)
+
+
+def test_a_chunking_model_keeps_every_tag_and_names_what_lies_past_the_first_chunk():
+    assert V6_XL.caption.long_prompts is LongPrompts.CHUNK
+    result = rendered(LONG, V6_XL)
+    assert len(caption_tags(result.positive, V6_XL.caption)) == 6 + 30
     note = next(n for n in result.notes if "past CLIP's first 75 tokens" in n)
-    assert "`pony_number_0`" not in note and re.search(r"`pony_number_1\d`", note)
+    assert "`pony number 0`" not in note and re.search(r"`pony number 1\d`", note)
 
 
 def test_a_short_prompt_has_no_window_note():

@@ -14,28 +14,29 @@ from inference.drawing.img2img import refine, vary
 from inference.drawing.sampling import Sampled, sample_batch
 from inference.loop.faults import fault_point
 from inference.models.device import Placement, chunk_by_images, configure_for_size, images_per_call
-from ponybot_core.config import WorkerConfig
+from ponybot_core.config import ModelEntry, WorkerConfig
 from ponybot_core.job import Job, JobKind
 
 
 def draw(pipe: Any, jobs: Sequence[Job], source: Image | None, config: WorkerConfig,
-         pipeline_kwargs: dict[str, Any]) -> list[Sampled]:
-    """Each job's images before upscaling, in the jobs' order."""
+         pipeline_kwargs: dict[str, Any], model: ModelEntry | None = None) -> list[Sampled]:
+    """Each job's images before upscaling, in the jobs' order. `model` is the jobs' config
+    entry: how its text encoders are read (CLIP skip, long prompts) and its prediction type."""
     job = jobs[0]
     fault_point("sampling", job.id, " ".join(j.tags for j in jobs))
     if pipe is not None:
         configure_for_size(pipe, job.width, job.height, config)
     if job.kind is JobKind.GENERATE:
-        sampled = sample_batch(pipe, jobs, **pipeline_kwargs)
+        sampled = sample_batch(pipe, jobs, model=model, **pipeline_kwargs)
         if job.hires is None:
             return sampled
         # Hires: each picture enlarged and refined by a second, img2img pass (`img2img.refine`).
-        return [refine(pipe, j, s, config, **pipeline_kwargs)
+        return [refine(pipe, j, s, config, model=model, **pipeline_kwargs)
                 for j, s in zip(jobs, sampled, strict=True)]
     if source is None or len(jobs) != 1:
         raise ValueError(f"a {job.kind.value} job runs alone, from its source image")
     if job.kind is JobKind.VARIATION:
-        return [vary(pipe, job, source, **pipeline_kwargs)]
+        return [vary(pipe, job, source, model=model, **pipeline_kwargs)]
     # An upscale starts from the source as it is.
     return [Sampled(images=[source], tokens=0, negative_tokens=0, chunks=1, note=None)]
 

@@ -2,8 +2,12 @@
 and the second pass of a hires job (`/pony hires:true`, the ⬆️ Hires button).
 
 The img2img pipeline is built from the loaded text-to-image pipeline's components
-(`StableDiffusionImg2ImgPipeline(**pipe.components)`): the same UNet, VAE and text encoder
-objects, no second copy of the weights, nothing loaded. Everything else is sampled the way
+(`StableDiffusionImg2ImgPipeline(**pipe.components)`, or `StableDiffusionXLImg2ImgPipeline` for
+SDXL): the same UNet, VAE and text encoder objects, no second copy of the weights, nothing
+loaded. SDXL's img2img is built with `requires_aesthetics_score=False`: the aesthetic-score
+conditioning belongs to the SDXL *refiner*'s UNet (its `projection_class_embeddings_input_dim`
+counts 5 size/score numbers instead of the base's 6); a base model such as Pony Diffusion V6 XL
+is conditioned on sizes and crops, exactly as its text to image. Everything else is sampled the way
 `inference.drawing.sampling` samples: a fresh scheduler for the job's sampler, the prompts encoded
 by `inference.drawing.prompt_embeds` (long prompts in 75-token chunks, never cut), and one CPU
 generator per image so a variation's seed reproduces it.
@@ -33,13 +37,19 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
     StableDiffusionImg2ImgPipeline,
 )
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
+    StableDiffusionXLPipeline,
+)
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
+    StableDiffusionXLImg2ImgPipeline,
+)
 from PIL import Image
 
-from inference.drawing.prompt_embeds import encode_prompts
-from inference.drawing.sampling import Sampled, generators
+from inference.drawing.prompt_embeds import TextOptions, encode_prompts
+from inference.drawing.sampling import Sampled, generators, size_conditioning
 from inference.drawing.schedulers import set_scheduler
 from inference.models.device import configure_for_size
-from ponybot_core.config import WorkerConfig
+from ponybot_core.config import ModelEntry, WorkerConfig
 from ponybot_core.downloads import normalised
 from ponybot_core.job import Job, JobKind
 
@@ -47,12 +57,24 @@ from ponybot_core.job import Job, JobKind
 IMG2IMG_BACKGROUND = (255, 255, 255)
 
 
-def img2img_view(pipe: StableDiffusionPipeline) -> StableDiffusionImg2ImgPipeline:
+Text2Image = StableDiffusionPipeline | StableDiffusionXLPipeline
+Img2Img = StableDiffusionImg2ImgPipeline | StableDiffusionXLImg2ImgPipeline
+
+
+def img2img_view(pipe: Text2Image) -> Img2Img:
     """An img2img pipeline on `pipe`'s own modules (shared, not copied)."""
     components = dict(pipe.components)
-    components.setdefault("safety_checker", None)
-    components.setdefault("feature_extractor", None)
-    img2img = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
+    img2img: Img2Img
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        img2img = StableDiffusionXLImg2ImgPipeline(
+            **components, requires_aesthetics_score=False,
+            force_zeros_for_empty_prompt=getattr(pipe.config, "force_zeros_for_empty_prompt",
+                                                 True),
+            add_watermarker=False)
+    else:
+        components.setdefault("safety_checker", None)
+        components.setdefault("feature_extractor", None)
+        img2img = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
     img2img.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     return img2img
 
@@ -78,24 +100,27 @@ def starting_image(source: Image.Image, width: int, height: int) -> Image.Image:
 
 @torch.inference_mode()
 def vary(
-    pipe: StableDiffusionPipeline, job: Job, source: Image.Image, **pipeline_kwargs: Any
+    pipe: Text2Image, job: Job, source: Image.Image, *, model: ModelEntry | None = None,
+    **pipeline_kwargs: Any
 ) -> Sampled:
-    """`job.count` variations of `source`. `pipeline_kwargs` go to the diffusers call as they
-    are (the progress reporter's `callback_on_step_end`, for instance)."""
+    """`job.count` variations of `source`. `model` is the job's config entry (CLIP skip, long
+    prompts, prediction type). `pipeline_kwargs` go to the diffusers call as they are (the
+    progress reporter's `callback_on_step_end`, for instance)."""
     # 1. Check the inputs.
     if job.kind is not JobKind.VARIATION or job.strength is None:
         raise ValueError(f"job {job.id} is a {job.kind.value} job, not a variation with a strength")
     # 2. An img2img view of the loaded weights, with a fresh scheduler for the job's sampler.
     img2img = img2img_view(pipe)
-    set_scheduler(img2img, job.sampler)
+    set_scheduler(img2img, job.sampler, prediction=model.prediction if model else None)
     # 3. The starting image at the job's size, once per image.
     image = starting_image(source, job.width, job.height)
     # 4. Encode the prompts, already repeated once per image.
-    encoded = encode_prompts(img2img, job.prompt, job.negative_prompt, job.count)
+    encoded = encode_prompts(img2img, job.prompt, job.negative_prompt, job.count,
+                             options=TextOptions.of(model))
     # 5. Noise the source to `strength` and denoise: one generator per image.
     result = img2img(
-        prompt_embeds=encoded.prompt_embeds,
-        negative_prompt_embeds=encoded.negative_prompt_embeds,
+        **encoded.pipeline_kwargs(),
+        **size_conditioning(img2img, job.width, job.height),
         image=[image] * job.count,
         strength=job.strength,
         num_inference_steps=inference_steps(job.steps, job.strength),
@@ -126,14 +151,15 @@ def second_pass(job: Job, seed: int) -> Job:
     })  # fmt: skip
 
 
-def refine(pipe: StableDiffusionPipeline, job: Job, first: Sampled, config: WorkerConfig,
-           **pipeline_kwargs: Any) -> Sampled:
+def refine(pipe: Text2Image, job: Job, first: Sampled, config: WorkerConfig, *,
+           model: ModelEntry | None = None, **pipeline_kwargs: Any) -> Sampled:
     """`job`'s first-pass pictures, each enlarged and refined; `pipeline_kwargs` go to every
     diffusers call (progress and cancel: a cancel stops the second pass too)."""
     if job.hires is None:
         raise ValueError(f"job {job.id} has no hires pass")
     # VAE tiling is chosen by the size decoded, and this pass decodes the large one.
     configure_for_size(pipe, job.hires.width, job.hires.height, config)
-    refined = [vary(pipe, second_pass(job, seed), image, **pipeline_kwargs).images[0]
+    refined = [vary(pipe, second_pass(job, seed), image, model=model,
+                    **pipeline_kwargs).images[0]
                for image, seed in zip(first.images, job.image_seeds(), strict=True)]
     return dataclasses.replace(first, images=refined)

@@ -42,10 +42,13 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
+
+from inference.drawing.prompt_embeds import is_xl
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +68,44 @@ MAX_EDIT_FAILURES = 3
 # latent2rgb previews use (ComfyUI comfy/latent_formats.py, class SD15). Rows are the four
 # latent channels, columns R, G, B; it applies to the scaled latents the UNet sees (VAE
 # latents x 0.18215), which is what diffusers' callback receives; output is in [-1, 1].
+# SD 2.x has the same VAE and uses the same factors (ComfyUI comfy/supported_models.py: SD20's
+# latent_format is SD15).
 LATENT_RGB_FACTORS = (
     (0.3512, 0.2297, 0.3227),
     (0.3250, 0.4974, 0.2350),
     (-0.2829, 0.1762, 0.2721),
     (-0.2120, -0.2616, -0.7177),
 )
+# SDXL's own VAE (latents x 0.13025): ComfyUI comfy/latent_formats.py, class SDXL
+# (`scale_factor = 0.13025`, `latent_rgb_factors`, `latent_rgb_factors_bias`), applied the way
+# its Latent2RGBPreviewer does (`linear(x, factors, bias)`, then [-1, 1] -> [0, 1]).
+SDXL_LATENT_RGB_FACTORS = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """How one VAE family's latents look as colours, without the VAE."""
+
+    name: str
+    factors: tuple[tuple[float, float, float], ...]
+    bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+SD1_LATENTS = LatentFormat("SD 1.x/2.x", LATENT_RGB_FACTORS)
+SDXL_LATENTS = LatentFormat("SDXL", SDXL_LATENT_RGB_FACTORS, SDXL_LATENT_RGB_BIAS)
+
+
+def latent_format_of(pipe: Any) -> LatentFormat:
+    """The latent colours of the pipeline sampling (SDXL's VAE differs from SD 1.x/2.x's)."""
+    return SDXL_LATENTS if is_xl(pipe) else SD1_LATENTS
+
+
 _VAE_SCALE = 8
 
 
@@ -98,22 +133,24 @@ def preview_size(latent_height: int, latent_width: int,
 
 
 @torch.no_grad()
-def latents_to_preview(latents: torch.Tensor, *, max_side: int = PREVIEW_MAX_SIDE) -> Image.Image:
-    """The first image of a batch of SD 1.x latents (`(B, 4, h, w)` or `(4, h, w)`, any device
-    or dtype) as an RGB picture of `preview_size(h, w)`, without the VAE.
+def latents_to_preview(latents: torch.Tensor, *, max_side: int = PREVIEW_MAX_SIDE,
+                       latent_format: LatentFormat = SD1_LATENTS) -> Image.Image:
+    """The first image of a batch of SD 1.x latents, or `latent_format`'s (`(B, 4, h, w)` or
+    `(4, h, w)`, any device or dtype), as an RGB picture of `preview_size(h, w)`, without the VAE.
 
     Early latents are mostly noise with a large spread (Euler's start at sigma ~ 15): they are
     divided by their standard deviation when it is above 1, so the picture is noise rather
     than saturated colours; clean SD latents have a spread of about 1 and are left as they are.
     """
     first = latents[0] if latents.ndim == 4 else latents
-    if first.ndim != 3 or first.shape[0] != len(LATENT_RGB_FACTORS):
+    if first.ndim != 3 or first.shape[0] != len(latent_format.factors):
         raise ValueError(f"latents: expected (B, 4, h, w) or (4, h, w), got {tuple(latents.shape)}")
     first = first.float()
     first = first / first.std().clamp(min=1.0)
     channels, height, width = first.shape
-    factors = torch.tensor(LATENT_RGB_FACTORS, dtype=first.dtype, device=first.device)
-    rgb = (factors.T @ first.reshape(channels, -1)).reshape(3, height, width)  # [-1, 1]
+    factors = torch.tensor(latent_format.factors, dtype=first.dtype, device=first.device)
+    bias = torch.tensor(latent_format.bias, dtype=first.dtype, device=first.device)
+    rgb = (factors.T @ first.reshape(channels, -1) + bias[:, None]).reshape(3, height, width)
     # One plain matmul and a truncation (+0.5 rounds): einsum and round() are 10x slower here.
     pixels = ((rgb + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
     image = Image.fromarray(pixels.cpu().numpy(), "RGB")
@@ -128,8 +165,8 @@ def jpeg_of(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def preview_jpeg(latents: torch.Tensor) -> bytes:
-    return jpeg_of(latents_to_preview(latents))
+def preview_jpeg(latents: torch.Tensor, latent_format: LatentFormat = SD1_LATENTS) -> bytes:
+    return jpeg_of(latents_to_preview(latents, latent_format=latent_format))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +269,8 @@ class ProgressReporter:
             # GPU this is queued like any kernel; nothing here waits for the device.
             snapshot = latents[:1].detach().clone() if latents is not None else None
             # Under the lock, so `__aexit__` sees either no hand-over or one already queued.
-            self._loop.call_soon_threadsafe(self._start_edit, done, total, snapshot)
+            self._loop.call_soon_threadsafe(self._start_edit, done, total, snapshot,
+                                            latent_format_of(pipe))
         return {}
 
     # --- the event loop -------------------------------------------------------------------
@@ -262,19 +300,22 @@ class ProgressReporter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _start_edit(self, step: int, total: int, latents: torch.Tensor | None) -> None:
+    def _start_edit(self, step: int, total: int, latents: torch.Tensor | None,
+                    latent_format: LatentFormat = SD1_LATENTS) -> None:
         if self._closed:
             with self._lock:
                 self._in_flight = False
             return
-        self._task = asyncio.get_running_loop().create_task(self._run_edit(step, total, latents))
+        self._task = asyncio.get_running_loop().create_task(
+            self._run_edit(step, total, latents, latent_format))
 
-    async def _run_edit(self, step: int, total: int, latents: torch.Tensor | None) -> None:
+    async def _run_edit(self, step: int, total: int, latents: torch.Tensor | None,
+                        latent_format: LatentFormat = SD1_LATENTS) -> None:
         try:
             preview = None
             if latents is not None:
                 # In a pool thread: on a GPU, reading the copy back waits for the device.
-                preview = await asyncio.to_thread(preview_jpeg, latents)
+                preview = await asyncio.to_thread(preview_jpeg, latents, latent_format)
             await self._edit(step, total, preview)
         except Exception as exc:
             self._failures += 1

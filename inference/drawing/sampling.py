@@ -1,8 +1,15 @@
-"""Sampling one job's images with its own seeded generators.
+"""Sampling one job's images with its own seeded generators, on SD 1.x, SD 2.x and SDXL.
 
 The prompts are encoded here (`drawing.prompt_embeds`), not by the pipeline, so prompts longer
-than CLIP's 75 tokens are used whole (in chunks) instead of being cut; each job's `Sampled` says
-how long its prompt was so the worker can tell the user.
+than CLIP's 75 tokens are used whole (in chunks) instead of being cut, unless the model's
+captions were cut (`caption.long_prompts = "truncate"`); each job's `Sampled` says how long its
+prompt was so the worker can tell the user.
+
+SDXL is conditioned on its size and crop too ("micro-conditioning"): the picture's own size as
+both `original_size` and `target_size`, and crop `(0, 0)`, what A1111 passes for text to image
+(`modules/sd_models_xl.py`: `original_size_as_tuple` and `target_size_as_tuple` = `[height,
+width]`, `crop_coords_top_left` = its `sdxl_crop_top/left` options, 0 by default) and what
+diffusers defaults to.
 """
 
 from __future__ import annotations
@@ -12,13 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-# From where each is defined: diffusers' top level shows type checkers stand-in classes.
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from PIL.Image import Image
 
-from inference.drawing.prompt_embeds import encode_prompts
+from inference.drawing.prompt_embeds import (
+    AnyPipeline,
+    TextOptions,
+    concatenated,
+    encode_prompts,
+    is_xl,
+)
 from inference.drawing.schedulers import set_scheduler
+from ponybot_core.config import ModelEntry
 from ponybot_core.job import Job
 
 
@@ -39,9 +50,18 @@ def generators(job: Job) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in job.image_seeds()]
 
 
+def size_conditioning(pipe: AnyPipeline, width: int, height: int) -> dict[str, Any]:
+    """SDXL's micro-conditioning for a picture of this size (nothing for SD 1.x/2.x)."""
+    if not is_xl(pipe):
+        return {}
+    return {"original_size": (height, width), "target_size": (height, width),
+            "crops_coords_top_left": (0, 0)}
+
+
 @torch.inference_mode()
 def sample_batch(
-    pipe: StableDiffusionPipeline, jobs: Sequence[Job], **pipeline_kwargs: Any
+    pipe: AnyPipeline, jobs: Sequence[Job], *, model: ModelEntry | None = None,
+    **pipeline_kwargs: Any
 ) -> list[Sampled]:
     """Draw every job's images in as few pipeline calls as possible, one per group of jobs
     whose prompts encoded to the same length (all of them, unless a prompt is long).
@@ -50,21 +70,24 @@ def sample_batch(
     its own generator, so each job gets the images its seeds give; batched, an image can
     differ from the same job run alone by ±1/255 in a few pixels (floating-point reduction
     order), which is why jobs with a user-chosen seed are never batched.
-    `pipeline_kwargs` go to the diffusers call as they are (the progress/cancel callback).
+    `model` is the jobs' config entry (CLIP skip, long prompts, prediction type; None = the
+    defaults). `pipeline_kwargs` go to the diffusers call as they are (the progress/cancel
+    callback).
     """
     first = jobs[0]
     assert len({j.batch_key() for j in jobs}) == 1, "sample_batch needs compatible jobs"
     # 1. A fresh scheduler for the jobs' sampler, on the model's noise schedule.
-    set_scheduler(pipe, first.sampler)
+    set_scheduler(pipe, first.sampler, prediction=model.prediction if model else None)
     # 2. Encode each job's prompts, already repeated once per image.
-    encoded = [encode_prompts(pipe, j.prompt, j.negative_prompt, j.count) for j in jobs]
+    options = TextOptions.of(model)
+    encoded = [encode_prompts(pipe, j.prompt, j.negative_prompt, j.count, options=options)
+               for j in jobs]
     # 3. One call per prompt length: embeddings of different lengths cannot share a batch.
     images: dict[int, list[Image]] = {}
     for length in sorted({e.prompt_embeds.shape[1] for e in encoded}):
         group = [i for i, e in enumerate(encoded) if e.prompt_embeds.shape[1] == length]
         result = pipe(
-            prompt_embeds=torch.cat([encoded[i].prompt_embeds for i in group]),
-            negative_prompt_embeds=torch.cat([encoded[i].negative_prompt_embeds for i in group]),
+            **concatenated([encoded[i] for i in group]),
             num_images_per_prompt=1,
             generator=[g for i in group for g in generators(jobs[i])],
             num_inference_steps=first.steps,
@@ -72,6 +95,7 @@ def sample_batch(
             width=first.width,
             height=first.height,
             output_type="pil",
+            **size_conditioning(pipe, first.width, first.height),
             **pipeline_kwargs,
         )
         # 4. Hand each job its own images, in order.

@@ -7,6 +7,10 @@ the *schedule* keys from the model's scheduler config and sets the sampler's own
 explicitly, so the result does not depend on which sampler ran before (a DPM++ config fed to
 Euler a does not smuggle its Karras sigmas along).
 
+The prediction type (epsilon, or SD 2.x 768's `v_prediction`) is part of the schedule: every
+sampler keeps the base config's, and a model entry's `prediction` overrides it (a v-prediction
+fine-tune shipped with an epsilon scheduler config would otherwise draw noise).
+
 Schedulers are stateful (`set_timesteps`), so build a fresh one per job; nothing here is cached.
 """
 
@@ -20,13 +24,19 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
     StableDiffusionImg2ImgPipeline,
 )
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
+    StableDiffusionXLPipeline,
+)
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
+    StableDiffusionXLImg2ImgPipeline,
+)
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
     EulerAncestralDiscreteScheduler,
 )
 
-from ponybot_core.config import Sampler
+from ponybot_core.config import PredictionType, Sampler
 
 # The pony-diffusion model card's scheduler: DDIM on the SD 1.x training schedule.
 SEED_DDIM_CONFIG: dict[str, Any] = {
@@ -70,12 +80,16 @@ def schedule_of(base_config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: base_config[key] for key in _SCHEDULE_KEYS if key in base_config}
 
 
-def make_scheduler(base_config: Mapping[str, Any], sampler: Sampler) -> Scheduler:
+def make_scheduler(base_config: Mapping[str, Any], sampler: Sampler,
+                   prediction: PredictionType | None = None) -> Scheduler:
     """A new scheduler for `sampler` on the noise schedule of `base_config`.
 
-    `base_config` is a scheduler config (`pipe.scheduler.config`, or `SEED_DDIM_CONFIG`).
+    `base_config` is a scheduler config (`pipe.scheduler.config`, or `SEED_DDIM_CONFIG`);
+    `prediction`, when given, replaces its prediction type.
     """
     schedule = schedule_of(base_config)
+    if prediction is not None:
+        schedule["prediction_type"] = PredictionType(prediction).value
     sampler = Sampler(sampler)
     if sampler is Sampler.DDIM:
         return DDIMScheduler.from_config(schedule, **_DDIM_KNOBS)
@@ -86,9 +100,11 @@ def make_scheduler(base_config: Mapping[str, Any], sampler: Sampler) -> Schedule
     raise ValueError(f"unknown sampler {sampler!r}")  # pragma: no cover - exhaustive above
 
 
-def set_scheduler(pipe: StableDiffusionPipeline | StableDiffusionImg2ImgPipeline,
-                  sampler: Sampler) -> Scheduler:
-    """Give `pipe` a fresh scheduler for `sampler` (same schedule); returns it."""
-    scheduler = make_scheduler(pipe.scheduler.config, sampler)
+def set_scheduler(pipe: StableDiffusionPipeline | StableDiffusionImg2ImgPipeline
+                  | StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline,
+                  sampler: Sampler, prediction: PredictionType | None = None) -> Scheduler:
+    """Give `pipe` a fresh scheduler for `sampler` (same schedule, `prediction` overriding its
+    prediction type when given); returns it."""
+    scheduler = make_scheduler(pipe.scheduler.config, sampler, prediction)
     pipe.scheduler = scheduler
     return scheduler

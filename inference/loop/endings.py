@@ -17,6 +17,7 @@ from inference.models.cache import ModelCache
 from inference.models.loading import ModelLoadError
 from inference.results.sources import SourceUnavailable
 from inference.results.upscale import UpscalerUnavailable
+from ponybot_core import metrics
 from ponybot_core.logs import JobLog
 from ponybot_core.messages import cancelled_text, failure_text
 from ponybot_core.poster import Poster, PostFailed
@@ -54,10 +55,12 @@ class Endings:
     async def dropped(self, delivery: Delivery, why: str) -> None:
         """Another worker holds the job now (or it moved on): let go, post nothing."""
         JobLog(log, delivery.job_id).warning("not posting: %s", why)
+        metrics.job_ended("dropped")
         self.leases.release(delivery)
 
     async def cancelled(self, delivery: Delivery) -> None:
         JobLog(log, delivery.job_id).info("cancelled while running")
+        metrics.job_ended("cancelled")
         await self._end(delivery, cancelled_text(delivery.job), delivery.cancelled, "cancel")
 
     async def failed(self, delivery: Delivery, exc: Exception) -> None:
@@ -73,6 +76,7 @@ class Endings:
             else:
                 jlog.warning("failed on attempt %d, will retry: %r", delivery.attempts, exc,
                              exc_info=not isinstance(exc, PostFailed))
+                metrics.job_ended("retried")
                 if isinstance(exc, torch.OutOfMemoryError):
                     await asyncio.to_thread(self.models.free_device_cache)
                 await patiently(delivery.retry, "give the job back", stopping=self.stopping)
@@ -83,6 +87,7 @@ class Endings:
 
     async def give_up(self, delivery: Delivery, reason: str) -> None:
         JobLog(log, delivery.job_id).error("dead-lettered: %s", reason)
+        metrics.job_ended("dead")
         await self._end(delivery, failure_text(delivery.job, reason),
                         lambda: delivery.give_up(reason), "dead-letter")
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, ReadOnlyError, RedisError, TimeoutError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -17,8 +17,11 @@ T = TypeVar("T")
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 # Errors that mean "Redis is not there right now" (restarting, unreachable, failing over);
-# anything else from Redis (a script bug, a wrong type) is a bug and is raised.
-UNAVAILABLE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+# anything else from Redis (a script bug, a wrong type) is a bug and is raised. READONLY is a
+# primary demoted by a failover (the Sentinel client turns it into a ConnectionError; a plain
+# URL still pointing at the old primary gets it as is).
+UNAVAILABLE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError,
+                                                ReadOnlyError)
 
 
 class Stopping(Exception):

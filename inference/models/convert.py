@@ -6,8 +6,10 @@ inference/models/loading.py):
 
 * `--to safetensors` (default), for a `.ckpt`: `<stem>.safetensors` with the checkpoint's state
   dict only: tensors, nothing pickled, in the same CompVis key layout and dtypes.
-* `--to diffusers`, for a `.ckpt` or `.safetensors`: a diffusers folder `<stem>.diffusers/`
-  (float32), assembled with the same single-file configs the loader uses.
+* `--to diffusers`, for a `.ckpt` or `.safetensors` of any supported family (SD 1.x, SD 2.x,
+  SDXL): a diffusers folder `<stem>.diffusers/` (float32), assembled with the same single-file
+  configs the loader uses (so an SDXL file gives a `StableDiffusionXLPipeline` folder with both
+  text encoders).
 
 A `.ckpt` that pickles Python objects besides its weights (most training checkpoints do) is
 converted only with `--trust-pickle`: reading it then runs `torch.load(weights_only=False)`,
@@ -34,14 +36,20 @@ from typing import Any, Literal
 import torch
 
 from inference.models.files import (
+    checkpoint_layout,
     converted_diffusers_path,
     converted_safetensors_path,
+    folder_architecture,
     is_up_to_date,
     is_zip_checkpoint,
-    sd1_layout_problem,
 )
-from inference.models.loading import ModelLoadError, load_from, unsafe_pickle_globals
-from ponybot_core.config import Config, ModelEntry, ModelFormat, resolve_path
+from inference.models.loading import (
+    ModelLoadError,
+    load_from,
+    single_file_config_dir,
+    unsafe_pickle_globals,
+)
+from ponybot_core.config import Architecture, Config, ModelEntry, ModelFormat, resolve_path
 
 Target = Literal["safetensors", "diffusers"]
 Report = Callable[[str], None]
@@ -90,7 +98,7 @@ def _to_safetensors(
 
     started = time.perf_counter()
     state_dict = read_ckpt_state_dict(entry, source, trust_pickle=trust_pickle, say=say)
-    problem = sd1_layout_problem(list(state_dict))
+    problem = checkpoint_layout(list(state_dict)).problem
     if problem:
         say(f"warning: {source} {problem} Converting it anyway.")
     write_safetensors(state_dict, target, metadata={"converted_from": source.name})
@@ -240,6 +248,7 @@ def _to_diffusers(
     shutil.rmtree(partial, ignore_errors=True)
     try:
         pipe.save_pretrained(partial, safe_serialization=True)
+        _keep_tokenizer_files(entry, partial, base_dir)
         if target.exists():
             shutil.rmtree(target)
         os.replace(partial, target)
@@ -251,6 +260,18 @@ def _to_diffusers(
         f"{time.perf_counter() - started:.1f} s; it is loaded instead of {source.name} from now on"
     )
     return target
+
+
+def _keep_tokenizer_files(entry: ModelEntry, folder: Path, base_dir: Path) -> None:
+    """The tokenizers exactly as loading had them: transformers 5.x saves a tokenizer as one
+    tokenizer.json and drops `split_special_tokens`, which SD 2.x's and SDXL's OpenCLIP
+    tokenizers need (a typed `!` is text there, not padding; see tools/make_model_configs.py)."""
+    architecture = folder_architecture(folder) or Architecture.SD1
+    config_dir = single_file_config_dir(entry, base_dir, architecture)
+    for name in ("tokenizer", "tokenizer_2"):
+        if (folder / name).is_dir() and (config_dir / name).is_dir():
+            shutil.rmtree(folder / name)
+            shutil.copytree(config_dir / name, folder / name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ The GPU fast path, applied automatically when the model is placed on a GPU. Each
 line diffusers or torch offers; defaults stay portable.
 
 - PyTorch SDPA attention (flash / memory-efficient kernels): diffusers' `AttnProcessor2_0`,
-  the default with torch 2, set where a model came with another processor;
+  the default with torch 2, set where a model came with another processor (except a model that
+  upcasts its attention, SD 2.1 768-v, in half precision off CUDA: see `prepare`);
 - channels_last UNet weights: faster convolutions on tensor cores;
 - VAE slicing on GPUs (decodes a batch one image at a time: a lower memory peak) and VAE
   tiling above `worker.vae_tiling_above_px` (bounded memory, faint seams);
@@ -23,11 +24,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-# From where each is defined: diffusers' top level shows type checkers stand-in classes.
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
-
+from inference.models.loading import Pipeline
 from ponybot_core.config import Config, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -66,11 +65,19 @@ def choose_placement(requested: str, dtype: str = "auto") -> Placement:
     return Placement(device=device, dtype=chosen)
 
 
-def prepare(pipe: StableDiffusionPipeline, placement: Placement, config: WorkerConfig) -> None:
+def prepare(pipe: Pipeline, placement: Placement, config: WorkerConfig) -> None:
     """Once per loaded model, before it is first moved to the device."""
     for model in (pipe.unet, pipe.vae):
         if any(not isinstance(p, AttnProcessor2_0) for p in model.attn_processors.values()):
             model.set_attn_processor(AttnProcessor2_0())
+    if needs_upcast_attention(pipe, placement):
+        # SD 2.1 768-v overflows in fp16 attention unless the scores are computed in float32
+        # (Pony Diffusion V5's page: "--xformers or --no-half"). CUDA's fused SDPA kernels
+        # accumulate in float32, as xformers does; elsewhere SDPA may take its plain half
+        # precision path, so the classic processor, which honours `upcast_attention`, runs.
+        pipe.unet.set_attn_processor(AttnProcessor())
+        log.info("attention upcast to float32 on %s (the model's upcast_attention)",
+                 placement.device.type)
     if placement.device.type != "cuda":
         return
     # Slicing decodes a batch one image at a time: a lower memory peak, but pixels can move by
@@ -83,7 +90,15 @@ def prepare(pipe: StableDiffusionPipeline, placement: Placement, config: WorkerC
         log.info("UNet will be compiled with torch.compile on first use")
 
 
-def configure_for_size(pipe: StableDiffusionPipeline, width: int, height: int,
+def needs_upcast_attention(pipe: Pipeline, placement: Placement) -> bool:
+    """The UNet asks for float32 attention scores, in float16 (bfloat16 has float32's range),
+    away from CUDA."""
+    return (bool(pipe.unet.config.get("upcast_attention"))
+            and placement.dtype == torch.float16
+            and placement.device.type not in ("cuda", "cpu"))
+
+
+def configure_for_size(pipe: Pipeline, width: int, height: int,
                        config: WorkerConfig) -> None:
     """VAE tiling only for images big enough to need it (it shows faint seams)."""
     if config.vae_tiling_above_px and width * height > config.vae_tiling_above_px:
@@ -123,13 +138,14 @@ def chunk_by_images(counts: list[int], cap: int) -> list[list[int]]:
     return chunks
 
 
-def warm_up(pipe: StableDiffusionPipeline, model_id: str, config: Config) -> float:
+def warm_up(pipe: Pipeline, model_id: str, config: Config) -> float:
     """Compile the UNet for the default size before the first user waits for it (with
     `worker.compile_unet`); returns the seconds it took."""
     from inference.drawing.sampling import sample_batch
     from ponybot_core.job import Job
 
-    dims = config.sizes[config.defaults.size]
+    # The model's own default size: an SDXL model compiles for 1024 px, not SD 1.x's 512.
+    dims = config.model_sizes(config.model(model_id))[config.defaults.size]
     job = Job(application_id=0, interaction_id=0, guild_id=None, channel_id=0, user_id=0,
               model_id=model_id, tags="warm-up", prompt="pony", negative_prompt="", seed=0,
               steps=2, cfg=7.5, sampler=config.defaults.sampler, width=dims.width,

@@ -22,12 +22,23 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from inference.models.files import (
+    architecture_name,
+    checkpoint_layout,
+    ckpt_shapes,
     converted_copy,
     converted_safetensors_path,
+    declared_mismatch,
+    folder_architecture,
     is_zip_checkpoint,
-    sd1_layout_problem,
 )
-from ponybot_core.config import Config, ModelEntry, ModelFormat, UpscalerEntry, resolve_path
+from ponybot_core.config import (
+    Architecture,
+    Config,
+    ModelEntry,
+    ModelFormat,
+    UpscalerEntry,
+    resolve_path,
+)
 
 # Components a diffusers folder must hold weights for (the safety checker is never loaded).
 _WEIGHTED = ("unet", "vae", "text_encoder")
@@ -52,6 +63,10 @@ class FileCheck(BaseModel):
     format: str | None = None  # diffusers | ckpt | safetensors | pth, as detected
     size_bytes: int | None = None
     converted: Path | None = None  # the converted copy loading uses instead of `path`
+    # sd1 | sd2 | sdxl: read from the file (a single file's tensor names, a folder's
+    # model_index.json), else as declared (`base`); None = not known without loading it.
+    architecture: str | None = None
+    declared: bool = False  # the config declares `base` (and the file agrees, or is unread)
     problem: str | None = None  # why it cannot be used; None = usable
     fix: str | None = None  # what to do about the problem
     tip: str | None = None  # an improvement for a usable file (convert once)
@@ -59,6 +74,13 @@ class FileCheck(BaseModel):
     @property
     def usable(self) -> bool:
         return self.problem is None
+
+    def architecture_label(self) -> str:
+        """`SDXL`, `SD 2.x (declared)`, ... for tables; `-` for upscalers and unknowns."""
+        if self.architecture is None:
+            return "-"
+        name = architecture_name(Architecture(self.architecture))
+        return f"{name} (declared)" if self.declared else name
 
 
 class Inventory(BaseModel):
@@ -93,12 +115,13 @@ class Inventory(BaseModel):
         """A plain-text table (models, then upscalers), then one line per problem with its fix.
         `extra` adds columns: column title -> {id: value}."""
         extra = extra or {}
-        header = ["", "id", "format", "size", "converted copy", *extra, "path"]
+        header = ["", "id", "format", "architecture", "size", "converted copy", *extra, "path"]
         rows = [header]
         for check in (*self.models, *self.upscalers):
             rows.append([
                 ("✔" if check.usable else "✘") + (" upscaler" if check.kind == "upscaler" else ""),
-                check.id, check.format or "-", human_size(check.size_bytes),
+                check.id, check.format or "-", check.architecture_label(),
+                human_size(check.size_bytes),
                 check.converted.name if check.converted else "-",
                 *(column.get(check.id, "-") for column in extra.values()),
                 str(check.path),
@@ -127,13 +150,13 @@ def check_all(config: Config, base_dir: Path) -> Inventory:
 def check_model(entry: ModelEntry, base_dir: Path) -> FileCheck:
     path = resolve_path(entry.path, base_dir)
     try:
-        return _check_model(entry, path)
+        return _check_model(entry, path, base_dir)
     except OSError as exc:  # a folder we may not list, a file vanishing while we look
         return FileCheck(kind="model", id=entry.id, name=entry.name, path=path,
                          problem=f"cannot read {path}: {exc}")
 
 
-def _check_model(entry: ModelEntry, path: Path) -> FileCheck:
+def _check_model(entry: ModelEntry, path: Path, base_dir: Path) -> FileCheck:
     fmt = entry.resolved_format()
     found = FileCheck(kind="model", id=entry.id, name=entry.name, path=path, format=fmt.value)
     if fmt is not ModelFormat.DIFFUSERS:
@@ -141,13 +164,14 @@ def _check_model(entry: ModelEntry, path: Path) -> FileCheck:
         if copy is not None:
             # Loading takes the copy (even with the original gone): check what is loaded.
             copy_fmt = ModelFormat.DIFFUSERS if copy.is_dir() else ModelFormat.SAFETENSORS
-            checked = _check_model_file(entry, copy, copy_fmt, found)
+            checked = _check_model_file(entry, copy, copy_fmt, found, base_dir)
             return checked.model_copy(update={"converted": copy, "path": path})
-    checked = _check_model_file(entry, path, fmt, found)
+    checked = _check_model_file(entry, path, fmt, found, base_dir)
     if checked.usable and fmt is ModelFormat.CKPT:
-        checked = checked.model_copy(update={"tip": (
-            f"convert once for faster loads without pickle: `python -m inference convert "
-            f"{entry.id}` writes {converted_safetensors_path(path).name}")})
+        convert = (f"convert once for faster loads without pickle: `python -m inference "
+                   f"convert {entry.id}` writes {converted_safetensors_path(path).name}")
+        checked = checked.model_copy(update={"tip": "; ".join(
+            t for t in (checked.tip, convert) if t)})
     return checked
 
 
@@ -180,23 +204,91 @@ def _check_upscaler(entry: UpscalerEntry, path: Path) -> FileCheck:
 # --- models ---------------------------------------------------------------------------------
 
 
-def _check_model_file(entry: ModelEntry, path: Path, fmt: ModelFormat,
-                      found: FileCheck) -> FileCheck:
+def _check_model_file(entry: ModelEntry, path: Path, fmt: ModelFormat, found: FileCheck,
+                      base_dir: Path) -> FileCheck:
+    declared = entry.base if entry.base is not Architecture.AUTO else None
+    found = found.model_copy(update={"architecture": declared and declared.value,
+                                     "declared": declared is not None})
     if not path.exists():
         return found.model_copy(update={"problem": f"not found: {path}",
                                         "fix": missing_model_fix(entry, path)})
+    detected: Architecture | None = None
     if fmt is ModelFormat.DIFFUSERS:
         problem = _diffusers_problem(path)
+        if problem is None:
+            detected = folder_architecture(path)
+            problem = _diffusers_components_problem(path, detected)
     elif path.is_dir():
         problem = (f"{path} is a folder, but the format is {fmt.value!r} (a single file); set "
                    f"`format = \"diffusers\"` for a diffusers folder")
     else:
-        problem = _single_file_problem(path, fmt.value, keys_problem=sd1_layout_problem)
+        reader = _ModelKeys(entry)
+        problem = _single_file_problem(path, fmt.value, keys_problem=reader)
+        if problem is None and fmt is ModelFormat.CKPT:
+            shapes = ckpt_shapes(path)
+            if shapes is not None:
+                problem = reader(list(shapes), shapes)
+                problem = f"{path} {problem}" if problem else None
+        detected = reader.detected
     fix = None
-    if problem:
+    if problem is None:
+        mismatch = declared_mismatch(entry.base, detected)
+        if mismatch:
+            problem = f"{path} {mismatch}"
+            fix = f"set base = \"{detected.value if detected else 'auto'}\" for this model"
+    if problem is None and entry.vae is not None:
+        vae = resolve_path(entry.vae, base_dir)
+        if not vae.exists():
+            problem = f"its vae {vae} is not there"
+            fix = f"put the VAE at {vae}, or remove `vae` for this model"
+    if detected is not None:
+        found = found.model_copy(update={"architecture": detected.value, "declared": False})
+    tip = None
+    if problem is None and entry.base is Architecture.AUTO and detected in _NOT_SD1_SIZES:
+        # The bot sizes pictures from the config alone (it never opens model files).
+        tip = (f"declare base = \"{detected.value}\" for this model: with base = \"auto\" "
+               f"/pony draws at the config's [sizes] (SD 1.x's), not "
+               f"{_NOT_SD1_SIZES[detected]}")
+    if problem and fix is None:
         fix = (f"replace it: {missing_model_fix(entry, path)}" if "truncated" in problem
                or "corrupt" in problem else "point `path` for this model at a usable file")
-    return found.model_copy(update={"size_bytes": _size(path), "problem": problem, "fix": fix})
+    return found.model_copy(update={"size_bytes": _size(path), "problem": problem, "fix": fix,
+                                    "tip": tip})
+
+
+_NOT_SD1_SIZES = {Architecture.SD2: "SD 2.x's 768 px", Architecture.SDXL: "SDXL's 1024 px"}
+
+
+class _ModelKeys:
+    """A `keys_problem` for model checkpoints that also remembers the architecture it read."""
+
+    def __init__(self, entry: ModelEntry) -> None:
+        self.entry = entry
+        self.detected: Architecture | None = None
+
+    def __call__(self, keys: list[str], shapes: dict[str, list[int]] | None = None) -> str | None:
+        layout = checkpoint_layout(keys, shapes)
+        self.detected = layout.architecture
+        if layout.problem:
+            return layout.problem
+        if not layout.has_vae and self.entry.vae is None:
+            return ("has no VAE weights (first_stage_model.*); set `vae` for this model to a VAE "
+                    "file or folder")
+        return None
+
+
+def _diffusers_components_problem(folder: Path, architecture: Architecture | None) -> str | None:
+    """SDXL folders also need the second text tower and its tokenizer."""
+    if architecture is not Architecture.SDXL:
+        return None
+    for component in ("text_encoder_2", "tokenizer_2"):
+        if not (folder / component).is_dir():
+            return f"{folder} has no {component}/ folder (an SDXL pipeline needs it)"
+    sub = folder / "text_encoder_2"
+    weights = [p for p in sub.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
+    if not any(p.stat().st_size > 0 for p in weights):
+        return f"{sub} has no weights (.safetensors or .bin; an incomplete download?)"
+    return None
 
 
 def missing_model_fix(entry: ModelEntry, path: Path) -> str:
@@ -281,7 +373,8 @@ def _safetensors_problem(path: Path, keys_problem) -> str | None:
     if size < end:
         return f"{path} is truncated: {size} of {end} bytes (an interrupted download?)"
     if keys_problem is not None:
-        what = keys_problem(list(tensors))
+        shapes = {k: list(v.get("shape", [])) for k, v in tensors.items()}
+        what = keys_problem(list(tensors), shapes)
         if what:
             return f"{path} {what}"
     return None

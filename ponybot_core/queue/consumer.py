@@ -83,9 +83,10 @@ class Delivery:
         self._message_resolved = True
         return self.message_id
 
-    async def posting(self) -> Outcome:
-        """About to post: from here a crash may or may not have reached Discord."""
-        outcome = await self._move(JobStatus.POSTING)
+    async def posting(self, fields: Mapping[str, str] = {}) -> Outcome:
+        """About to post: from here a crash may or may not have reached Discord. `fields` are
+        recorded on the job in the same step (the picture check's verdict)."""
+        outcome = await self._move(JobStatus.POSTING, fields=fields)
         if outcome.done:
             self.status = JobStatus.POSTING
         return outcome

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT
 
 from ponybot_core.config import CANCELLED_TTL_S, DEAD_TTL_S
 from ponybot_core.job import INTERACTION_TOKEN_TTL_S, Job
@@ -15,6 +18,7 @@ from ponybot_core.keys import ALL_SERVERS, Keys
 from ponybot_core.queue.scripts import Scripts
 from ponybot_core.queue.state import EDITABLE, JobStatus, Lifetimes, sources
 from ponybot_core.redis_client import as_str
+from ponybot_core.replicas import Replication, ReplicaWait
 
 # The token key outlives Discord's 15 minutes a little, for clocks that disagree.
 TOKEN_KEEP_S = INTERACTION_TOKEN_TTL_S + 60
@@ -31,6 +35,8 @@ class UserLimitReached(Exception):
 class Enqueued:
     position: int  # 1 = next to start (among servers that are not paused); 0 = held by a pause
     paused: bool  # the server (or everything) is paused: the job waits for a resume
+    # Whether a replica has it (ponybot_core/replicas.py): LAGGING = do not tell the user.
+    replication: Replication = Replication.NOT_ASKED
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,12 @@ class Edited:
 
 class Producer:
     def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: int,
-                 cancelled_ttl_s: int = CANCELLED_TTL_S, dead_ttl_s: int = DEAD_TTL_S) -> None:
+                 cancelled_ttl_s: int = CANCELLED_TTL_S, dead_ttl_s: int = DEAD_TTL_S,
+                 replica_wait: ReplicaWait | None = None) -> None:
         self.redis = redis
         self.keys = keys
+        # With Sentinel: an enqueue waits for a replica to have the job (WAIT).
+        self.replica_wait = replica_wait
         self.lifetimes = Lifetimes(result_ttl_s, cancelled_ttl_s, dead_ttl_s)
         self.scripts = Scripts(redis)
 
@@ -62,16 +71,45 @@ class Producer:
         """Queue the job behind its server's others; raises UserLimitReached over the cap.
         Safe to call again for the same job (a retry after a lost reply queues it once)."""
         k = self.keys
-        reply = await self.scripts.enqueue(
-            keys=[k.job(job.id), k.waiting(job.guild_key), k.ring,
-                  k.user_jobs(job.guild_id, job.user_id), k.wake, k.paused, k.token(job.id)],
-            args=[job.id, job.to_json(), job.guild_key, job.user_id, job.model_id,
-                  job.batch_key(), "" if user_limit is None else user_limit,
-                  job.interaction_token, TOKEN_KEEP_S],
-        )  # fmt: skip
+        keys = [k.job(job.id), k.waiting(job.guild_key), k.ring,
+                k.user_jobs(job.guild_id, job.user_id), k.wake, k.paused, k.token(job.id)]
+        args: list[EncodableT] = [job.id, job.to_json(), job.guild_key, job.user_id, job.model_id,
+                job.batch_key(), "" if user_limit is None else user_limit,
+                job.interaction_token, TOKEN_KEEP_S]
+        replication = Replication.NOT_ASKED
+        if self.replica_wait is not None and await self.replica_wait.wanted(self.redis):
+            try:
+                reply, acknowledged = await self._enqueue_and_wait(keys, args,
+                                                                   self.replica_wait)
+            except RedisError:
+                self.replica_wait.forget()
+                raise
+            replication = await self.replica_wait.outcome(self.redis, acknowledged)
+        else:
+            reply = await self.scripts.enqueue(keys=keys, args=args)
+            if self.replica_wait is not None:
+                replication = Replication.NO_REPLICA
         if int(reply[0]) == -1:
             raise UserLimitReached(sorted(as_str(i) for i in reply[1]), user_limit or 0)
-        return Enqueued(position=int(reply[0]), paused=bool(int(reply[1])))
+        return Enqueued(position=int(reply[0]), paused=bool(int(reply[1])),
+                        replication=replication)
+
+    async def _enqueue_and_wait(self, keys: list[str], args: list[EncodableT],
+                                wait: ReplicaWait) -> tuple[Any, int]:
+        """The enqueue script and WAIT in one round trip, on one connection: WAIT counts the
+        replicas that have this connection's writes, so it cannot be a separate call."""
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self.scripts.enqueue.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                try:
+                    reply, acknowledged = await pipe.execute()
+                except NoScriptError:
+                    # A new primary (a failover, a restart) has not seen the script yet.
+                    await self.redis.script_load(self.scripts.enqueue.script)
+                    continue
+                return reply, int(acknowledged)
+        raise NoScriptError("the enqueue script could not be loaded")
 
     async def record_message(self, job_id: str, message_id: int, *, position: int) -> None:
         """The Discord message that shows the job (for the worker to edit), and the position

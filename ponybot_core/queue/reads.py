@@ -5,7 +5,7 @@ job is read every few seconds."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -27,6 +27,19 @@ class Snapshot:
     # Job id -> the work queued up to and including it, in plain jobs (`Job.work_units`),
     # every server's counted: its position when every job is plain. Paused jobs have none.
     work_ahead: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Waiting:
+    """Waiting jobs for the metrics (`QueueReads.waiting_by_model`)."""
+
+    jobs: int = 0
+    by_model: dict[str, float] = field(default_factory=dict)  # model -> jobs (estimated)
+    oldest: dict[str, float] = field(default_factory=dict)  # model -> oldest enqueued_at
+
+
+# Jobs read per metrics scrape at most (`QueueReads.waiting_by_model`).
+WAITING_SAMPLE = 2000
 
 
 def round_robin(ring: Sequence[str], queues: dict[str, list[str]]) -> list[tuple[str, str]]:
@@ -115,15 +128,17 @@ class QueueReads:
             raw = await pipe.execute()
         return {w: [as_str(k) for k in keys] for w, keys in zip(lists, raw, strict=True)}
 
-    async def positions(self) -> dict[str, int]:
+    async def positions(self, servers: Callable[[int], bool] | None = None) -> dict[str, int]:
         """Every queued job's position, counting only servers that are not paused; empty while
-        everything is paused (no position moves then)."""
+        everything is paused (no position moves then). `servers` (a server id, 0 for DMs ->
+        wanted) keeps only those servers' jobs, their positions still counted among all."""
         paused_all, _ = await self.paused()
         if paused_all:
             return {}
         ring = [as_str(w) for w in await self.redis.lrange(self.keys.ring, 0, -1)]
         order = round_robin(ring, await self._waiting(ring))
-        return {self.keys.job_id(key): n for n, (_, key) in enumerate(order, 1)}
+        return {self.keys.job_id(key): n for n, (waiting, key) in enumerate(order, 1)
+                if servers is None or servers(self.keys.waiting_server(waiting))}
 
     async def snapshot(self, guild_id: int | None = None, *, all_guilds: bool = False) -> Snapshot:
         """Running and queued jobs with positions; one server's, or every server's."""
@@ -153,6 +168,46 @@ class QueueReads:
                     (wanted is None or state.guild == wanted):
                 snap.running.append((state.job(), state.worker or "?", state.started_at or 0.0))
         return snap
+
+    async def waiting_by_model(self, *, sample: int = WAITING_SAMPLE) -> Waiting:
+        """Waiting jobs per model, for the metrics: every waiting list's exact length, and the
+        model and age of at most about `sample` jobs (each list's oldest first), so a scrape
+        reads a bounded number of jobs however long the queue is. A list longer than its share
+        of the sample counts its models in proportion to what was read of it."""
+        ring = [as_str(w) for w in await self.redis.lrange(self.keys.ring, 0, -1)]
+        _, paused_guilds = await self.paused()
+        lists = list(dict.fromkeys([*ring, *(self.keys.waiting(g) for g in paused_guilds)]))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in lists:
+                pipe.llen(w)
+            lengths = [int(n) for n in await pipe.execute()]
+        share = max(1, sample // max(1, len(lists)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in lists:
+                pipe.lrange(w, 0, share - 1)
+            heads = await pipe.execute()
+        # In chunks with the event loop let in between, as `shown` reads: parsing the whole
+        # sample at once held the loop up to 150 ms (bench/metrics_scrape.py).
+        sampled = [as_str(key) for keys in heads for key in keys]
+        replies = []
+        for start in range(0, len(sampled), SHOWN_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in sampled[start:start + SHOWN_CHUNK]:
+                    pipe.hmget(key, ["model", "enqueued_at"])
+                replies += await pipe.execute()
+        fields = iter(replies)
+        waiting = Waiting(jobs=sum(lengths))
+        for length, keys in zip(lengths, heads, strict=True):
+            read = [next(fields) for _ in keys]
+            for model, enqueued_at in read:
+                name = as_str(model, errors="replace") if model else "?"
+                waiting.by_model[name] = waiting.by_model.get(name, 0.0) + length / len(read)
+                if enqueued_at:
+                    at = float(enqueued_at)
+                    waiting.oldest[name] = min(waiting.oldest.get(name, at), at)
+        return waiting
 
     async def recent_job_seconds(self) -> float | None:
         """Mean worker time of recent jobs per plain job's worth of work (a hires job counts

@@ -119,6 +119,9 @@ class JobState(BaseModel):
     error: Text = ""
     # The interaction token while Discord still accepts it (kept under its own key).
     token: Text = ""
+    # What the picture check found (inference/safety): which pictures were flagged and why,
+    # written with the move to `posting`, before anything reaches Discord.
+    picture_check: Text = ""
     # Seconds the worker spent per step ("sample", "post", ...), once posted.
     timings: dict[str, float] = {}
 

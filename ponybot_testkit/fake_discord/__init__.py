@@ -14,8 +14,9 @@ Point discord.py at it with exactly two assignments::
 
 That is enough for a plain (non-sharded) ``commands.Bot`` in discord.py 2.7.1: it never
 calls ``GET /gateway``; it connects straight to ``DEFAULT_GATEWAY`` and later RESUMEs at the
-``resume_gateway_url`` from READY (which is the same URL here). ``GET /gateway/bot`` (used by
-``AutoShardedBot``) is served too and also answers with ``gateway_url``.
+``resume_gateway_url`` from READY (which is the same URL here). An ``AutoShardedBot`` given a
+``shard_count`` does the same; without one it asks ``GET /gateway/bot``, which answers with
+``gateway_url`` and ``shards``: ``recommended_shards``, or one per 1,000 servers.
 
 Discord rules the fake enforces (status and JSON error code):
 
@@ -38,11 +39,17 @@ Discord rules the fake enforces (status and JSON error code):
 
 Design choices (documented because tests depend on them):
 
-* Gateway events (including INTERACTION_CREATE) are broadcast to every identified, not
-  invalidated gateway session, like Discord does for several sessions of one unsharded
-  bot. A session is invalidated when the client closes with 1000/1001 (what
-  ``Client.close()`` does); other closes leave it resumable and events sent meanwhile are
-  replayed on RESUME.
+* Gateway events (including INTERACTION_CREATE) go to every identified, not invalidated
+  gateway session whose shard gets them, by Discord's rule: a session that IDENTIFYed with
+  ``shard: [id, count]`` gets a server's events when ``(guild_id >> 22) % count == id``, and
+  events of no server (DMs) on shard 0 only; READY and its GUILD_CREATEs list that shard's
+  servers. A session without ``shard`` gets everything (several such sessions all do, as for
+  one unsharded bot). ``FakeInteraction.delivered_to`` and ``_Session.delivered`` say who got
+  what; ``wait_for_shards(count)`` waits for every shard. IDENTIFY with an impossible shard is
+  closed with 4010, and a session that would hold more than ``max_guilds_per_session`` servers
+  (2,500, as Discord; tests lower it) with 4011 "sharding required". A session is
+  invalidated when the client closes with 1000/1001 (what ``Client.close()`` does); other
+  closes leave it resumable and events sent meanwhile are replayed on RESUME.
 * Frames are zlib-stream compressed (one shared compressobj per connection, each frame
   ending in a Z_SYNC_FLUSH) when the client asks for ``compress=zlib-stream``, as discord.py
   does by default; otherwise (e.g. zstd-stream) plain JSON text frames are sent, which

@@ -88,6 +88,18 @@ class Conditions:
             message="a bot identified and received READY + GUILD_CREATE",
         )
 
+    async def wait_for_shards(self, shard_count: int, timeout: float = 10) -> None:  # noqa: ASYNC109 - the test API takes timeout=
+        """Wait until every shard ``0..shard_count-1`` has a session (IDENTIFY's ``shard``
+        ``[id, shard_count]``) that received READY + its GUILD_CREATEs and is connected."""
+        await self.wait_for(
+            lambda: {s.shard[0] for s in self.sessions
+                     if s.shard is not None and s.shard[1] == shard_count
+                     and s.ready and s.connected and not s.invalidated}
+            == set(range(shard_count)),
+            timeout,
+            message=f"all {shard_count} shards identified and received READY + GUILD_CREATE",
+        )
+
     async def wait_for_commands(self, timeout: float = 10) -> None:  # noqa: ASYNC109 - the test API takes timeout=
         """Wait until application commands were synced (global or guild) at least once."""
         await self.wait_for(

@@ -2,8 +2,13 @@
 
 A ``_Session`` outlives its websocket (``_Connection``) until the client closes with
 1000/1001, keeping a replay buffer so a RESUME gets what it missed; events go to every live
-session whose intents ask for them, as Discord does for several sessions of one unsharded
-bot. Frames are zlib-stream compressed when the client asks for it.
+session whose intents ask for them and whose shard gets them, as Discord routes them: a session
+that IDENTIFYed with ``shard: [id, count]`` gets a server's events only when
+``(guild_id >> 22) % count == id``, and events of no server (DMs) only on shard 0; READY and the
+GUILD_CREATEs after it name that shard's servers only. A session without ``shard`` gets
+everything, like one unsharded bot. IDENTIFY with an impossible shard is closed with 4010, and a
+session that would hold more than ``max_guilds_per_session`` servers with 4011 (Discord:
+"sharding required" from 2,500). Frames are zlib-stream compressed when the client asks for it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,33 @@ HEARTBEAT_INTERVAL_MS = 41250
 INTENT_GUILDS = 1 << 0
 INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_DIRECT_MESSAGES = 1 << 12
+
+# Discord closes a session that would hold more servers than this (4011, sharding required).
+MAX_GUILDS_PER_SESSION = 2500
+# The servers per shard GET /gateway/bot's recommendation assumes (Discord: about 1,000).
+GUILDS_PER_SHARD = 1000
+
+
+def shard_for(guild_id: int | None, shard_count: int) -> int:
+    """Discord's rule (docs: Gateway, Sharding): a server's events go to shard
+    ``(guild_id >> 22) % num_shards``; DMs only to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+
+def guild_of_event(event: str, data: Any) -> int | None:
+    """The server an event belongs to, None for a DM or no server."""
+    if not isinstance(data, dict):
+        return None
+    raw = data.get("id") if event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE") \
+        else data.get("guild_id")
+    return int(raw) if raw is not None else None
+
+
+def valid_shard(shard: Any) -> bool:
+    """IDENTIFY's ``shard``: ``[shard_id, num_shards]`` with ``0 <= shard_id < num_shards``."""
+    return (isinstance(shard, list) and len(shard) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in shard)
+            and 0 <= shard[0] < shard[1])
 
 
 class _Connection:
@@ -78,6 +110,15 @@ class _Session:
         self.ready = False
         self.invalidated = False
         self.resumes = 0
+        # The events dispatched to this session (the last 5,000), in order: who got what.
+        self.delivered: list[tuple[str, Any]] = []
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether Discord would send this session the events of server ``guild_id``."""
+        if self.shard is None:
+            return True
+        shard_id, count = self.shard
+        return shard_for(guild_id, count) == shard_id
 
     @property
     def connected(self) -> bool:
@@ -89,6 +130,8 @@ class _Session:
         return self.conn is not None and self.conn.compressed
 
     def dispatch(self, event: str, data: Any) -> None:
+        self.delivered.append((event, data))
+        del self.delivered[:-5000]
         self.seq += 1
         text = json.dumps({"op": 0, "t": event, "s": self.seq, "d": data})
         self.events.append((self.seq, text))
@@ -113,18 +156,25 @@ class GatewayServer(FakeParts):
     errors: list[BaseException]
     _connections: set[_Connection]
 
+    max_guilds_per_session: int
+
     def dispatch(self, event: str, data: Any) -> None:
-        """Send a DISPATCH event to every live gateway session."""
+        """Send a DISPATCH event to every live gateway session whose shard gets it."""
         self._broadcast(event, data)
 
     def _live_sessions(self) -> list[_Session]:
         return [s for s in self.sessions if not s.invalidated]
 
-    def _broadcast(self, event: str, data: Any, intent: int = 0) -> None:
-        # ``intent`` is the gateway intent bit a session needs to receive the event.
+    def _broadcast(self, event: str, data: Any, intent: int = 0) -> list[_Session]:
+        """Dispatch to the live sessions that get it; returns them. ``intent`` is the gateway
+        intent bit a session needs to receive the event."""
+        guild_id = guild_of_event(event, data)
+        got = []
         for s in self._live_sessions():
-            if not intent or s.intents & intent:
+            if (not intent or s.intents & intent) and s.receives(guild_id):
                 s.dispatch(event, data)
+                got.append(s)
+        return got
 
     def _emit_message(self, event: str, msg: FakeMessage) -> None:
         # Discord tells the bot about its own non-ephemeral messages (MESSAGE_CREATE/UPDATE).
@@ -198,7 +248,15 @@ class GatewayServer(FakeParts):
             if not isinstance(d, dict) or d.get("token") != self.bot_token:
                 await conn.ws.close(code=4004, message=b"Authentication failed.")
                 return
-            session = _Session(secrets.token_hex(16), d.get("shard"), int(d.get("intents") or 0))
+            shard = d.get("shard")
+            if shard is not None and not valid_shard(shard):
+                await conn.ws.close(code=4010, message=b"Invalid shard.")
+                return
+            session = _Session(secrets.token_hex(16), shard, int(d.get("intents") or 0))
+            guilds = [g for g in self.guilds.values() if session.receives(g.id)]
+            if len(guilds) > self.max_guilds_per_session:
+                await conn.ws.close(code=4011, message=b"Sharding required.")
+                return
             self.sessions.append(session)
             session.conn = conn
             conn.session = session
@@ -206,7 +264,7 @@ class GatewayServer(FakeParts):
                 "v": 10,
                 "user": self._bot_user_json()
                 | {"verified": True, "mfa_enabled": False, "flags": 0},
-                "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+                "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
                 "session_id": session.session_id,
                 "session_type": "normal",
                 "resume_gateway_url": self.gateway_url,
@@ -224,7 +282,7 @@ class GatewayServer(FakeParts):
                 ready["shard"] = session.shard
             session.dispatch("READY", ready)
             if session.intents & INTENT_GUILDS:  # without it Discord sends no GUILD_CREATE
-                for g in self.guilds.values():
+                for g in guilds:
                     session.dispatch("GUILD_CREATE", self._guild_create_json(g))
 
             def mark_ready(s: _Session = session) -> None:

@@ -295,7 +295,7 @@ class Interactions(FakeParts):
         )
         self.interactions[iid] = itx
         self._by_token[token] = itx
-        self._broadcast("INTERACTION_CREATE", payload)
+        itx.delivered_to = [s.shard for s in self._broadcast("INTERACTION_CREATE", payload)]
         return itx
 
 

@@ -159,6 +159,8 @@ class FakeInteraction:
         self.followup_ids: list[int] = []
         # every callback attempt, accepted or not: (status, code or None, payload)
         self.callback_attempts: list[tuple[int, int | None, dict[str, Any]]] = []
+        # The `shard` ([id, count], None when unsharded) of each gateway session it was sent to.
+        self.delivered_to: list[list[int] | None] = []
         self._responded = asyncio.Event()
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ponybot_testkit.fake_discord.gateway import GUILDS_PER_SHARD
 from ponybot_testkit.fake_discord.rules import _ApiError, _json_response
 
 if TYPE_CHECKING:
@@ -30,15 +31,17 @@ class WorldRoutes(FakeParts):
     guilds: dict[int, _Guild]
     channels: dict[int, _Channel]
     users: dict[int, dict[str, Any]]
+    recommended_shards: int | None
 
     async def _get_gateway(self, request: web.Request) -> web.Response:
         return _json_response({"url": self.gateway_url})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
+        shards = self.recommended_shards or max(1, -(-len(self.guilds) // GUILDS_PER_SHARD))
         return _json_response(
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 999,

@@ -20,7 +20,12 @@ from ponybot_testkit.fake_discord.callback import CallbackRoute
 from ponybot_testkit.fake_discord.clock import FakeClock, _Snowflakes
 from ponybot_testkit.fake_discord.conditions import Conditions
 from ponybot_testkit.fake_discord.faults import FaultInjection, Injection
-from ponybot_testkit.fake_discord.gateway import GatewayServer, _Connection, _Session
+from ponybot_testkit.fake_discord.gateway import (
+    MAX_GUILDS_PER_SESSION,
+    GatewayServer,
+    _Connection,
+    _Session,
+)
 from ponybot_testkit.fake_discord.interactions import Interactions
 from ponybot_testkit.fake_discord.message_commands import MessageCommands
 from ponybot_testkit.fake_discord.messages import MessageLogic
@@ -103,6 +108,10 @@ class FakeDiscord(
         self.injections: list[Injection] = []
         self.sessions: list[_Session] = []
         self._connections: set[_Connection] = set()
+        # Gateway sharding: a session with more servers is refused (4011); tests lower it.
+        self.max_guilds_per_session = MAX_GUILDS_PER_SESSION
+        # GET /gateway/bot's `shards`; None: one per GUILDS_PER_SHARD servers, as Discord does.
+        self.recommended_shards: int | None = None
 
         self.add_user(self.owner_id, name="owner")
         self._routes: list[_Route] = []
