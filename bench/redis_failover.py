@@ -94,6 +94,7 @@ async def failover(cluster: SentinelCluster, *, wait: bool, cut: bool, jobs: int
         nonlocal seen_new
         while killed_at is None or sum(1 for _, t in run.acked if t > killed_at) < jobs:
             j = job(next(counter))
+            asked_after_kill = killed_at is not None
             try:
                 enqueued = await queue.enqueue(j)
             except RedisError:
@@ -108,7 +109,7 @@ async def failover(cluster: SentinelCluster, *, wait: bool, cut: bool, jobs: int
             run.acked.append((j.id, now))
             if len(run.acked) >= jobs:
                 first_jobs.set()
-            if killed_at is not None and seen_new is None:
+            if asked_after_kill and seen_new is None:  # asked and answered after the kill
                 seen_new = now
 
     callers = [asyncio.create_task(caller()) for _ in range(load)]

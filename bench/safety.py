@@ -119,11 +119,14 @@ def main() -> None:
     # The UNet call above draws one picture (its guidance pair); a batch of n costs about n
     # times as much on a busy device, so per picture it is this.
     sampling = per_step * args.steps
-    check = classifier_seconds_per_image(device, dtype, args.size, args.images, args.rounds)
+    # The worker runs the classifier in float32 whatever it samples in
+    # (inference/safety/checking.py, PictureChecker): time it so.
+    check = classifier_seconds_per_image(device, torch.float32, args.size, args.images,
+                                         args.rounds)
     print(f"device {device} {args.dtype}, {args.size}² pictures")
     print(f"sampling: {per_step:.3f} s per UNet step x {args.steps} steps = {sampling:.2f} s "
           f"per picture (median of {args.timed_steps} timed steps)")
-    print(f"picture check (wd-vit-tagger-v3 architecture, batches of {args.images}): "
+    print(f"picture check (wd-vit-tagger-v3 architecture, float32, batches of {args.images}): "
           f"{check * 1000:.1f} ms per picture")
     print(f"check / sampling: {100 * check / sampling:.2f} %")
 

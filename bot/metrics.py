@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -118,28 +119,56 @@ def instrument(bot: commands.Bot | commands.AutoShardedBot) -> Acknowledgements:
     return acknowledgements
 
 
+Reading = tuple[Waiting, tuple[bool, set[int]]]
+
+
 class QueueGauges(Collector):
     """The queue's depth and oldest wait per model and the paused servers, read from Redis on
-    the bot's event loop when Prometheus scrapes (a bounded read: `waiting_by_model`)."""
+    the bot's event loop when Prometheus scrapes (a bounded read: `waiting_by_model`). One
+    read at a time: scrapes that arrive while one runs, or within `reuse_s` of its end, share
+    its result, so however many scrape at once or in a loop, the bot's loop and its Redis pool
+    run at most one read (its commands one after another, on one pooled connection) per
+    `reuse_s`."""
 
     NAMES = (metrics.QUEUE_JOBS, metrics.QUEUE_DEPTH, metrics.QUEUE_OLDEST_WAIT,
              metrics.PAUSED_SERVERS, metrics.PAUSED_GLOBALLY)
 
-    def __init__(self, reads: QueueReads, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, reads: QueueReads, loop: asyncio.AbstractEventLoop, *,
+                 reuse_s: float = MetricsConfig().queue_read_reuse_s) -> None:
         self.reads = reads
         self.loop = loop
+        self.reuse_s = reuse_s
+        self._lock = threading.Lock()
+        self._last: tuple[float, Reading | None] = (float("-inf"), None)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return metrics.families(self.NAMES)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        async def read() -> tuple[Waiting, tuple[bool, set[int]]]:
-            return await self.reads.waiting_by_model(), await self.reads.paused()
+    def _reading(self) -> Reading | None:
+        """The latest read, made now unless one ended after this scrape arrived (it waited
+        for it) or within `reuse_s` before; None when Redis or the loop is away (/healthz
+        says which)."""
+        arrived = time.monotonic()
+        with self._lock:
+            at, reading = self._last
+            if at >= arrived or arrived - at < self.reuse_s:
+                return reading
 
-        try:
-            waiting, (paused_all, paused) = metrics.on_loop(self.loop, read, QUEUE_READ_TIMEOUT_S)
-        except Exception:
-            return  # Redis or the loop is away (/healthz says which): no stale numbers
+            async def read() -> Reading:
+                return await self.reads.waiting_by_model(), await self.reads.paused()
+
+            try:
+                reading = metrics.on_loop(self.loop, read, QUEUE_READ_TIMEOUT_S)
+            except Exception:
+                reading = None  # no stale numbers
+            self._last = (time.monotonic(), reading)
+            return reading
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        reading = self._reading()
+        if reading is None:
+            return
+        waiting, (paused_all, paused) = reading
         now = time.time()
         jobs, depth, oldest, servers, everything = (metrics.gauge(n) for n in self.NAMES)
         jobs.add_metric([], waiting.jobs)
@@ -154,5 +183,5 @@ class QueueGauges(Collector):
 
 def serve(config: MetricsConfig, reads: QueueReads, redis: Redis) -> metrics.MetricsServer | None:
     """The bot process's /metrics and /healthz (call it on the bot's event loop)."""
-    return metrics.serve(config, "bot", redis=redis,
-                         collectors=[QueueGauges(reads, asyncio.get_running_loop())])
+    gauges = QueueGauges(reads, asyncio.get_running_loop(), reuse_s=config.queue_read_reuse_s)
+    return metrics.serve(config, "bot", redis=redis, collectors=[gauges])

@@ -32,7 +32,7 @@ from bot.errors import QueueUnavailable, UserFacingError
 from bot.guild_settings import GuildSettings
 from bot.saved_settings import Layers
 from ponybot_core.config import Config
-from ponybot_core.job import Job
+from ponybot_core.job import SCHEMA_VERSION, Job
 from ponybot_core.keys import Keys
 from ponybot_core.logs import JobLog
 from ponybot_core.messages import queued_text, queued_view
@@ -161,7 +161,10 @@ async def _submit(bot: Submitter, interaction: discord.Interaction, job: Job, *,
         age_restricted = job.channel_id == interaction.channel_id and \
             is_age_restricted(interaction.channel)
         job = job.model_copy(update={
-            "picture_check": guild.safety.picture_check(age_restricted=age_restricted)})
+            "picture_check": guild.safety.picture_check(age_restricted=age_restricted),
+            # A job built from an older one (a button on an old result) keeps its version:
+            # this one carries a picture check, which a version-1 worker would ignore.
+            "schema_version": SCHEMA_VERSION})
         enqueued = await bot.queue.enqueue(job, user_limit=limit)
     except UserLimitReached as exc:
         raise UserFacingError(

@@ -12,7 +12,17 @@ dir=${CREDENTIALS_DIRECTORY:-/run/secrets}
 
 # `read` is a shell builtin: the secret never appears in any process's argv.
 # A last line without a newline still counts; an empty file is an empty secret (refused below).
-secret() { value=""; IFS= read -r value < "$1" || true; }
+# One rule for every secret file (deploy/redis-start.sh has the same): one line, its final
+# newline optional; a second line (a note, a rotated secret) is refused by name, not dropped.
+secret() {
+  lines=$(($(wc -l < "$1")))
+  if [ "$lines" -gt 1 ] || { [ "$lines" -eq 1 ] && [ -n "$(tail -c 1 "$1")" ]; }; then
+    echo "ponybot-entrypoint: $1 has more than one line: put the secret alone in it" >&2
+    exit 2  # a problem only the operator can fix: not restarted (README)
+  fi
+  value=""
+  IFS= read -r value < "$1" || true
+}
 
 if [ -z "${DISCORD_TOKEN:-}" ] && [ -r "$dir/discord_token" ]; then
   secret "$dir/discord_token"

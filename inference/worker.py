@@ -15,8 +15,8 @@ steps, each one call, each in the folder of its step:
    on what is posted (`safety/`); a flagged one is never posted there;
 9. mark it `posting`, with the check's verdict: `Delivery.posting`, a queue move
    (`ponybot_core/queue/consumer.py`);
-10. encode and post: `results/post.py` (files fitted by `results/fit.py`), then the flagged
-    pictures where the server sends them and the requester told privately;
+10. post: the flagged pictures where the server sends them, then the result, encoded by
+    `results/post.py` (files fitted by `results/fit.py`), then the requester told privately;
 11. record and acknowledge in one step: `Delivery.posted`, then the lease let go
     (`loop/endings.py`, where every other ending is too: cancelled, retried, given up).
 
@@ -61,9 +61,15 @@ from inference.loop.retrying import is_unavailable, patiently
 from inference.models.cache import ModelCache
 from inference.models.device import Placement, choose_placement, warm_up
 from inference.results.model_hash import MODEL_HASHES
-from inference.results.post import deliver_flagged, post_result, progress_editor
+from inference.results.post import (
+    post_result,
+    progress_editor,
+    redirect_flagged,
+    tell_requester,
+)
 from inference.results.sources import fetch_source_image
 from inference.results.upscale import UpscalerCache, upscale_for
+from inference.safety.channels import as_checked_now
 from inference.safety.checking import PictureChecker
 from inference.safety.files import classifier_problem, unchecked_warning
 from ponybot_core import metrics
@@ -111,7 +117,7 @@ class Worker:
         self.upscalers = UpscalerCache(base_dir=base_dir, device=self.placement.device,
                                        dtype=self.placement.dtype)
         self.pictures = PictureChecker(config.safety, base_dir=base_dir,
-                                       device=self.placement.device, dtype=self.placement.dtype)
+                                       device=self.placement.device)
         self.throughput = Throughput()
         self.jobs_done = self.images_done = 0
         self.current: Delivery | None = None
@@ -252,10 +258,11 @@ class Worker:
                 loaded = time.perf_counter()
                 # 6. Sample, off the event loop so leases, heartbeats and progress flow; the
                 #    sampler stops early only when every job of the call is cancelled.
+                enabled = self.config.worker.progress and pipe is not None
                 reporter = ProgressReporter(
                     progress_editor(self.poster, call), cancel=cancels.all,
-                    interval_s=self.config.worker.progress_interval_s,
-                    enabled=self.config.worker.progress and pipe is not None,
+                    interval_s=self.config.worker.progress_interval_s, enabled=enabled,
+                    previews=enabled and await self._previews_allowed(call),
                     logger=JobLog(log, first.id))
                 async with reporter:
                     results = await asyncio.to_thread(
@@ -273,6 +280,18 @@ class Worker:
         timings = {"fetch": fetched - started, "load": loaded - fetched, "sample": sampled - loaded}
         return [Drawn(d, result, cancels.one[d.job_id].is_set(), timings, started)
                 for d, result in zip(call, results, strict=True)]
+
+    async def _previews_allowed(self, call: list[Delivery]) -> bool:
+        """A preview is the picture being drawn and never passes the check: it is shown only
+        when no job of the call has its pictures checked (an age-restricted channel, asked
+        again now); the others show the step count alone. Without a classifier configured
+        nothing is checked and the result shows what the previews did."""
+        if not self.pictures.configured:
+            return True
+        for delivery in call:
+            if (await as_checked_now(self.client, delivery.job)).picture_check.check:
+                return False
+        return True
 
     async def _finish_all(self, drawn: list[Drawn]) -> None:
         for item in drawn:
@@ -296,8 +315,10 @@ class Worker:
             upscale_for, self.config, self.upscalers, job, item.sampled.images, notes)
         upscaled = time.perf_counter()
         # 8. Check pictures: what is posted, after any upscale; a crash from here on draws and
-        #    checks again, so nothing is ever posted unchecked.
-        checked = await asyncio.to_thread(self.pictures.check, job, images)
+        #    checks again, so nothing is ever posted unchecked. A job queued as needing no
+        #    check is checked unless its channel is still age-restricted now.
+        as_checked = await as_checked_now(self.client, job)
+        checked = await asyncio.to_thread(self.pictures.check, as_checked, images)
         checked_at = time.perf_counter()
         # 9. Mark it `posting`, recording the check's verdict: from here a crash may or may
         #    not have reached Discord.
@@ -309,14 +330,17 @@ class Worker:
         if outcome is Outcome.GONE:  # Redis lost it: nobody else has it; the user still gets it
             JobLog(log, job.id).warning("the queue lost this job's state; posting it anyway")
         fault_point("before_post", job.id)
-        # 10. Encode (every file and the whole message under Discord's limits) and post; then
-        #     the flagged pictures where the server sends them, and the requester told.
+        # 10. The flagged pictures where the server sends them, first: a crash after the result
+        #     is posted finishes the job as found, so they must be there already. Then encode
+        #     (every file and the whole message under Discord's limits), post, and tell the
+        #     requester privately.
+        checked = await redirect_flagged(self.poster, self.config, as_checked, checked)
         message_id, encode_s = await post_result(
             self.poster, self.config, delivery, images, notes, upscaled_by,
             elapsed_s=item.timings["sample"] + upscaled - finishing, checked=checked)
         posted = time.perf_counter()
         fault_point("after_post", job.id)
-        await deliver_flagged(self.poster, self.config, job, checked)
+        await tell_requester(self.poster, job, checked)
         # 11. Record it and acknowledge in one step; a Redis error here is waited out, never
         #     answered by doing the job again.
         timings = {**item.timings, "upscale": upscaled - finishing,

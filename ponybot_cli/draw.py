@@ -170,7 +170,7 @@ def check_pictures(loaded: LoadedConfig, job: Job, images: list[Image]
         print("note:     --check-pictures: no classifier is configured ([safety] path)")
     placement = choose_placement(config.worker.device, config.worker.dtype)
     checker = PictureChecker(config.safety, base_dir=loaded.path.parent,
-                             device=placement.device, dtype=placement.dtype)
+                             device=placement.device)
     checked = checker.check(job.model_copy(update={"picture_check": PictureCheck()}), images)
     print(f"check:    {checked.record or 'nothing flagged'}")
     for note in checked.notes:

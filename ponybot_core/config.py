@@ -7,6 +7,7 @@ password) come only from the environment so the file can be committed and shared
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -67,31 +68,54 @@ class ModelFormat(StrEnum):
 MAX_SHARDS = 65_536
 
 
+# One shard id or a range of them, in ASCII digits only: int() would also read "٣", "１", "1_0"
+# and "+1", each a shard the operator did not type.
+_SHARD_PART = re.compile(r"([0-9]+)(?:[ \t]*-[ \t]*([0-9]+))?")
+
+
+def _shard_number(digits: str) -> int:
+    # More digits than any shard id has: out of range, without int()'s 4,300-digit limit.
+    return int(digits) if len(digits) <= 6 else MAX_SHARDS
+
+
 def parse_shard_ids(value: object) -> object:
     """Shard ids as a list, or as an operator types them in an environment variable or the
-    file: `"0-3"`, `"0,2,5"`, `"0-1,4"`. Ranges are bounded by MAX_SHARDS before they are
-    expanded, so a typo cannot make a list of billions."""
+    file: `"0-3"`, `"0,2,5"`, `"0-1,4"`; blank is unset (None). The ids are counted as the
+    ranges expand, and more than MAX_SHARDS in all is refused before the next range is read,
+    so neither a typo nor a long value can make a list of billions. Errors quote the part at
+    fault, never the whole value (it may be 128 KiB)."""
     if not isinstance(value, str):
         return value
+    if not value.strip():
+        return None
     ids: list[int] = []
     # A JSON list ("[0, 1]") reads as its comma-separated items.
     for part in (p.strip() for p in value.strip().removeprefix("[").removesuffix("]").split(",")):
         if not part:
             continue
-        first, dash, last = part.partition("-")
-        try:
-            low, high = int(first), int(last if dash else first)
-        except ValueError:
-            raise ValueError(f"shard ids {value!r}: {part!r} is not a shard id or a range like "
-                             "0-3") from None
+        shown = part if len(part) <= 24 else f"{part[:24]}..."
+        match = _SHARD_PART.fullmatch(part)
+        if match is None:
+            raise ValueError(f"{shown!r} is not a shard id or a range like 0-3 (digits 0-9)")
+        low = _shard_number(match.group(1))
+        high = _shard_number(match.group(2) or match.group(1))
         if not 0 <= low <= high < MAX_SHARDS:
-            raise ValueError(f"shard ids {value!r}: {part!r} is not a range within "
-                             f"0..{MAX_SHARDS - 1}")
+            raise ValueError(f"{shown!r} is not a range within 0..{MAX_SHARDS - 1}")
+        if len(ids) + high - low + 1 > MAX_SHARDS:
+            raise ValueError(f"more than {MAX_SHARDS} shard ids (at {shown!r}): each process "
+                             "names each of its shards once")
         ids.extend(range(low, high + 1))
     return ids
 
 
 ShardIds = Annotated[list[int] | None, BeforeValidator(parse_shard_ids)]
+
+
+def _parse_shard_count(value: object) -> object:
+    """PONYBOT_SHARD_COUNT in ASCII digits only (pydantic alone reads "+4", "1_0", "4.0")."""
+    if isinstance(value, str) and not re.fullmatch(r"[ \t]*[0-9]{1,6}[ \t]*", value):
+        raise ValueError(f"{value[:24]!r} is not a shard count (digits 0-9)")
+    return value
 
 
 class DiscordConfig(_Strict):
@@ -522,6 +546,9 @@ class MetricsConfig(_Strict):
     # not answered a PING within this long.
     loop_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # The bot reads the queue's gauges at most once per this long: scrapes within it of the
+    # last read (or while one runs) share it, however many scrape (bot/metrics.py).
+    queue_read_reuse_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
 
 class Config(_Strict):
@@ -619,11 +646,18 @@ class ShardEnvironment(BaseSettings):
     shards this bot process runs, over the file's `[discord]`, so one config file serves every
     bot host (`with_shard_environment`)."""
 
-    model_config = SettingsConfigDict(env_prefix="PONYBOT_", extra="ignore")
+    # A variable set to "" (`${PONYBOT_SHARD_IDS:-}` in a unit or compose file) is unset.
+    model_config = SettingsConfigDict(env_prefix="PONYBOT_", extra="ignore",
+                                      env_ignore_empty=True)
 
-    shard_count: int | None = None
+    shard_count: Annotated[int | None, BeforeValidator(_parse_shard_count)] = None
     # NoDecode: pydantic-settings would read a list variable as JSON only; "0-3" is parsed here.
     shard_ids: Annotated[ShardIds, NoDecode] = None
+
+
+# Which variable each field's error is about (a bare field name would send the operator to
+# config.toml's [discord]).
+_SHARD_VARIABLES = {"shard_count": "PONYBOT_SHARD_COUNT", "shard_ids": "PONYBOT_SHARD_IDS"}
 
 
 def with_shard_environment(config: Config, environment: ShardEnvironment | None = None) -> Config:
@@ -636,8 +670,11 @@ def with_shard_environment(config: Config, environment: ShardEnvironment | None 
             return config
         discord = DiscordConfig.model_validate(config.discord.model_dump() | changes)
     except ValidationError as exc:
+        problems = "\n".join(
+            f"  {_SHARD_VARIABLES.get(str(item['loc'][0]) if item['loc'] else '', 'the two')}: "
+            f"{item['msg']}" for item in exc.errors())
         raise ConfigError("PONYBOT_SHARD_COUNT / PONYBOT_SHARD_IDS (over [discord]): "
-                          f"invalid:\n{_describe(exc)}") from exc
+                          f"invalid:\n{problems}") from exc
     return config.model_copy(update={"discord": discord})
 
 

@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ponybot_core.config import Sampler
 from ponybot_core.hires_plan import HiresPass
 
-SCHEMA_VERSION: Final = 1
+# 2: the picture check (`picture_check`). A worker from before it reads version 1 only, so it
+# refuses (dead-letters, telling the user) a job it would otherwise post unchecked; this one
+# reads both, and a version-1 job, from a bot that predates the check, gets the strict default.
+SCHEMA_VERSION: Final = 2
 # Discord lets an interaction token edit its messages for 15 minutes.
 INTERACTION_TOKEN_TTL_S = 15 * 60
 # Edit through the token only while it has comfortably more than this left.
@@ -78,7 +81,7 @@ class Job(BaseModel):
     # New optional fields must not break older workers; breaking changes bump the version.
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     id: str = Field(default_factory=new_job_id)
     created_at: float = Field(default_factory=time.time)
 

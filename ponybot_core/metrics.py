@@ -2,9 +2,11 @@
 bot records some, the workers others, the Grafana dashboard in monitoring/ queries them), and
 the small HTTP server each process runs them on.
 
-The server runs in a thread of its own (prometheus_client's threaded WSGI server), never on the
-event loop: `/healthz` asks the loop to run a callback and waits a bounded time, so a loop stuck
-in a blocking call is reported as stuck instead of leaving the health check unanswered.
+The server runs in a thread of its own (a threaded WSGI server), never on the event loop:
+`/healthz` asks the loop to run a callback and waits a bounded time, so a loop stuck in a
+blocking call is reported as stuck instead of leaving the health check unanswered. Whoever can
+reach the port gets little: each connection has a thread for at most `READ_TIMEOUT_S` of
+silence, and past `MAX_CONNECTIONS` at once a connection is closed as soon as it is accepted.
 
 Labels are bounded by what the code and the config define (commands, buttons, models, sizes,
 outcomes, error classes): never a user id, a server id, a prompt or a token.
@@ -13,19 +15,22 @@ outcomes, error classes): never a user id, a server id, a prompt or a token.
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
 import os
+import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Any, TypeVar, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -161,10 +166,37 @@ def listen_address(config: MetricsConfig, process: str) -> tuple[str, int]:
 
 def worker_port_environment(config: MetricsConfig, index: int) -> dict[str, str]:
     """PONYBOT_METRICS_PORT for the `index`-th worker (from 0) that `ponybot up` starts on
-    this host: the worker port and the ones after it (9751, 9752, ...), known in advance for
-    Prometheus; 0 stays 0 (each picks a free one)."""
-    _, port = listen_address(config, "worker")
-    return {"PONYBOT_METRICS_PORT": str(min(port + index, 65535) if port else 0)}
+    this host, known in advance for Prometheus: the worker port and the ones after it (9751,
+    9752, ...); with PONYBOT_METRICS_PORT=P set for `ponybot up`, the bot keeps P and the
+    workers get P+1, P+2, ... (never the bot's). 0 stays 0 (each picks a free one)."""
+    if os.environ.get("PONYBOT_METRICS_PORT"):
+        _, base = listen_address(config, "bot")  # what the bot child, same environment, gets
+        port = base + 1 + index if base else 0
+    else:
+        port = config.worker_port + index if config.worker_port else 0
+    return {"PONYBOT_METRICS_PORT": str(min(port, 65535))}
+
+
+def bind_setting() -> str:
+    """Where the bind address came from, for a message about it."""
+    return "PONYBOT_METRICS_BIND" if os.environ.get("PONYBOT_METRICS_BIND") else "[metrics] bind"
+
+
+def resolve_bind(bind: str) -> tuple[socket.AddressFamily, str]:
+    """(address family, address) to listen on for `bind`: an IP literal as it is (IPv6 ones
+    on an IPv6 socket), a name resolved, its IPv4 address first (what "localhost" means to a
+    scraper that asks 127.0.0.1). Raises socket.gaierror for neither."""
+    try:
+        literal = ipaddress.ip_address(bind)
+    except ValueError:
+        pass
+    else:
+        return (socket.AF_INET6 if literal.version == 6 else socket.AF_INET), str(literal)
+    found = socket.getaddrinfo(bind or None, 0, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    found.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, _, _, _, address = found[0]
+    return family, str(address[0])
 
 
 # --- /healthz -------------------------------------------------------------------------------------
@@ -220,22 +252,77 @@ def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], Awaitable[T]],
             timeout_s: float) -> T:
     """Run `read()` on `loop` from another thread and wait for it at most `timeout_s`: how a
     collector reads Redis at scrape time through the process's own client."""
-    async def bounded() -> T:
-        return await asyncio.wait_for(read(), timeout_s)
+    async def bounded() -> tuple[bool, object]:
+        # The read's error is handed back, never raised from the task: when the waiting
+        # thread gave up first (a busy loop), nobody would retrieve it and asyncio would log
+        # "Task exception was never retrieved" for every such scrape.
+        try:
+            return True, await asyncio.wait_for(read(), timeout_s)
+        except Exception as exc:
+            return False, exc
 
     future = asyncio.run_coroutine_threadsafe(bounded(), loop)
     try:
-        return future.result(timeout_s + 1.0)
+        ok, outcome = future.result(timeout_s + 1.0)
     finally:
         future.cancel()
+    if not ok:
+        raise cast(Exception, outcome)
+    return cast(T, outcome)
 
 
 # --- The server ---------------------------------------------------------------------------------
 
 
+# A connection's thread waits this long at most for each read of its request (then the
+# connection is closed), and at most this many connections are served at once: Prometheus
+# and a health check need a few; idle or trickling connections cannot pile up threads.
+READ_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 16
+# The name of a connection's thread (with the server's port): what each costs is countable.
+CONNECTION_THREAD = "metrics-connection"
+
+
 class _Quiet(WSGIRequestHandler):
+    timeout = READ_TIMEOUT_S  # socketserver sets it on the connection before reading
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would drown the log."""
+
+
+class _BoundedServer(WSGIServer):
+    """A WSGI server with a thread per connection, at most `max_connections` of them: one
+    past the cap is closed as soon as it is accepted."""
+
+    max_connections = MAX_CONNECTIONS
+    # Connections the kernel holds until accepted: socketserver's 5 made a burst's others
+    # wait for a SYN retry (a second).
+    request_queue_size = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        threading.Thread(target=self._serve, args=(request, client_address), daemon=True,
+                         name=f"{CONNECTION_THREAD}:{self.server_port}").start()
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that went silent (the read timeout) or away: not our problem
+        log.exception("metrics request from %s failed", client_address)
 
 
 class MetricsServer:
@@ -243,8 +330,12 @@ class MetricsServer:
 
     def __init__(self, health: Callable[[], tuple[bool, str]], *,
                  collectors: Sequence[Collector] = (),
-                 registry: CollectorRegistry = REGISTRY) -> None:
+                 registry: CollectorRegistry = REGISTRY,
+                 max_connections: int = MAX_CONNECTIONS,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
         self.health = health
+        self.max_connections = max_connections
+        self.read_timeout_s = read_timeout_s
         self.collectors = list(collectors)
         self.registry = registry
         self._metrics_app = make_wsgi_app(registry)
@@ -264,17 +355,28 @@ class MetricsServer:
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"/metrics or /healthz\n"]
 
+    def _listen(self, family: socket.AddressFamily, host: str, port: int) -> WSGIServer:
+        server_class = type("_Server", (_BoundedServer,), {
+            "address_family": family, "max_connections": self.max_connections})
+        handler_class = type("_Handler", (_Quiet,), {"timeout": self.read_timeout_s})
+        server: WSGIServer = server_class((host, port), handler_class)
+        server.set_app(self.app)
+        return server
+
     def start(self, bind: str, port: int) -> int:
-        """Listen on (bind, port); a port already taken falls back to a free one (logged), so
-        a second process on the host keeps its health check. Returns the port."""
+        """Listen on (bind, port), IPv4 or IPv6 as the address is; a port already taken falls
+        back to a free one (logged), so a second process on the host keeps its health check.
+        Returns the port. Raises OSError for an address this host cannot listen on
+        (socket.gaierror: not an address or a name it resolves)."""
+        family, host = resolve_bind(bind)
         try:
-            server = make_server(bind, port, self.app, ThreadingWSGIServer, handler_class=_Quiet)
+            server = self._listen(family, host, port)
         except OSError as exc:
-            if port == 0:
+            if port == 0 or exc.errno != errno.EADDRINUSE:
                 raise
             log.error("metrics port %s:%d is taken (%s); using a free port instead. Give each "
                       "process its own with PONYBOT_METRICS_PORT.", bind, port, exc.strerror)
-            server = make_server(bind, 0, self.app, ThreadingWSGIServer, handler_class=_Quiet)
+            server = self._listen(family, host, 0)
         for collector in self.collectors:
             self.registry.register(collector)
         self._server = server
@@ -305,8 +407,16 @@ def serve(config: MetricsConfig, process: str, *, redis: Redis,
                     redis_timeout_s=config.redis_timeout_s)
     server = MetricsServer(health.check, collectors=collectors)
     bind, port = listen_address(config, process)
-    port = server.start(bind, port)
-    log.info("%s metrics on http://%s:%d/metrics, health on /healthz", process, bind, port)
+    try:
+        port = server.start(bind, port)
+    except socket.gaierror:
+        raise ConfigError(f"{bind_setting()}={bind!r}: not an IP address or a name this host "
+                          "resolves") from None
+    except OSError as exc:
+        raise ConfigError(f"{bind_setting()}={bind!r}: cannot listen there on port {port} "
+                          f"({exc.strerror or exc})") from None
+    host = f"[{bind}]" if ":" in bind else bind
+    log.info("%s metrics on http://%s:%d/metrics, health on /healthz", process, host, port)
     return server
 
 

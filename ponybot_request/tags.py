@@ -160,16 +160,57 @@ def fold(text: str) -> str:
     return text
 
 
-# Letters that read as a Latin one (Unicode TR39's confusables, the common ones): Cyrillic,
-# Greek, IPA and small capitals. Capitals first, before casefolding merges them with a lowercase
-# letter that looks like another (Greek `Ν` reads N, its `ν` reads v).
+# Letters that read as a Latin one, by two rules (tests/test_model_profiles.py checks the
+# second over all of Unicode, the first by examples from each script):
+# - Unicode TR39's confusables (confusables.txt, as the confusable-homoglyphs package ships it)
+#   whose prototype is one Latin letter, for the letters of the Latin, Cyrillic, Greek,
+#   Armenian, Coptic, Cherokee and Lisu scripts that NFKC does not already make ASCII;
+# - every Latin, Cyrillic or Greek "<letter> WITH <mark>" (hook, stroke, descender, tick, ...)
+#   that has no decomposition for NFKD to strip, read as its <letter> where that one reads as a
+#   Latin letter: Cyrillic `ҳ` (ha with descender) reads x as `х` does, `ł` reads l;
+# and the small forms of the Coptic and Latin capitals found so that look as their capitals do
+# (Coptic `ⲭ` as `Ⲭ`).
+# The common ones are spelled out below; _MORE_LOOKALIKES holds the rest, by the letter read.
+# Capitals first, before casefolding merges them with a lowercase letter that looks like another
+# (Greek `Ν` reads N, its `ν` reads v; `Ή` reads H, its `ή` would read n; `ᾳ` would fold to `αι`).
+_MORE_LOOKALIKES = {
+    "a": "ȺᎪᶏᶐẚᾀᾁᾂᾃᾄᾅᾆᾇᾈᾉᾊᾋᾌᾍᾎᾏᾲᾳᾴᾷᾼⱥꓮ",
+    "b": "ƀƁƂƃƄƅɃɓᏏᏴᵬᶀꓐꞖꞗꞴꞵ",
+    "c": "ƇƈȻȼɕϲϹҪҫᏟⲤⲥꓚꜾꞒꞓꞔꟄꮯ𝼝",
+    "d": "ĐđƊƋƌȡɖɗᎠᏧᵭᶁᶑꓒꓓꟇꟈ",
+    "e": "ɆɇҽҾҿᎬᶒⱸꓰꬲꬴ",
+    "f": "ƑƒϜքᵮᶂꓝꞘꞙꬵ",
+    "g": "ƍƓǤǥɠʛԌցᏀᏳᶃꓖꞠꞡꬶ",
+    "h": "ĦħɦΉҢңӇӈӉӊԢԣԦԧԨԩհᎻᏂἨἩἪἫἬἭἮἯᾘᾙᾚᾛᾜᾝᾞᾟῊΉῌⱧⱨⲎⲏꓧꞕꞪ",
+    "i": "ƗɨͺᎥᵼᶖꙇꭵ𝼚",
+    "j": "ɈɉɟʄʝᎫꓙꞲ",
+    "k": "ƘƙҚқҜҝҞҟӃӄᏦᶄⱩⱪⲔⲕꓗꝀꝁꝂꝃꝄꝅꞢꞣ",
+    "l": "ĿŀŁłƚǀȴȽɫɬɭᏞᴌᶅⱠⱡⱢⲒⳐꓡꓲꝈꝉꞎꞭꬷꬸꬹ𝼄𝼑𝼓",
+    "m": "ɱϺӍӎᎷᵯᶆⱮⲘⲙꓟꬺ",
+    "n": "ƝƞȠȵɲɳոռᵰᶇᾐᾑᾒᾓᾔᾕᾖᾗῂῃῄῇⲚⲛꓠꞐꞑꞤꞥꬻ",
+    "o": "ØøƟǾǿɵσՕօᴑᴓⱺⲞⲟꓳꝊꝋꝌꝍꬽꬾ𝼛",
+    "p": "ƤƥҎҏᏢᵱᵽᶈⱣⲢⲣꓑꝐꝑꝒꝓꝔꝕ",
+    "q": "ɊɋʠգզꝖꝗꝘꝙ",
+    "r": "ɌɍɼɽɾɿгҐґҒғҔҕӶӷӺӻᎡᏒᴦᵲᵳᶉⱤⲅꓣꞦꞧꭆꭇꭈꭉꭊꮁ𝼖",
+    "s": "ƽȿʂՏᏕᏚᵴᶊẜẝⱾꓢꞨꞩꟅꟉꟊꮪ𝼞",
+    "t": "ŦŧƫƬƭƮȶȾʈҬҭᎢᵵⱦⲦⲧꓔꚊꚋ𝼉",
+    "u": "ՍսᶙꓴꞟꞸꞹꭎꭒ",
+    "v": "ƲʋᏙᶌⱱⱴꓦꝞꝟꮩ",
+    "w": "ɯɰѡѼѽաᎳᏔⱲⱳꓪꮃ",
+    "x": "ҲҳӼӽӾӿᶍⲬⲭꓫꞳꭓꭔꭕꭖꭗꭘꭙ",
+    "y": "ƳƴɎɏɣΎΫγϒҰұᎩᎽỾỿὙὛὝὟῨῩῪΎⲨⲩꓬꭚ",
+    "z": "ƵƶȤȥɀʐʑᏃᵶᶎⱫⱬⱿꓜꟆꮓ",
+}
+_MORE = {alike: latin for latin, alikes in _MORE_LOOKALIKES.items() for alike in alikes}
 _LOOKALIKE_CAPITALS = str.maketrans({
+    **{alike: latin for alike, latin in _MORE.items() if alike.casefold() != alike},
     "А": "a", "В": "b", "Е": "e", "К": "k", "М": "m", "Н": "h", "О": "o", "Р": "p", "С": "c",
     "Т": "t", "У": "y", "Х": "x", "І": "i", "Ј": "j", "Ѕ": "s", "Ү": "y", "Ԛ": "q", "Ԝ": "w",
     "Α": "a", "Β": "b", "Ε": "e", "Ζ": "z", "Η": "h", "Ι": "i", "Κ": "k", "Μ": "m", "Ν": "n",
     "Ο": "o", "Ρ": "p", "Τ": "t", "Υ": "y", "Χ": "x",
 })
 _LOOKALIKES = str.maketrans({
+    **_MORE,
     "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
     "т": "t", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "ү": "y", "ԁ": "d", "һ": "h",
     "ԛ": "q", "ԝ": "w", "ӏ": "l", "ѵ": "v", "ь": "b",

@@ -298,7 +298,7 @@ async def test_an_unreachable_redis_url_stops_up_at_once_with_the_password_maske
 
     assert code == 1  # may pass by itself: a service manager retries
     [line] = up.lines
-    assert f"cannot start: redis: {masked_url(url)} unreachable" in line
+    assert f"cannot start: redis: {masked_url(url)}: unreachable" in line
     assert "hunter2" not in line
 
 

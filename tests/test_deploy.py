@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -386,10 +388,11 @@ def test_a_password_that_would_break_the_url_stops_the_entrypoint_with_exit_2(tm
     assert password.strip() == "" or password not in result.stderr
 
 
-@pytest.fixture
-def deploy_redis(tmp_path):
+@contextlib.contextmanager
+def started_deploy_redis(tmp_path: Path, conf: Path = DEPLOY / "redis.conf",
+                         ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """redis-server started the way compose and systemd start it: deploy/redis-start.sh with
-    deploy/redis.conf and a password file (plus a free port and a data folder)."""
+    `conf` and a password file (plus a free port and a data folder)."""
     from ponybot_cli.redis_server import free_port, redis_server_binary
 
     runtime = tmp_path / "run"
@@ -397,7 +400,7 @@ def deploy_redis(tmp_path):
     (tmp_path / "redis_password").write_text(PASSWORD + "\n")
     port = free_port()
     process = subprocess.Popen(
-        ["sh", str(DEPLOY / "redis-start.sh"), str(DEPLOY / "redis.conf"),
+        ["sh", str(DEPLOY / "redis-start.sh"), str(conf),
          str(tmp_path / "redis_password"), str(runtime), "--port", str(port),
          "--dir", str(tmp_path)],
         env={**os.environ, "REDIS_SERVER": redis_server_binary()},
@@ -416,6 +419,12 @@ def deploy_redis(tmp_path):
         process.terminate()
         process.wait(timeout=10)
         client.close()
+
+
+@pytest.fixture
+def deploy_redis(tmp_path):
+    with started_deploy_redis(tmp_path) as started:
+        yield started
 
 
 def test_the_deploys_redis_wants_its_password_keeps_an_aof_and_refuses_config(deploy_redis):
@@ -438,6 +447,143 @@ def test_the_deploys_redis_wants_its_password_keeps_an_aof_and_refuses_config(de
         assert PASSWORD.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert b"redis-server" in cmdline or children  # sh exec'd redis-server (or runs it)
     assert (runtime / "redis.conf").stat().st_mode & 0o077 == 0
+
+
+def test_a_redis_conf_without_a_final_newline_still_gets_its_password(tmp_path):
+    # An operator's last line with no newline (a comment) once swallowed `requirepass`: Redis
+    # started with no password, on 0.0.0.0 in compose.
+    conf = tmp_path / "redis.conf"
+    conf.write_text((DEPLOY / "redis.conf").read_text(encoding="utf-8") + "# local tweak")
+    with started_deploy_redis(tmp_path, conf) as (_, port, runtime):
+        anonymous = Redis(port=port, socket_timeout=5)
+        try:
+            with pytest.raises(AuthenticationError):
+                anonymous.ping()
+        finally:
+            anonymous.close()
+        written = (runtime / "redis.conf").read_text(encoding="utf-8").splitlines()
+    assert [line for line in written if line.lower().lstrip().startswith("requirepass")] == [
+        f"requirepass {PASSWORD}"]
+    assert written[-2:] == ["# local tweak", f"requirepass {PASSWORD}"]
+
+
+def redis_start(tmp_path: Path, conf: str, password: str) -> subprocess.CompletedProcess[str]:
+    """deploy/redis-start.sh with `echo` for redis-server: what it would start, or its refusal."""
+    (tmp_path / "redis.conf").write_text(conf)
+    (tmp_path / "redis_password").write_text(password)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    return subprocess.run(
+        ["sh", str(DEPLOY / "redis-start.sh"), str(tmp_path / "redis.conf"),
+         str(tmp_path / "redis_password"), str(runtime)],
+        env={**os.environ, "REDIS_SERVER": shutil.which("echo") or "echo"},
+        capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("conf", ["requirepass hunter2\n", "  REQUIREPASS hunter2\n",
+                                  "port 6379\nrequirepass\n"])
+def test_redis_start_refuses_a_config_that_names_a_password_of_its_own(tmp_path, conf):
+    # Two requirepass lines: whichever Redis keeps, one of the two passwords is not the secret.
+    result = redis_start(tmp_path, conf, PASSWORD + "\n")
+
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert "requirepass" in result.stderr and str(tmp_path / "redis.conf") in result.stderr
+    assert PASSWORD not in result.stderr
+
+
+@pytest.mark.parametrize("password", [PASSWORD, PASSWORD + "\n"])
+def test_redis_start_takes_a_one_line_password_file_with_or_without_its_newline(tmp_path,
+                                                                               password):
+    result = redis_start(tmp_path, "appendonly yes", password)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "run" / "redis.conf")]
+    written = (tmp_path / "run" / "redis.conf").read_text(encoding="utf-8").splitlines()
+    assert written[0] == "appendonly yes" and written[-1] == f"requirepass {PASSWORD}"
+
+
+TWO_LINES = [PASSWORD + "\n# rotated 2026-12-01\n", PASSWORD + "\n\n", PASSWORD + "\nother",
+             "\n" + PASSWORD]
+
+
+@pytest.mark.parametrize("contents", TWO_LINES)
+@pytest.mark.parametrize("script", ["redis-start", "entrypoint:redis_password",
+                                    "entrypoint:discord_token"])
+def test_a_secret_file_of_more_than_one_line_is_refused_naming_the_file(tmp_path, script,
+                                                                        contents):
+    # One rule in every reader (compose's healthcheck reads the first line as they do): a
+    # second line is a mistake to name, not a part to drop or to send.
+    if script == "redis-start":
+        result = redis_start(tmp_path, "appendonly yes\n", contents)
+        file = tmp_path / "redis_password"
+    else:
+        file = tmp_path / script.split(":")[1]
+        file.write_text(contents)
+        result = entrypoint(tmp_path, REDIS_URL="redis://redis:6379/0")
+
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert f"{file} has more than one line" in result.stderr
+    assert PASSWORD not in result.stderr
+
+
+def compose_healthcheck(service: str, **paths: str) -> list[str]:
+    """`service`'s healthcheck as a command line to run here: compose's `$$` unescaped and
+    the container's paths replaced by `paths`."""
+    test = COMPOSE["services"][service]["healthcheck"]["test"]
+    assert test[0] in ("CMD", "CMD-SHELL")
+    command = [part.replace("$$", "$") for part in test[1:]]
+    for inside, here in paths.items():
+        command = [part.replace(inside, here) for part in command]
+    return ["sh", "-c", command[0]] if test[0] == "CMD-SHELL" else command
+
+
+@pytest.mark.parametrize("password", [PASSWORD, PASSWORD + "\n"])
+def test_the_redis_healthcheck_sends_the_password_redis_start_read(deploy_redis, tmp_path,
+                                                                     password):
+    _, port, _ = deploy_redis
+    secret = tmp_path / "healthcheck_password"
+    secret.write_text(password)
+    check = compose_healthcheck("redis", **{"/run/secrets/redis_password": str(secret),
+                                            "redis-cli ": f"redis-cli -p {port} "})
+    wrong = tmp_path / "wrong_password"
+    wrong.write_text("0" * 64 + "\n")
+    refused = compose_healthcheck("redis", **{"/run/secrets/redis_password": str(wrong),
+                                              "redis-cli ": f"redis-cli -p {port} "})
+
+    assert subprocess.run(check, capture_output=True, timeout=30).returncode == 0
+    assert subprocess.run(refused, capture_output=True, timeout=30).returncode != 0
+
+
+PONYBOT_SERVICES = ("bot", "worker-0", "worker-1")
+
+
+@pytest.mark.parametrize("service", PONYBOT_SERVICES)
+def test_each_ponybot_service_serves_metrics_on_the_compose_network_only(service):
+    # Inside a container 127.0.0.1 is the container's own: Prometheus on the project's network
+    # could not reach it. 0.0.0.0 there is the compose network, as no port is published.
+    config = COMPOSE["services"][service]
+    assert config["environment"]["PONYBOT_METRICS_BIND"] == "0.0.0.0"
+    assert int(config["environment"]["PONYBOT_METRICS_PORT"]) > 0
+    assert "ports" not in config and "network_mode" not in config
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+@pytest.mark.parametrize("service", PONYBOT_SERVICES)
+def test_each_ponybot_services_healthcheck_is_its_healthz(service, healthy):
+    from ponybot_core.metrics import MetricsServer
+
+    # The images have python (the virtualenv first on PATH) and no curl or wget.
+    check = compose_healthcheck(service)
+    assert check[0] == "python" and "/opt/ponybot/venv/bin" in dict(
+        dockerfile_stages()["base"])["ENV"]
+    server = MetricsServer(lambda: (healthy, "checked"))
+    port = server.start("127.0.0.1", 0)
+    try:
+        result = subprocess.run(check, capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PONYBOT_METRICS_PORT": str(port)})
+    finally:
+        server.close()
+    assert (result.returncode == 0) is healthy, result.stderr[-2000:]
 
 
 # -- systemd -----------------------------------------------------------------------------------

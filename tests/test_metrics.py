@@ -6,9 +6,11 @@ metrics that exist."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +20,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -28,15 +31,20 @@ from ponybot_cli.redis_server import RedisServer, free_port
 from ponybot_core import metrics
 from ponybot_core.config import ConfigError, MetricsConfig
 from ponybot_core.keys import Keys
-from ponybot_core.queue import Producer
+from ponybot_core.processes import EXIT_CONFIG, run_process
+from ponybot_core.queue import Producer, QueueReads
+from ponybot_core.queue.reads import WAITING_SAMPLE, Waiting
+from ponybot_core.redis_client import bot_redis
 from ponybot_testkit.fake_discord import FakeDiscord
-from ponybot_testkit.world import BOT_TOKEN, CHANNEL_ID, GUILD_ID, USER_ID
+from ponybot_testkit.world import BOT_TOKEN, CHANNEL_ID, GUILD_ID, USER_ID, make_job
 from tests.conftest import pony, queued_job_id, result, write_config_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "monitoring" / "grafana-dashboard.json"
-# Short health bounds: the stuck-loop test waits this long for the loop, once.
-TEST_METRICS = MetricsConfig(bot_port=0, worker_port=0, loop_timeout_s=0.3, redis_timeout_s=1.0)
+# Short health bounds: the stuck-loop test waits this long for the loop, once. Every scrape
+# reads the queue anew (none reuses the last read), as the tests scrape right after a change.
+TEST_METRICS = MetricsConfig(bot_port=0, worker_port=0, loop_timeout_s=0.3, redis_timeout_s=1.0,
+                             queue_read_reuse_s=0)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -390,3 +398,254 @@ async def test_the_bot_and_worker_processes_serve_metrics_and_health(
             process.terminate()
         for process in processes:
             await asyncio.to_thread(process.wait, 30)
+
+
+# --- Hostile scrapers and connections ----------------------------------------------------------
+
+
+class CountedReads(QueueReads):
+    """The real queue reads, counting `waiting_by_model` calls; each waits for `release` (set
+    on the loop) so that every scrape of a burst has arrived before any read ends."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        super().__init__(redis, keys)
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def waiting_by_model(self, *, sample: int = WAITING_SAMPLE) -> Waiting:
+        self.calls += 1
+        await self.release.wait()
+        return await super().waiting_by_model(sample=sample)
+
+
+class CountedGauges(bot_metrics.QueueGauges):
+    """The bot's queue gauges, counting the scrapes that reached them."""
+
+    def __init__(self, reads: QueueReads, loop: asyncio.AbstractEventLoop, *,
+                 reuse_s: float) -> None:
+        super().__init__(reads, loop, reuse_s=reuse_s)
+        self.arrived = threading.Semaphore(0)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.arrived.release()
+        yield from super().collect()
+
+
+async def connected_clients(redis: Redis) -> int:
+    return int((await redis.info("clients"))["connected_clients"])
+
+
+async def test_concurrent_scrapes_share_one_queue_read_on_one_redis_connection(
+        redis_server: RedisServer, redis: Redis):
+    burst = 8
+    producer = Producer(redis, Keys(), result_ttl_s=60)
+    for i in range(3):
+        await producer.enqueue(make_job(interaction_id=100 + i, guild_id=10 + i))
+    bots_client = bot_redis(redis_server.url)  # the bot's own pool of 32, empty so far
+    reads = CountedReads(bots_client, Keys())
+    gauges = CountedGauges(reads, asyncio.get_running_loop(), reuse_s=0)  # in flight only
+    server = metrics.MetricsServer(lambda: (True, "ok"), collectors=[gauges],
+                                   registry=CollectorRegistry())
+    port = server.start("127.0.0.1", 0)
+    before = await connected_clients(redis)
+    try:
+        bodies: list[str] = []
+        # Threads of their own: asyncio's default executor has fewer than `burst` on 2 CPUs.
+        scrapers = [threading.Thread(target=lambda: bodies.append(get(port, "/metrics")[1]))
+                    for _ in range(burst)]
+        for scraper in scrapers:
+            scraper.start()
+        for _ in range(burst):  # every scrape of the burst is in the collector
+            await asyncio.to_thread(gauges.arrived.acquire)
+        reads.release.set()
+        for scraper in scrapers:
+            await asyncio.to_thread(scraper.join)
+        answers = [{(s.name, frozenset(s.labels.items())): s.value
+                    for family in text_string_to_metric_families(body) for s in family.samples}
+                   for body in bodies]
+
+        assert reads.calls == 1
+        assert [value(a, "ponybot_queue_jobs") for a in answers] == [3] * burst
+        assert await connected_clients(redis) - before <= 1
+    finally:
+        await asyncio.to_thread(server.close)
+        await bots_client.aclose()
+
+
+async def test_scrapes_in_a_loop_read_the_queue_once_per_reuse_interval(redis: Redis):
+    reads = CountedReads(redis, Keys())
+    reads.release.set()
+    gauges = CountedGauges(reads, asyncio.get_running_loop(), reuse_s=60)
+    server = metrics.MetricsServer(lambda: (True, "ok"), collectors=[gauges],
+                                   registry=CollectorRegistry())
+    port = server.start("127.0.0.1", 0)
+    try:
+        for _ in range(5):
+            assert value(await scrape(port), "ponybot_queue_jobs") == 0
+        assert reads.calls == 1
+    finally:
+        await asyncio.to_thread(server.close)
+
+
+async def test_a_scrape_that_gave_up_leaves_no_unretrieved_error_on_the_loop():
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    stuck, release, failed = threading.Event(), threading.Event(), asyncio.Event()
+
+    async def read() -> int:
+        failed.set()
+        raise ConnectionError("the pool had no connection for it")  # after the scrape gave up
+
+    def block_the_loop() -> None:
+        stuck.set()
+        release.wait(60)
+
+    def scrape_gives_up() -> None:
+        assert stuck.wait(30)
+        try:
+            with pytest.raises(TimeoutError):
+                metrics.on_loop(loop, read, 0.01)
+        finally:
+            release.set()
+
+    try:
+        loop.call_soon(block_the_loop)
+        await asyncio.to_thread(scrape_gives_up)
+        await failed.wait()
+        for _ in range(3):  # the failed task's last steps
+            await asyncio.sleep(0)
+        gc.collect()
+        assert errors == []
+    finally:
+        loop.set_exception_handler(previous)
+
+
+def handler_threads(port: int) -> int:
+    """The threads serving connections to the metrics server on `port`."""
+    name = f"{metrics.CONNECTION_THREAD}:{port}"
+    return sum(t.name == name for t in threading.enumerate())
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed this connection (EOF), waiting for it at most 30 s."""
+    sock.settimeout(30)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_past_the_cap_are_closed_at_once_and_hold_no_thread():
+    cap = 4
+    server = metrics.MetricsServer(lambda: (True, "ok"), registry=CollectorRegistry(),
+                                   max_connections=cap, read_timeout_s=60)
+    port = server.start("127.0.0.1", 0)
+    sockets = []
+    try:
+        for i in range(cap + 20):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /metr" if i % 2 else b"")  # half a request line, then silence
+            sockets.append(sock)
+        # Accepted in order: once the last is closed, every one before it was handled.
+        assert all(closed_by_server(sock) for sock in sockets[cap:])
+        assert handler_threads(port) == cap
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.close()
+
+
+def test_a_silent_connection_is_closed_after_the_read_timeout_and_frees_its_place():
+    server = metrics.MetricsServer(lambda: (True, "ok"), registry=CollectorRegistry(),
+                                   max_connections=1, read_timeout_s=0.2)
+    port = server.start("127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as silent:
+            silent.sendall(b"GET /heal")
+            assert closed_by_server(silent)
+        assert get(port, "/healthz") == (200, "ok\n")
+    finally:
+        server.close()
+
+
+def test_the_handler_reads_with_a_timeout_by_default():
+    assert metrics.READ_TIMEOUT_S is not None and 0 < metrics.READ_TIMEOUT_S <= 10
+    assert 0 < metrics.MAX_CONNECTIONS <= 64
+
+
+@pytest.mark.parametrize(("bind", "why"), [("not-a-host", "not an IP address"),
+                                           ("192.0.2.1", "cannot listen")])
+async def test_an_unusable_metrics_bind_is_a_config_problem_naming_the_setting(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], bind: str,
+        why: str):
+    monkeypatch.setenv("PONYBOT_METRICS_BIND", bind)
+
+    async def start() -> int:
+        server = metrics.serve(TEST_METRICS, "bot", redis=None)  # type: ignore[arg-type]
+        assert server is None, "it listened"
+        return 0
+
+    status = await asyncio.to_thread(run_process, start(), "bot")
+
+    assert status == EXIT_CONFIG == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "PONYBOT_METRICS_BIND" in lines[0] and bind in lines[0] and why in lines[0]
+
+
+async def test_a_bad_bind_in_the_config_file_is_named_as_the_config_settings(
+        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("PONYBOT_METRICS_BIND", raising=False)
+    with pytest.raises(ConfigError, match=r"\[metrics\] bind"):
+        metrics.serve(MetricsConfig(bind="no such host.invalid", bot_port=0), "bot",
+                      redis=None)  # type: ignore[arg-type]
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 loopback")
+def test_an_ipv6_bind_serves_health():
+    server = metrics.MetricsServer(lambda: (True, "ok"), registry=CollectorRegistry())
+    port = server.start("::1", 0)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=30) as reply:
+            assert (reply.status, reply.read()) == (200, b"ok\n")
+    finally:
+        server.close()
+
+
+async def test_the_scrape_read_never_reads_more_jobs_than_its_sample_however_many_servers_wait(
+        redis: Redis):
+    servers, sample = 30, 10
+    producer = Producer(redis, Keys(), result_ttl_s=60)
+    for i in range(servers):  # one job in each of more servers than the sample
+        await producer.enqueue(make_job(interaction_id=100 + i, guild_id=10 + i))
+    await redis.config_resetstat()
+
+    waiting = await QueueReads(redis, Keys()).waiting_by_model(sample=sample)
+
+    stats = await redis.info("commandstats")
+    assert int(stats.get("cmdstat_hmget", {}).get("calls", 0)) <= sample
+    assert waiting.jobs == servers  # exact: every list's length
+    assert waiting.by_model == {"tiny": pytest.approx(servers)}  # scaled from the sample
+
+
+def test_up_gives_the_bot_the_base_port_and_each_worker_the_next_ones(
+        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PONYBOT_METRICS_PORT", "9800")
+    config = MetricsConfig()
+    _, bot = metrics.listen_address(config, "bot")  # the bot child has the same environment
+    workers = [int(metrics.worker_port_environment(config, i)["PONYBOT_METRICS_PORT"])
+               for i in range(3)]
+    assert [bot, *workers] == [9800, 9801, 9802, 9803]

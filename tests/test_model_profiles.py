@@ -8,6 +8,9 @@ the bot makes it (`build_job`), so the policy that guards each caption is the on
 
 from __future__ import annotations
 
+import functools
+import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,7 @@ from ponybot_core.config import (
 )
 from ponybot_core.image_parameters import A1111Parameters
 from ponybot_core.job import Job, UploadedImage
-from ponybot_request import clip_tokens
+from ponybot_request import clip_tokens, policy
 from ponybot_request.errors import UserFacingError
 from ponybot_request.jobs import (
     Channel,
@@ -36,7 +39,7 @@ from ponybot_request.jobs import (
     hires_pass,
 )
 from ponybot_request.options import PonyOptions
-from ponybot_request.tags import caption_tags, parse_tags, rating_of, render
+from ponybot_request.tags import caption_tags, parse_tags, rating_of, render, skeleton
 
 CONFIG = load_config(Path(__file__).resolve().parent.parent / "config.toml")
 V4, V5, V6_XL = CONFIG.model("v4"), CONFIG.model("v5"), CONFIG.model("v6-xl")
@@ -152,6 +155,73 @@ def test_every_vocabularys_explicit_and_questionable_is_refused_outside_age_rest
     message = refusal(f"solo, {typed}", model)
     assert "needs an age-restricted channel" in message
     assert f"Use `{model.caption.rating_tags.get('safe', 'safe')}` here." in message
+
+
+# --- look-alike letters: read as the Latin ones (ponybot_request/tags.py's table) --------------
+
+# Latin, Cyrillic and Greek "<letter> WITH <mark>" (a hook, a stroke, a descender...).
+_MARKED = re.compile(r"((?:LATIN|CYRILLIC|GREEK) (?:SMALL |CAPITAL )?LETTER [A-Z -]+?) WITH .+")
+_NAMED = {unicodedata.name(chr(cp), ""): chr(cp) for cp in range(0x20, 0x20000)}
+
+
+@functools.cache
+def marked_letters() -> dict[str, str]:
+    """Every marked letter whose unmarked letter reads as a Latin one -> that Latin letter;
+    digraphs (`ǅ`, which NFKC spells out as two letters) left out."""
+    found = {}
+    for name, char in _NAMED.items():
+        match = _MARKED.fullmatch(name)
+        base = _NAMED.get(match.group(1)) if match else None
+        if base is None or len(unicodedata.normalize("NFKC", char)) > 1:
+            continue
+        latin = skeleton(base)
+        if len(latin) == 1 and latin.isascii() and latin.isalpha():
+            found[char] = latin
+    return found
+
+
+# Seen by the red team (Cyrillic ha with descender) and its relatives, and one of each script
+# whose TR39 confusables the table takes (Lisu, Cherokee, Coptic, Armenian, Abkhasian che).
+SEEN = {"ҳ": "x", "Ҳ": "x", "ӽ": "x", "Ӽ": "x", "ӿ": "x", "Ӿ": "x", "ꓰ": "e", "Ꭼ": "e", "ҽ": "e",
+        "ⲭ": "x", "ⲣ": "p", "օ": "o", "ս": "u", "ꓲ": "l", "ł": "l", "ꝗ": "q", "ƀ": "b"}
+
+
+def test_a_letter_with_a_mark_reads_as_the_letter_it_marks() -> None:
+    marked = marked_letters()
+    assert len(marked) > 500  # the rule found letters: Latin alone has hundreds
+    misread = {char: skeleton(char) for char, latin in marked.items() if skeleton(char) != latin}
+    assert misread == {}
+
+
+@functools.cache
+def lookalikes(letters: str) -> dict[str, set[str]]:
+    """Letter -> everything that reads as it: what the table and NFKC make of every code point,
+    with the marked letters and those seen, whatever the table says of them."""
+    found: dict[str, set[str]] = {letter: set() for letter in letters}
+    for char, latin in (*((chr(cp), skeleton(chr(cp))) for cp in range(0x80, 0x20000)),
+                        *marked_letters().items(), *SEEN.items()):
+        if latin in found:
+            found[latin].add(char)
+    return found
+
+
+@pytest.mark.parametrize("model", CONFIG.models, ids=lambda m: m.id)
+def test_every_lookalike_of_every_letter_of_explicit_and_questionable_is_refused_outside_age_restricted(  # noqa: E501
+        model: ModelEntry) -> None:
+    passed = []
+    for word in ("explicit", "questionable"):
+        written = model.caption.rating_tags.get(word, word)  # `rating_explicit` for V6 XL
+        for i, letter in enumerate(word):
+            for alike in sorted(lookalikes("explicitquestionable")[letter]):
+                spoofed = word[:i] + alike + word[i + 1:]
+                for typed in {spoofed, written.replace(word, spoofed)}:
+                    try:
+                        policy.apply(f"solo, {typed}", "", model=model, config=CONFIG,
+                                     age_restricted=False)
+                    except UserFacingError:
+                        continue
+                    passed.append(typed)
+    assert passed == []
 
 
 def test_explicit_typed_for_v6_xl_in_a_channel_that_is_not_age_restricted_is_refused():

@@ -29,8 +29,7 @@ GREYS = [Image.new("RGB", (64, 64), (v, v, v)) for v in (20, 120, 200, 240)]
 
 
 def checker(folder: Path) -> PictureChecker:
-    return PictureChecker(SafetyConfig(path=folder), base_dir=folder.parent, device=CPU,
-                          dtype=torch.float32)
+    return PictureChecker(SafetyConfig(path=folder), base_dir=folder.parent, device=CPU)
 
 
 def test_the_verdict_follows_the_classifier_and_the_threshold(tmp_path: Path) -> None:
@@ -179,3 +178,48 @@ def test_ponybot_models_shows_whether_the_classifier_is_there(
     save_tiny_classifier(tmp_path / "classifier")
     main(["models", "--config", str(config_path)])
     assert "picture check: classifier — present" in capsys.readouterr().out
+
+
+def test_a_classifier_whose_scores_are_not_numbers_withholds_the_picture(
+        tmp_path: Path) -> None:
+    # NaN outputs (as an fp16 overflow in the trunk gives) are a failed check, never "safe".
+    from safetensors.torch import load_file, save_file
+
+    folder = save_tiny_classifier(tmp_path / "c", brighter_than=FLAG_ALL)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["patch_embed.proj.bias"][:] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"))
+    checked = checker(folder).check(make_job(), [GREYS[0], GREYS[3]])
+    assert checked.withheld == {0, 1}
+    assert checked.record.startswith("withheld all 2: check unavailable")
+    assert "not a number" in checked.record
+
+
+def test_the_classifier_runs_in_float32_whatever_the_worker_draws_in(tmp_path: Path) -> None:
+    folder = save_tiny_classifier(tmp_path / "c", brighter_than=FLAG_ALL)
+    classifier = checker(folder).classifier()
+    assert {p.dtype for p in classifier.model.parameters()} == {torch.float32}
+    assert classifier.inputs([GREYS[0]]).dtype == torch.float32
+
+
+def test_a_job_with_a_picture_check_is_refused_by_a_worker_that_predates_it() -> None:
+    # A worker from before the picture check reads jobs of schema version 1 only and ignores
+    # fields it does not know: the new job must not pass as version 1.
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    class OldWorkersJob(BaseModel):  # ponybot_core/job.py before the picture check
+        model_config = ConfigDict(frozen=True, extra="ignore")
+        schema_version: Literal[1] = 1
+
+    stored = make_job().to_json()
+    with pytest.raises(ValidationError):
+        OldWorkersJob.model_validate_json(stored)
+    # This worker reads both: a version-1 job (no picture check: an older bot's) is checked.
+    old = json.loads(stored)
+    del old["picture_check"]
+    old["schema_version"] = 1
+    job = Job.from_json(json.dumps(old))
+    assert job.picture_check.check and job.picture_check.flagged is Flagged.WITHHOLD
+    assert Job.from_json(stored).schema_version == 2

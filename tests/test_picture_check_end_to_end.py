@@ -70,7 +70,9 @@ async def test_a_flagged_picture_is_not_posted_in_an_ordinary_channel_and_its_re
     [shown] = itx.original.attachments
     assert shown.filename.endswith("_withheld.png"), shown.filename
     assert "not posted" in itx.original.content
-    assert any("explicit 0.98" in text for text in told_privately(fake))
+    # The private note follows the result.
+    await fake.wait_for(lambda: any("explicit 0.98" in text for text in told_privately(fake)),
+                        timeout=30, message="the private note")
     assert (await record(redis, job_id_of(itx.original))).startswith("withheld 1;")
 
 
@@ -218,3 +220,153 @@ async def test_an_uploaded_picture_upscaled_in_an_ordinary_channel_is_checked_af
     # The placeholder has the size of what would have been posted: the upscaled picture.
     assert Image.open(io.BytesIO(shown.data)).size == (160, 96)
     assert (await record(redis, job_id_of(itx.original))).startswith("withheld 1;")
+
+
+def with_progress(settings: LoadedConfig) -> LoadedConfig:
+    worker = settings.config.worker.model_copy(update={"progress": True,
+                                                       "progress_interval_s": 1.0})
+    return settings.model_copy(update={"config": settings.config.model_copy(
+        update={"worker": worker})})
+
+
+def previews_shown(message) -> list[str]:
+    return [e["content"] for e in message.edits
+            if any(a.get("filename") == "progress.jpg" for a in e.get("attachments") or [])]
+
+
+async def test_a_job_whose_pictures_are_checked_shows_its_progress_without_a_preview(
+        fake, bot, settings, start_worker, classifier_dir):
+    # The preview is the picture being drawn, not checked: in an ordinary channel it would
+    # show what the check then withholds (the last previews are nearly the picture).
+    save_tiny_classifier(classifier_dir, brighter_than=FLAG_ALL)
+    itx = await fake.invoke("pony", {"tags": "luna, night", "steps": 60, "size": "portrait"},
+                            guild_id=GUILD_ID, channel_id=CHANNEL_ID, user_id=USER_ID)
+    await itx.wait_response(timeout=5)
+    await start_worker(settings_=with_progress(settings))
+    await fake.wait_for(lambda: any(a.filename.startswith("pony_")
+                                    for a in itx.original.attachments), timeout=120,
+                        message="the result")
+    [final] = itx.original.attachments
+    assert final.filename.endswith("_withheld.png"), final.filename  # the check ran
+    assert any("sampling" in (e.get("content") or "") for e in itx.original.edits), \
+        "no progress shown at all"
+    assert previews_shown(itx.original) == []
+
+
+async def test_a_job_in_an_age_restricted_channel_still_shows_previews(
+        fake, bot, settings, start_worker, classifier_dir):
+    save_tiny_classifier(classifier_dir, brighter_than=FLAG_ALL)
+    itx = await fake.invoke("pony", {"tags": "luna, night", "steps": 60, "size": "portrait"},
+                            guild_id=GUILD_ID, channel_id=NSFW_CHANNEL_ID, user_id=USER_ID)
+    await itx.wait_response(timeout=5)
+    await start_worker(settings_=with_progress(settings))
+    await fake.wait_for(lambda: any(a.filename.startswith("pony_")
+                                    for a in itx.original.attachments), timeout=120,
+                        message="the result")
+    assert previews_shown(itx.original) != []
+
+
+async def queued_in_the_age_restricted_channel(fake):
+    itx = await fake.invoke("pony", {"tags": "twilight sparkle, unicorn, solo"},
+                            guild_id=GUILD_ID, channel_id=NSFW_CHANNEL_ID, user_id=USER_ID)
+    await itx.wait_response(timeout=5)
+    return itx
+
+
+async def test_a_picture_queued_in_an_age_restricted_channel_is_checked_once_it_is_not(
+        fake, bot, redis, start_worker, classifier_dir):
+    save_tiny_classifier(classifier_dir, brighter_than=FLAG_ALL)
+    itx = await queued_in_the_age_restricted_channel(fake)
+    # An admin lifts the channel's age restriction while the job waits in the queue.
+    fake.add_channel(GUILD_ID, NSFW_CHANNEL_ID, name="after-dark", nsfw=False)
+    await start_worker()
+    await fake.wait_for(lambda: bool(itx.original.attachments and itx.original.embeds),
+                        timeout=60, message="the result")
+    [shown] = itx.original.attachments
+    assert shown.filename.endswith("_withheld.png"), shown.filename
+    assert (await record(redis, job_id_of(itx.original))).startswith("withheld 1;")
+
+
+async def test_a_picture_for_a_channel_discord_cannot_describe_now_is_checked(
+        fake, bot, redis, start_worker, classifier_dir):
+    save_tiny_classifier(classifier_dir, brighter_than=FLAG_ALL)
+    itx = await queued_in_the_age_restricted_channel(fake)
+    # The worker cannot see the channel any more (Missing Access): fail closed, check.
+    fake.inject("GET", rf"/channels/{NSFW_CHANNEL_ID}$", 403, count=100)
+    await start_worker()
+    await fake.wait_for(lambda: bool(itx.original.attachments and itx.original.embeds),
+                        timeout=60, message="the result")
+    [shown] = itx.original.attachments
+    assert shown.filename.endswith("_withheld.png"), shown.filename
+
+
+@pytest.mark.parametrize("point", ["before_post", "after_post"])
+async def test_a_crash_around_the_post_still_delivers_the_redirected_picture_once(
+        point, fake, bot, redis, start_worker, classifier_dir):
+    from inference.loop import faults
+    from ponybot_core.queue import JobStatus
+    from tests.conftest import queued_job_id, until_finished
+
+    save_tiny_classifier(classifier_dir, brighter_than=FLAG_ALL)
+    chose = await fake.invoke("safety flagged", {"action": "redirect",
+                                                 "channel": NSFW_CHANNEL_ID},
+                              guild_id=GUILD_ID, channel_id=CHANNEL_ID, user_id=USER_ID,
+                              permissions=MANAGE_GUILD)
+    await chose.wait_response(timeout=5)
+    itx = await fake.invoke("pony", {"tags": "pony, solo"}, guild_id=GUILD_ID,
+                            channel_id=CHANNEL_ID, user_id=USER_ID)
+    await itx.wait_response(timeout=5)
+    job_id = queued_job_id(itx)
+    faults.arm(f"{point}=raise")
+    try:
+        await start_worker()
+        assert await until_finished(redis, [job_id]) == [JobStatus.POSTED]
+    finally:
+        faults.arm("")
+    redirected = [m for m in fake.messages.values() if m.channel_id == NSFW_CHANNEL_ID
+                  and any(a.filename.startswith(f"pony_{job_id}_") for a in m.attachments)]
+    assert len(redirected) == 1
+    [shown] = itx.original.attachments
+    assert shown.filename.endswith("_withheld.png"), shown.filename
+
+
+async def test_a_job_edited_in_place_after_its_channel_lost_its_age_restriction_is_checked(
+        fake, bot, redis, start_worker, classifier_dir):
+    from ponybot_core.custom_ids import Action
+    from tests.conftest import queued_job_id
+    from tests.test_edit import form_of, open_form
+
+    save_tiny_classifier(classifier_dir, brighter_than=FLAG_ALL)
+    itx = await queued_in_the_age_restricted_channel(fake)
+    job_id = queued_job_id(itx)
+    fake.add_channel(GUILD_ID, NSFW_CHANNEL_ID, name="after-dark", nsfw=False)
+    # The edit keeps the job's own decision (made when it was queued, in a restricted channel).
+    form_id, values = form_of(await open_form(fake, itx.original.id, Action.EDIT_QUEUED, job_id))
+    answer = await fake.submit_modal(form_id, {**values, "tags": "rarity, gem"},
+                                     channel_id=NSFW_CHANNEL_ID, user_id=USER_ID)
+    await answer.wait_response(timeout=5)
+    assert "keeps its place" in answer.original.content
+    await start_worker()
+    await fake.wait_for(lambda: bool(itx.original.attachments and itx.original.embeds),
+                        timeout=60, message="the result")
+    [shown] = itx.original.attachments
+    assert shown.filename.endswith("_withheld.png"), shown.filename
+
+
+async def test_a_redirect_channel_that_lost_its_age_restriction_gets_nothing_and_the_result_says_so(
+        fake, bot, redis, start_worker, classifier_dir):
+    save_tiny_classifier(classifier_dir, brighter_than=FLAG_ALL)
+    chose = await fake.invoke("safety flagged", {"action": "redirect",
+                                                 "channel": NSFW_CHANNEL_ID},
+                              guild_id=GUILD_ID, channel_id=CHANNEL_ID, user_id=USER_ID,
+                              permissions=MANAGE_GUILD)
+    await chose.wait_response(timeout=5)
+    fake.add_channel(GUILD_ID, NSFW_CHANNEL_ID, name="after-dark", nsfw=False)
+    await start_worker()
+    itx = await ask(fake)
+    [shown] = itx.original.attachments
+    assert shown.filename.endswith("_withheld.png"), shown.filename
+    assert "not posted anywhere" in itx.original.content
+    assert "instead" not in itx.original.content
+    assert not any(m.channel_id == NSFW_CHANNEL_ID and m.attachments
+                   for m in fake.messages.values())

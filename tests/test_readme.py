@@ -12,7 +12,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 # A repository path in backticks: starts at one of our top-level folders, so `config.toml`
 # keys and shell commands are not mistaken for paths.
 _TOP = ("bot", "cogs", "inference", "ponybot_core", "ponybot_request", "ponybot_cli",
-        "ponybot_testkit", "tests", "bench", "tools", ".ci")
+        "ponybot_testkit", "tests", "bench", "tools", ".ci", "deploy", "monitoring")
 _PATH = re.compile(r"`((?:" + "|".join(re.escape(t) for t in _TOP) + r")/[\w./-]*)`")
 
 

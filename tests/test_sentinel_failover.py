@@ -89,7 +89,10 @@ async def primary_client(settings: LoadedConfig) -> AsyncIterator[Redis]:
 async def running_workers(settings: LoadedConfig, model_cache: object,
                           count: int) -> AsyncIterator[list[asyncio.Task[None]]]:
     """`count` in-process workers with the production client (`worker_redis` on the
-    sentinels), sharing the session's loaded tiny model."""
+    sentinels). The first uses the session's tiny model; each other its own, as a worker
+    process has (two drawing with one pipeline at once share its scheduler)."""
+    from inference.models.cache import ModelCache
+    from inference.models.device import choose_placement
     from inference.worker import Worker, logged_in_client
 
     target = redis_target(settings)
@@ -99,8 +102,13 @@ async def running_workers(settings: LoadedConfig, model_cache: object,
     for i in range(count):
         client = await logged_in_client(BOT_TOKEN)
         redis = worker_redis(target, block_s=settings.config.worker.block_ms / 1000)
+        models = model_cache if i == 0 else ModelCache(
+            settings.config, base_dir=settings.path.parent, placement=choose_placement("cpu"))
+        # Loaded one after the other before any worker runs: loads in threads of one process
+        # at once trip over each other (meta-device initialisation is process-wide).
+        await models.get(settings.config.default_model)  # type: ignore[attr-defined]
         worker = Worker(settings, redis, client, name=f"ha-worker-{i}",
-                        models=model_cache)  # type: ignore[arg-type]
+                        models=models)  # type: ignore[arg-type]
         held.append((worker, asyncio.create_task(worker.run()), client, redis))
     try:
         yield [task for _, task, _, _ in held]

@@ -25,10 +25,13 @@ from redis.asyncio import Redis
 
 from bot.app import shard_of
 from ponybot_core.config import (
+    MAX_SHARDS,
+    Config,
     ConfigError,
     DiscordConfig,
     LoadedConfig,
     ShardEnvironment,
+    parse_shard_ids,
     with_shard_environment,
 )
 from ponybot_core.discord_endpoints import use_endpoints
@@ -36,7 +39,7 @@ from ponybot_core.keys import Keys
 from ponybot_core.queue import JobStatus, QueueReads
 from ponybot_testkit.fake_discord import FakeDiscord, FakeInteraction, FakeMessage
 from ponybot_testkit.fake_discord.gateway import shard_for
-from ponybot_testkit.world import BOT_TOKEN, USER_ID, running_bot
+from ponybot_testkit.world import BOT_TOKEN, USER_ID, running_bot, tiny_config
 from tests.conftest import (
     queued_job_id,
     results_shown,
@@ -197,6 +200,53 @@ def test_an_impossible_shard_range_stops_the_bot_with_what_to_fix(monkeypatch, s
         with_shard_environment(settings.config)
     with pytest.raises(ValueError, match=says):
         DiscordConfig(shard_count=count, shard_ids=ids)
+
+
+def load() -> Config:
+    """A config with no shard settings of its own (the parser tests need no Redis or model)."""
+    return tiny_config(Path("unused"))
+
+
+@pytest.mark.parametrize("spelling", ["\u0663", "\uff11", "1_0", "+1", "-1", "0x1", "1.0"])
+def test_a_shard_id_is_ascii_digits_and_nothing_int_would_also_read(monkeypatch, spelling):
+    # int() reads an Arabic-Indic or fullwidth digit, a `_` grouping or a sign as a number:
+    # a shard id other than the one the operator meant to type.
+    monkeypatch.setenv("PONYBOT_SHARD_COUNT", "64")
+    monkeypatch.setenv("PONYBOT_SHARD_IDS", spelling)
+    with pytest.raises(ConfigError, match=r"PONYBOT_SHARD_IDS: .*not a shard id"):
+        with_shard_environment(load())
+    with pytest.raises(ValueError, match="not a shard id"):
+        DiscordConfig(shard_count=64, shard_ids=f"0,{spelling}")
+
+
+def test_ranges_are_counted_as_they_expand_and_refused_past_max_shards():
+    widest = f"0-{MAX_SHARDS - 1}"
+    with pytest.raises(ValueError, match=f"more than {MAX_SHARDS} shard ids"):
+        parse_shard_ids(",".join([widest] * 40))
+    # Refused at the second range: the third part (a typo) is never reached.
+    with pytest.raises(ValueError, match=f"more than {MAX_SHARDS} shard ids"):
+        parse_shard_ids(f"{widest},{widest},zero")
+    assert parse_shard_ids(widest) == list(range(MAX_SHARDS))
+
+
+def test_an_environment_value_as_long_as_linux_allows_is_refused_naming_the_variable(
+        monkeypatch):
+    # 128 KiB (one environment string's limit) of the widest range: 16,000 ranges, a billion
+    # ids if each were expanded. The error quotes the variable, not the value.
+    monkeypatch.setenv("PONYBOT_SHARD_COUNT", str(MAX_SHARDS))
+    monkeypatch.setenv("PONYBOT_SHARD_IDS", ",".join([f"0-{MAX_SHARDS - 1}"] * 16_000))
+    with pytest.raises(ConfigError, match="PONYBOT_SHARD_IDS") as refused:
+        with_shard_environment(load())
+    assert len(str(refused.value)) < 1000
+
+
+def test_an_empty_shard_variable_is_unset(monkeypatch):
+    # `PONYBOT_SHARD_IDS=${PONYBOT_SHARD_IDS:-}` in a unit or compose file writes "".
+    config = load()
+    monkeypatch.setenv("PONYBOT_SHARD_IDS", "")
+    monkeypatch.setenv("PONYBOT_SHARD_COUNT", "")
+    assert with_shard_environment(config) is config
+    assert ShardEnvironment(shard_ids=" ").shard_ids is None
 
 
 # --- what every process does alone: only for its own servers ---------------------------------

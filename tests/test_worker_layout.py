@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "inference" / "worker.py"
 # The worker's steps live in these folders; the top of inference/ keeps only the entry points.
-STEP_FOLDERS = {"loop", "models", "drawing", "results"}
+STEP_FOLDERS = {"loop", "models", "drawing", "results", "safety"}
 TOP = {"__init__.py", "__main__.py", "worker.py"}
 
 
@@ -30,7 +30,7 @@ def code_steps() -> set[int]:
 
 
 def test_every_step_of_the_recipe_is_listed_with_its_place():
-    assert code_steps() == set(docstring_steps()) == set(range(1, 11))
+    assert code_steps() == set(docstring_steps()) == set(range(1, 12))
 
 
 def test_every_file_and_folder_the_recipe_names_exists():

@@ -184,7 +184,9 @@ class ProgressReporter:
     - `interval_s`: the least time between the starts of two edits (`progress_interval_s`).
       The first edit is due `interval_s` after the reporter starts, so a job that samples
       faster than that gets no progress edit at all, only its result.
-    - `previews`: attach a preview to edits (else `edit` gets None).
+    - `previews`: attach a preview to edits (else `edit` gets None). The worker turns them off
+      for a job whose pictures are checked (inference/safety): a preview is the picture being
+      drawn, and it never passes the classifier.
     - `cancel`: the event that stops sampling (a new one when not given).
     - `clock`: monotonic seconds; injectable so tests drive the throttle without sleeping.
     """

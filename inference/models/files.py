@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import logging
 import pickle
 import struct
@@ -18,7 +17,18 @@ import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import pydantic_core
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from ponybot_core.config import Architecture, ModelFormat
 
@@ -138,7 +148,8 @@ def checkpoint_layout(keys: Iterable[str], shapes: Mapping[str, Sequence[int]] |
         architecture = Architecture.SDXL
     else:
         width = next((shape[-1] for key, shape in shapes.items()
-                      if key.startswith(_UNET) and key.endswith(_CROSS_ATTENTION_K)), None)
+                      if key.startswith(_UNET) and key.endswith(_CROSS_ATTENTION_K) and shape),
+                     None)
         architecture = _CONTEXT_WIDTHS.get(width) if width else None
         if architecture is None:
             return Layout(None, "has UNet weights but no text encoder "
@@ -164,19 +175,55 @@ def folder_architecture(folder: Path) -> Architecture | None:
     `StableDiffusionPipeline`, its text encoder's activation: OpenCLIP (SD 2.x) uses GELU where
     OpenAI's CLIP-L (SD 1.x) uses quick GELU."""
     try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        index = read_json_object(folder / "model_index.json")
     except (OSError, ValueError):
         return None
-    name = index.get("_class_name", "") if isinstance(index, dict) else ""
+    name = index.get("_class_name", "")
+    if not isinstance(name, str) or not name.startswith("StableDiffusion"):
+        return None
     if name.startswith("StableDiffusionXL"):
         return Architecture.SDXL
-    if not name.startswith("StableDiffusion"):
-        return None
     try:
-        text = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+        text = read_json_object(folder / "text_encoder" / "config.json")
     except (OSError, ValueError):
         return Architecture.SD1
     return Architecture.SD2 if text.get("hidden_act") == "gelu" else Architecture.SD1
+
+
+# A pipeline's model_index.json and config.json files are a few KiB.
+MAX_CONFIG_JSON_BYTES = 1024**2
+
+
+class UnreadableFile(ValueError):
+    """A model file (or a file of a model's folder) that cannot be made sense of; the message
+    says why, short enough for a table."""
+
+
+def read_json_object(path: Path, limit: int = MAX_CONFIG_JSON_BYTES) -> dict[str, Any]:
+    """A small JSON object file, read at most `limit` bytes deep; raises OSError, or
+    UnreadableFile for anything else (too big, not JSON, nested too deep, not an object)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnreadableFile(f"{path.name} is over {limit} bytes")
+    return _json_object(data, path.name)
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    # pydantic's parser (jiter) refuses nesting beyond a fixed depth with a ValueError, where
+    # the standard library's recurses until RecursionError.
+    try:
+        value = pydantic_core.from_json(data)
+    except ValueError as exc:
+        raise UnreadableFile(f"{what} is not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), "a value")
+        raise UnreadableFile(f"{what} is {kind}, not a JSON object")
+    return value
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}
 
 
 # --- reading keys without loading tensors ------------------------------------------------------
@@ -268,15 +315,92 @@ def ckpt_shapes(path: Path) -> dict[str, list[int]] | None:
     return {str(k): v.shape for k, v in checkpoint.items() if isinstance(v, _TensorShape)}
 
 
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from a safetensors header (8-byte length, then JSON); raises
-    OSError / ValueError for unreadable files."""
+# safetensors' own limit (MAX_HEADER_SIZE in huggingface/safetensors safetensors/src/tensor.rs):
+# a file with a bigger header is refused by the library that would load it anyway.
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
+_NonNegative = Annotated[StrictInt, Field(ge=0)]
+
+
+class SafetensorsTensor(BaseModel):
+    """One entry of a safetensors header: the library's `TensorInfo` (dtype, shape, byte range
+    from the end of the header)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dtype: StrictStr
+    shape: list[_NonNegative]
+    data_offsets: tuple[_NonNegative, _NonNegative]
+
+
+_TENSORS = TypeAdapter(dict[str, SafetensorsTensor])
+_METADATA = TypeAdapter(dict[str, StrictStr])
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    length: int  # bytes of JSON after the 8-byte length
+    tensors: Mapping[str, SafetensorsTensor]
+
+    @property
+    def data_end(self) -> int:
+        """Where the last tensor's bytes end: a file shorter than this is truncated."""
+        return 8 + self.length + max((t.data_offsets[1] for t in self.tensors.values()),
+                                     default=0)
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {name: list(t.shape) for name, t in self.tensors.items()}
+
+
+def read_safetensors_header(path: Path) -> SafetensorsHeader:
+    """A safetensors file's header (an 8-byte little-endian length, then a JSON object naming
+    each tensor's dtype, shape and byte range), read without the tensors and never more than
+    MAX_SAFETENSORS_HEADER_BYTES of it; raises OSError, or UnreadableFile saying what is wrong."""
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > _MAX_PICKLE_BYTES:
-            raise ValueError(f"header of {length} bytes")
-        header = json.loads(f.read(length))
-    return {k: list(v.get("shape", [])) for k, v in header.items() if k != "__metadata__"}
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise UnreadableFile(f"{len(prefix)} bytes, shorter than the 8-byte header length")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > MAX_SAFETENSORS_HEADER_BYTES:
+            raise UnreadableFile(f"a header of {length} bytes, over the limit of "
+                                 f"{MAX_SAFETENSORS_HEADER_BYTES}")
+        data = f.read(length)
+    if len(data) < length:
+        raise UnreadableFile(f"the header is {length} bytes, the file holds {len(data)} after "
+                             f"its length")
+    header = _json_object(data, "the header")
+    metadata = header.pop("__metadata__", {})
+    try:
+        _METADATA.validate_python(metadata)
+    except ValidationError as exc:
+        raise UnreadableFile(_first_error(exc, "__metadata__")) from exc
+    try:
+        tensors = _TENSORS.validate_python(header)
+    except ValidationError as exc:
+        raise UnreadableFile(_first_error(exc, None)) from exc
+    for name, tensor in tensors.items():
+        start, end = tensor.data_offsets
+        if end < start:
+            raise UnreadableFile(f"{_cut(name)}: data_offsets end before they start")
+    return SafetensorsHeader(length=length, tensors=tensors)
+
+
+def _first_error(exc: ValidationError, within: str | None) -> str:
+    # pydantic's own message quotes the input: a hostile header could fill the table with it.
+    error = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(_cut(str(part)) for part in (within, *error["loc"]) if part is not None)
+    msg = error["msg"].replace(f" or instance of {SafetensorsTensor.__name__}", "")
+    return f"{loc or 'the header'}: {msg}"
+
+
+def _cut(name: str, limit: int = 80) -> str:
+    # Tensor names come from the file: one of megabytes must not become a heartbeat field.
+    return name if len(name) <= limit else name[:limit] + "…"
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header; raises OSError / UnreadableFile (a
+    ValueError) for unreadable files."""
+    return read_safetensors_header(path).shapes()
 
 
 def single_file_layout(path: Path, fmt: ModelFormat) -> Layout | None:
@@ -289,6 +413,6 @@ def single_file_layout(path: Path, fmt: ModelFormat) -> Layout | None:
             if found is None:
                 return None
             shapes = found
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError):
         return None
     return checkpoint_layout(shapes, shapes)

@@ -12,16 +12,17 @@ bot's side can use it, and a worker can re-check now and then to notice a newly 
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from inference.models.files import (
+    UnreadableFile,
     architecture_name,
     checkpoint_layout,
     ckpt_shapes,
@@ -30,6 +31,8 @@ from inference.models.files import (
     declared_mismatch,
     folder_architecture,
     is_zip_checkpoint,
+    read_json_object,
+    read_safetensors_header,
 )
 from ponybot_core.config import (
     Architecture,
@@ -49,6 +52,11 @@ _PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt")
 _PICKLE_PROTO = 0x80
 # Heartbeats key upscaler problems apart from model problems (the ids may be equal).
 UPSCALER_KEY_PREFIX = "upscaler:"
+
+log = logging.getLogger(__name__)
+
+# Tensor names (and shapes, where known) -> why they are not a model this bot can draw with.
+_KeysProblem = Callable[[list[str], dict[str, list[int]] | None], str | None]
 
 
 class FileCheck(BaseModel):
@@ -154,6 +162,14 @@ def check_model(entry: ModelEntry, base_dir: Path) -> FileCheck:
     except OSError as exc:  # a folder we may not list, a file vanishing while we look
         return FileCheck(kind="model", id=entry.id, name=entry.name, path=path,
                          problem=f"cannot read {path}: {exc}")
+    except Exception as exc:
+        # The readers above turn every malformed file they know of into a problem; this is the
+        # backstop for one they do not: a worker checks on every heartbeat, and one file dropped
+        # into models/ must not stop it (or `ponybot models`) serving the others.
+        log.exception("checking model %r (%s) failed", entry.id, path)
+        return FileCheck(kind="model", id=entry.id, name=entry.name, path=path,
+                         problem=f"{path} is unreadable: {_short(exc)}",
+                         fix="point `path` for this model at a usable file")
 
 
 def _check_model(entry: ModelEntry, path: Path, base_dir: Path) -> FileCheck:
@@ -182,6 +198,16 @@ def check_upscaler(entry: UpscalerEntry, base_dir: Path) -> FileCheck:
     except OSError as exc:
         return FileCheck(kind="upscaler", id=entry.id, name=entry.name, path=path,
                          problem=f"cannot read {path}: {exc}")
+    except Exception as exc:  # the backstop of check_model, for the same reason
+        log.exception("checking upscaler %r (%s) failed", entry.id, path)
+        return FileCheck(kind="upscaler", id=entry.id, name=entry.name, path=path,
+                         problem=f"{path} is unreadable: {_short(exc)}")
+
+
+def _short(exc: BaseException) -> str:
+    """An exception in one line of a table: its type, and its message cut short."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _check_upscaler(entry: UpscalerEntry, path: Path) -> FileCheck:
@@ -306,7 +332,7 @@ def _diffusers_problem(folder: Path) -> str | None:
                 f"must end in .ckpt/.pt/.pth or .safetensors, or set `format`")
     index = folder / "model_index.json"
     try:
-        json.loads(index.read_text(encoding="utf-8"))
+        read_json_object(index)
     except FileNotFoundError:
         return f"{folder} has no model_index.json: not a diffusers pipeline folder"
     except (OSError, ValueError) as exc:
@@ -318,6 +344,10 @@ def _diffusers_problem(folder: Path) -> str | None:
         sub = folder / component
         if not (sub / "config.json").is_file():
             return f"{sub} has no config.json (an incomplete download?)"
+        try:
+            read_json_object(sub / "config.json")
+        except ValueError as exc:
+            return f"{sub / 'config.json'} is not readable JSON ({exc})"
         weights = [p for p in sub.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
         if not any(p.stat().st_size > 0 for p in weights):
             return f"{sub} has no weights (.safetensors or .bin; an incomplete download?)"
@@ -332,7 +362,8 @@ def _diffusers_problem(folder: Path) -> str | None:
 # --- single files -----------------------------------------------------------------------------
 
 
-def _single_file_problem(path: Path, fmt: str, keys_problem) -> str | None:
+def _single_file_problem(path: Path, fmt: str, keys_problem: _KeysProblem | None
+                         ) -> str | None:
     if not os.access(path, os.R_OK):
         return f"{path} is not readable (permissions)"
     if fmt == "safetensors":
@@ -351,30 +382,29 @@ def _pickle_problem(path: Path) -> str | None:
             return None
         with open(path, "rb") as f:
             first = f.read(1)
-    except (OSError, zipfile.BadZipFile) as exc:
+    # zipfile also raises ValueError (a name that is not UTF-8, a negative offset), EOFError and
+    # NotImplementedError (a zip version or compression it does not know) on a crafted archive.
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as exc:
         return f"{path} is truncated or corrupt (not a readable PyTorch checkpoint: {exc})"
     if not first or first[0] != _PICKLE_PROTO:
         return f"{path} is not a PyTorch checkpoint (corrupt, or another format under this name)"
     return None
 
 
-def _safetensors_problem(path: Path, keys_problem) -> str | None:
+def _safetensors_problem(path: Path, keys_problem: _KeysProblem | None) -> str | None:
     """The header (an 8-byte length, then JSON naming each tensor's byte range) read without
-    the tensors: unreadable, truncated, or (for checkpoints) not an SD 1.x layout."""
+    the tensors: unreadable, truncated, or (for checkpoints) not a layout this bot can draw
+    with."""
     try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-    except (OSError, struct.error, ValueError, MemoryError) as exc:
-        return f"{path} is truncated or corrupt (no readable safetensors header: {exc})"
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = 8 + length + max((v["data_offsets"][1] for v in tensors.values()), default=0)
+        header = read_safetensors_header(path)
+    except UnreadableFile as exc:
+        return f"{path} is truncated or corrupt (unreadable safetensors header: {exc})"
     size = path.stat().st_size
-    if size < end:
-        return f"{path} is truncated: {size} of {end} bytes (an interrupted download?)"
+    if size < header.data_end:
+        return (f"{path} is truncated: {size} of {header.data_end} bytes (an interrupted "
+                f"download?)")
     if keys_problem is not None:
-        shapes = {k: list(v.get("shape", [])) for k, v in tensors.items()}
-        what = keys_problem(list(tensors), shapes)
+        what = keys_problem(list(header.tensors), header.shapes())
         if what:
             return f"{path} {what}"
     return None

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -21,6 +22,7 @@ from PIL.Image import Image
 from inference.results.fit import fit_images
 from inference.results.model_hash import MODEL_HASHES
 from inference.results.sources import SOURCE_PARAMETERS
+from inference.safety.channels import is_age_restricted_now
 from inference.safety.checking import Checked
 from ponybot_core.config import Config
 from ponybot_core.custom_ids import Action, custom_id, result_buttons
@@ -67,22 +69,32 @@ async def post_result(poster: Poster, config: Config, delivery: Delivery, images
     raise AssertionError("unreachable")
 
 
-async def deliver_flagged(poster: Poster, config: Config, job: Job, checked: Checked) -> None:
-    """After the result is posted: the flagged pictures the server sends to its
-    age-restricted channel, and the requester told privately (an ephemeral followup while the
-    interaction's token lives; after that the result's own note, posted as a reply to them,
-    is what they get). Best effort, never raises: the result is posted already, and nothing
-    here can post a flagged picture anywhere that is not age-restricted."""
-    jlog = JobLog(log, job.id)
-    private = checked.private
-    if checked.redirected:
-        moved = await _redirect(poster, config, job, checked)
-        if not moved:
-            private = ("⚠️ The picture check flagged a picture, and it could not be posted in "
-                       "the server's age-restricted channel, so it was not posted anywhere.\n"
-                       + (private or ""))
-    if private and not await poster.whisper(job, private[:2000]):
-        jlog.info("picture check: requester told in the result only (token gone)")
+async def redirect_flagged(poster: Poster, config: Config, job: Job, checked: Checked
+                           ) -> Checked:
+    """Before the result is posted (and after the job is marked `posting`): the flagged
+    pictures the server sends to its age-restricted channel, posted there. Done before the
+    result so that a worker that dies after posting the result has delivered them already
+    (the job taken over is found posted and finished as it is); a worker that dies between
+    the two posts draws the job again and posts here again under the same nonce, which
+    Discord answers with the first message. Returns what the result then says: `checked`,
+    or, when they could not be posted there, the same pictures withheld and the requester
+    told so. Never raises, and never posts a flagged picture in a channel that is not
+    age-restricted."""
+    if not checked.redirected or await _redirect(poster, config, job, checked):
+        return checked
+    note = ("⚠️ The picture check flagged a picture, and it could not be posted in the "
+            "server's age-restricted channel, so it was not posted anywhere.")
+    return replace(checked, redirected=[], notes=[note],
+                   private=f"{note}\n{checked.private or ''}".strip())
+
+
+async def tell_requester(poster: Poster, job: Job, checked: Checked) -> None:
+    """After the result is posted: the requester told privately what the check did (an
+    ephemeral followup while the interaction's token lives; after that the result's own note
+    is what they get). Best effort: a worker that dies before this leaves the note."""
+    if checked.private and not await poster.whisper(job, checked.private[:2000]):
+        JobLog(log, job.id).info("picture check: requester told in the result only "
+                                 "(token gone)")
 
 
 async def _redirect(poster: Poster, config: Config, job: Job, checked: Checked) -> bool:
@@ -92,12 +104,11 @@ async def _redirect(poster: Poster, config: Config, job: Job, checked: Checked) 
         assert channel_id is not None
         # Asked now, not trusted from when `/safety` set it: an admin may have lifted the age
         # restriction since.
-        channel = await poster.client.fetch_channel(channel_id)
-        if not (isinstance(channel, discord.TextChannel | discord.Thread)
-                and channel.is_nsfw()):
+        if not await is_age_restricted_now(poster.client, channel_id):
             jlog.warning("picture check: channel %s is not age-restricted; flagged pictures "
                          "withheld", channel_id)
             return False
+        channel = poster.client.get_partial_messageable(channel_id, guild_id=job.guild_id)
         indices = [i for i, _ in checked.redirected]
         seeds = job.image_seeds()
         model_name = config.model(job.model_id).name

@@ -7,5 +7,7 @@ classifier after sampling (and upscaling) and before it is posted (step 8 of
   device, and its verdict per picture;
 - `checking.py`: which pictures of a job are checked, and what the server's choice makes of
   a flagged one (withheld behind a placeholder, spoilered, or moved to its age-restricted
-  channel). A configured classifier that is missing or fails withholds: never fails open.
+  channel). A configured classifier that is missing or fails withholds: never fails open;
+- `channels.py`: a job queued as needing no check (an age-restricted channel) is checked
+  unless Discord says, when the worker draws and posts it, that the channel still is.
 """

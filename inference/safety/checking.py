@@ -73,11 +73,13 @@ class PictureChecker:
     the event loop). A load that fails is tried again on the next job (the operator may have
     pulled the file since)."""
 
-    def __init__(self, config: SafetyConfig, *, base_dir: Path, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(self, config: SafetyConfig, *, base_dir: Path, device: torch.device) -> None:
         self.config, self.base_dir = config, base_dir
         self.folder = resolve_path(config.path, base_dir) if config.path is not None else None
-        self.device, self.dtype = device, dtype
+        # float32 whatever the worker samples in: a tagger costs little next to a UNet (the
+        # bench, bench/safety.py), and half precision's range is what can turn its outputs
+        # to NaN (which `Classifier.classify` refuses: the pictures would be withheld).
+        self.device, self.dtype = device, torch.float32
         self._classifier: Classifier | None = None
         self._lock = threading.Lock()
 

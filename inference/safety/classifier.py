@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,15 +94,22 @@ class Classifier:
         verdicts: list[Verdict] = []
         step = self.config.batch_size
         for start in range(0, len(images), step):
-            probabilities = torch.sigmoid(
-                self.model(self.inputs(images[start:start + step])).float()).cpu()
-            verdicts.extend(self._verdict(row) for row in probabilities)
+            logits = self.model(self.inputs(images[start:start + step])).float().cpu()
+            # A NaN or infinite output (an overflow in the trunk, damaged weights) is a failed
+            # check, not a score: `max(0.0, nan)` is 0.0, which would read as safe.
+            if not bool(torch.isfinite(logits).all()):
+                raise ClassifierUnavailable("the classifier's scores are not a number "
+                                            "(NaN or infinite outputs)")
+            verdicts.extend(self._verdict(row) for row in torch.sigmoid(logits))
         return verdicts
 
     def _verdict(self, row: torch.Tensor) -> Verdict:
         ratings: dict[str, float] = {}
         for index, rating in self.rating_outputs.items():
-            ratings[rating] = max(ratings.get(rating, 0.0), float(row[index]))
+            score = float(row[index])
+            if not math.isfinite(score):  # `classify` refuses these; never read one as safe
+                raise ClassifierUnavailable(f"output {index} is not a number ({score})")
+            ratings[rating] = max(ratings.get(rating, 0.0), score)
         flagged_scores = [p for r, p in ratings.items() if r in self.config.flagged_ratings]
         score = max(flagged_scores, default=0.0)
         return Verdict(flagged=score >= self.config.threshold,
@@ -132,7 +140,7 @@ def model_inputs(images: Sequence[Image.Image], size: tuple[int, int], *, interp
 
 
 def load_classifier(config: SafetyConfig, folder: Path, device: torch.device,
-                    dtype: torch.dtype) -> Classifier:
+                    dtype: torch.dtype = torch.float32) -> Classifier:
     """The classifier in `folder` on `device`. Raises ClassifierUnavailable naming the file."""
     import timm  # the worker's only user of timm: imported when a check is configured
 

@@ -5,6 +5,7 @@ job is read every few seconds."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -170,10 +171,13 @@ class QueueReads:
         return snap
 
     async def waiting_by_model(self, *, sample: int = WAITING_SAMPLE) -> Waiting:
-        """Waiting jobs per model, for the metrics: every waiting list's exact length, and the
-        model and age of at most about `sample` jobs (each list's oldest first), so a scrape
-        reads a bounded number of jobs however long the queue is. A list longer than its share
-        of the sample counts its models in proportion to what was read of it."""
+        """Waiting jobs per model, for the metrics: every waiting list's exact length (the
+        total is exact), and the model and age of at most `sample` jobs (each list's oldest
+        first), so a scrape reads a bounded number of jobs however long the queue is and
+        however many servers have one. A list longer than its share of the sample counts its
+        models in proportion to what was read of it; with more lists than `sample`, `sample`
+        lists chosen at random are read, one job each, and the split scaled to the total (the
+        oldest wait is then the oldest of those read)."""
         ring = [as_str(w) for w in await self.redis.lrange(self.keys.ring, 0, -1)]
         _, paused_guilds = await self.paused()
         lists = list(dict.fromkeys([*ring, *(self.keys.waiting(g) for g in paused_guilds)]))
@@ -181,10 +185,12 @@ class QueueReads:
             for w in lists:
                 pipe.llen(w)
             lengths = [int(n) for n in await pipe.execute()]
-        share = max(1, sample // max(1, len(lists)))
+        chosen = (range(len(lists)) if len(lists) <= sample
+                  else sorted(random.sample(range(len(lists)), max(1, sample))))
+        share = max(1, sample // max(1, len(chosen)))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for w in lists:
-                pipe.lrange(w, 0, share - 1)
+            for i in chosen:
+                pipe.lrange(lists[i], 0, share - 1)
             heads = await pipe.execute()
         # In chunks with the event loop let in between, as `shown` reads: parsing the whole
         # sample at once held the loop up to 150 ms (bench/metrics_scrape.py).
@@ -199,11 +205,14 @@ class QueueReads:
                 replies += await pipe.execute()
         fields = iter(replies)
         waiting = Waiting(jobs=sum(lengths))
-        for length, keys in zip(lengths, heads, strict=True):
+        counted = sum(lengths[i] for i in chosen)
+        scale = waiting.jobs / counted if counted else 0.0  # 1 when every list was read
+        for i, keys in zip(chosen, heads, strict=True):
             read = [next(fields) for _ in keys]
             for model, enqueued_at in read:
                 name = as_str(model, errors="replace") if model else "?"
-                waiting.by_model[name] = waiting.by_model.get(name, 0.0) + length / len(read)
+                waiting.by_model[name] = (waiting.by_model.get(name, 0.0)
+                                          + scale * lengths[i] / len(read))
                 if enqueued_at:
                     at = float(enqueued_at)
                     waiting.oldest[name] = min(waiting.oldest.get(name, at), at)
