@@ -36,7 +36,7 @@ from ponybot_core import hires_plan
 from ponybot_core.config import Config, ModelEntry
 from ponybot_core.hires_plan import HiresPass
 from ponybot_core.image_parameters import A1111Parameters
-from ponybot_core.job import MAX_SEED, Job, JobKind, UploadedImage, new_job_id
+from ponybot_core.job import MAX_SEED, SCHEMA_VERSION, Job, JobKind, UploadedImage, new_job_id
 from ponybot_request import policy
 from ponybot_request.drawable import drawing_fields, why_not_drawable
 from ponybot_request.errors import UserFacingError
@@ -280,7 +280,9 @@ def _edit(request: EditRequest, channel: Channel, config: Config) -> Built:
     if source.hires is not None:
         changes["hires"] = hires_pass(config, source.width, source.height, steps, entry)
     if request.in_place:  # the same job, where it waits
-        return Built(Job.model_validate({**source.model_dump(), **changes}), notes)
+        # Stamped with this bot's schema: an older worker refuses it rather than misreads it.
+        return Built(Job.model_validate({**source.model_dump(), **changes,
+                                         "schema_version": SCHEMA_VERSION}), notes)
     job = _new_job({**source.model_dump(), **changes}, request.by, channel)
     return Built(job, (f"edit of job {source.id}", *notes))
 
@@ -349,6 +351,7 @@ def _new_job(fields: Mapping[str, Any], by: Requester, channel: Channel) -> Job:
     return Job.model_validate({
         **fields, **by.model_dump(), "guild_id": channel.guild_id,
         "channel_id": channel.channel_id, "id": new_job_id(), "created_at": time.time(),
+        "schema_version": SCHEMA_VERSION,
     })  # fmt: skip
 
 
