@@ -26,7 +26,7 @@ _WORKER_ONLY = {"torch", "torchvision", "diffusers", "transformers", "accelerate
 
 async def run_worker(path: Path) -> int:
     try:
-        from inference import metrics as worker_metrics
+        from inference.loop import metrics as worker_metrics
         from inference.worker import Worker, logged_in_client
     except ModuleNotFoundError as exc:
         if exc.name not in _WORKER_ONLY:

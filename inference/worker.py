@@ -49,10 +49,10 @@ from dataclasses import dataclass
 import discord
 from redis.asyncio import Redis
 
-from inference import metrics as worker_metrics
 from inference.drawing.calls import draw, pipeline_calls
 from inference.drawing.progress import ProgressReporter, SamplingCancelled
 from inference.drawing.sampling import Sampled
+from inference.loop import metrics as worker_metrics
 from inference.loop.beats import Beats, Throughput, tidy
 from inference.loop.endings import Endings
 from inference.loop.faults import fault_point

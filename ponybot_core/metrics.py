@@ -91,7 +91,7 @@ REDIS_ERRORS = Counter(
     "Redis commands that failed after redis-py's retries (Redis down, too slow, read-only "
     "during a failover...), by error class.", ["error"])
 
-# Read at scrape time by collectors (bot.metrics, inference.metrics): name -> (help, labels).
+# Read at scrape time by collectors (bot.metrics, inference.loop.metrics): name -> (help, labels).
 QUEUE_JOBS = "ponybot_queue_jobs"
 QUEUE_DEPTH = "ponybot_queue_depth"
 QUEUE_OLDEST_WAIT = "ponybot_queue_oldest_wait_seconds"
@@ -274,11 +274,15 @@ def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], Awaitable[T]],
 # --- The server ---------------------------------------------------------------------------------
 
 
-# A connection's thread waits this long at most for each read of its request (then the
-# connection is closed), and at most this many connections are served at once: Prometheus
-# and a health check need a few; idle or trickling connections cannot pile up threads.
+# A connection's thread waits this long at most for each read of its request, and the whole
+# connection lasts this long at most (a client trickling a byte at a time is cut off too);
+# at most this many connections are served at once, this many from one address: Prometheus
+# and a health check need a few; idle or trickling connections cannot pile up threads, and
+# one client cannot take every place.
 READ_TIMEOUT_S = 5.0
+CONNECTION_DEADLINE_S = 15.0
 MAX_CONNECTIONS = 16
+MAX_CONNECTIONS_PER_PEER = 4
 # The name of a connection's thread (with the server's port): what each costs is countable.
 CONNECTION_THREAD = "metrics-connection"
 
@@ -291,20 +295,30 @@ class _Quiet(WSGIRequestHandler):
 
 
 class _BoundedServer(WSGIServer):
-    """A WSGI server with a thread per connection, at most `max_connections` of them: one
-    past the cap is closed as soon as it is accepted."""
+    """A WSGI server with a thread per connection, at most `max_connections` of them and
+    `max_per_peer` from one address (one past either is closed as soon as it is accepted),
+    each cut off `deadline_s` after it was accepted."""
 
     max_connections = MAX_CONNECTIONS
+    max_per_peer = MAX_CONNECTIONS_PER_PEER
+    deadline_s = CONNECTION_DEADLINE_S
     # Connections the kernel holds until accepted: socketserver's 5 made a burst's others
     # wait for a SYN retry (a second).
     request_queue_size = 64
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._guard = threading.Lock()
+        self._open: dict[socket.socket, tuple[str, float]] = {}  # -> (peer, deadline)
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        peer = str(client_address[0])
+        with self._guard:
+            full = (len(self._open) >= self.max_connections or sum(
+                p == peer for p, _ in self._open.values()) >= self.max_per_peer)
+            if not full:
+                self._open[request] = (peer, time.monotonic() + self.deadline_s)
+        if full:
             self.shutdown_request(request)
             return
         threading.Thread(target=self._serve, args=(request, client_address), daemon=True,
@@ -316,8 +330,21 @@ class _BoundedServer(WSGIServer):
         except Exception:
             self.handle_error(request, client_address)
         finally:
+            with self._guard:
+                del self._open[request]
             self.shutdown_request(request)
-            self._slots.release()
+
+    def service_actions(self) -> None:
+        """Cut off connections past their deadline (serve_forever calls this between
+        accepts, at least twice a second): their thread's blocked read or write ends."""
+        now = time.monotonic()
+        with self._guard:
+            late = [sock for sock, (_, deadline) in self._open.items() if deadline <= now]
+        for sock in late:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed meanwhile
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], OSError):
@@ -332,9 +359,12 @@ class MetricsServer:
                  collectors: Sequence[Collector] = (),
                  registry: CollectorRegistry = REGISTRY,
                  max_connections: int = MAX_CONNECTIONS,
-                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
+                 max_per_peer: int = MAX_CONNECTIONS_PER_PEER,
+                 read_timeout_s: float = READ_TIMEOUT_S,
+                 deadline_s: float = CONNECTION_DEADLINE_S) -> None:
         self.health = health
-        self.max_connections = max_connections
+        self.limits = {"max_connections": max_connections, "max_per_peer": max_per_peer,
+                       "deadline_s": deadline_s}
         self.read_timeout_s = read_timeout_s
         self.collectors = list(collectors)
         self.registry = registry
@@ -356,8 +386,8 @@ class MetricsServer:
         return [b"/metrics or /healthz\n"]
 
     def _listen(self, family: socket.AddressFamily, host: str, port: int) -> WSGIServer:
-        server_class = type("_Server", (_BoundedServer,), {
-            "address_family": family, "max_connections": self.max_connections})
+        server_class = type("_Server", (_BoundedServer,),
+                            {"address_family": family, **self.limits})
         handler_class = type("_Handler", (_Quiet,), {"timeout": self.read_timeout_s})
         server: WSGIServer = server_class((host, port), handler_class)
         server.set_app(self.app)

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from bot import metrics as bot_metrics
-from inference import metrics as worker_metrics
+from inference.loop import metrics as worker_metrics
 from ponybot_cli.redis_server import RedisServer, free_port
 from ponybot_core import metrics
 from ponybot_core.config import ConfigError, MetricsConfig
@@ -445,7 +445,7 @@ async def test_concurrent_scrapes_share_one_queue_read_on_one_redis_connection(
     reads = CountedReads(bots_client, Keys())
     gauges = CountedGauges(reads, asyncio.get_running_loop(), reuse_s=0)  # in flight only
     server = metrics.MetricsServer(lambda: (True, "ok"), collectors=[gauges],
-                                   registry=CollectorRegistry())
+                                   registry=CollectorRegistry(), max_per_peer=burst)
     port = server.start("127.0.0.1", 0)
     before = await connected_clients(redis)
     try:
@@ -456,7 +456,7 @@ async def test_concurrent_scrapes_share_one_queue_read_on_one_redis_connection(
         for scraper in scrapers:
             scraper.start()
         for _ in range(burst):  # every scrape of the burst is in the collector
-            await asyncio.to_thread(gauges.arrived.acquire)
+            assert await asyncio.to_thread(gauges.arrived.acquire, timeout=30)
         reads.release.set()
         for scraper in scrapers:
             await asyncio.to_thread(scraper.join)
@@ -542,7 +542,7 @@ def closed_by_server(sock: socket.socket) -> bool:
 def test_connections_past_the_cap_are_closed_at_once_and_hold_no_thread():
     cap = 4
     server = metrics.MetricsServer(lambda: (True, "ok"), registry=CollectorRegistry(),
-                                   max_connections=cap, read_timeout_s=60)
+                                   max_connections=cap, max_per_peer=cap, read_timeout_s=60)
     port = server.start("127.0.0.1", 0)
     sockets = []
     try:
@@ -572,9 +572,43 @@ def test_a_silent_connection_is_closed_after_the_read_timeout_and_frees_its_plac
         server.close()
 
 
+def test_a_trickling_connection_is_cut_off_at_its_deadline():
+    server = metrics.MetricsServer(lambda: (True, "ok"), registry=CollectorRegistry(),
+                                   read_timeout_s=60, deadline_s=0.2)
+    port = server.start("127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as trickling:
+            trickling.sendall(b"G")  # then nothing: the deadline ends it, not the read timeout
+            assert closed_by_server(trickling)
+        assert handler_threads(port) <= 1  # its thread is on its way out, the only one
+    finally:
+        server.close()
+
+
+def test_one_address_cannot_take_every_place():
+    server = metrics.MetricsServer(lambda: (True, "ok"), registry=CollectorRegistry(),
+                                   max_connections=8, max_per_peer=2, read_timeout_s=60)
+    port = server.start("127.0.0.1", 0)
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    other = socket.socket()
+    try:
+        other.bind(("127.0.0.2", 0))  # another peer (Linux routes all of 127/8 to loopback)
+        other.connect(("127.0.0.1", port))
+        other.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        other.settimeout(30)
+        assert other.recv(12) == b"HTTP/1.0 200"
+        assert closed_by_server(sockets[2])
+        assert handler_threads(port) >= 2  # the first two still held
+    finally:
+        for sock in [*sockets, other]:
+            sock.close()
+        server.close()
+
+
 def test_the_handler_reads_with_a_timeout_by_default():
     assert metrics.READ_TIMEOUT_S is not None and 0 < metrics.READ_TIMEOUT_S <= 10
-    assert 0 < metrics.MAX_CONNECTIONS <= 64
+    assert 0 < metrics.CONNECTION_DEADLINE_S <= 60
+    assert 0 < metrics.MAX_CONNECTIONS_PER_PEER < metrics.MAX_CONNECTIONS <= 64
 
 
 @pytest.mark.parametrize(("bind", "why"), [("not-a-host", "not an IP address"),

@@ -11,6 +11,7 @@ import io
 import sys
 from types import SimpleNamespace
 
+import discord
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
@@ -359,7 +360,8 @@ async def test_a_damaged_picture_is_answered_once_privately_with_the_reason(
 
 
 def test_only_a_redis_outage_is_called_one():
-    click = SimpleNamespace(command=None, data={"custom_id": "pony:draw:x"})
+    click = SimpleNamespace(command=None, type=discord.InteractionType.component,
+                            data={"custom_id": "pony:draw:x"})
     unavailable = str(QueueUnavailable())
 
     assert what_to_say(click, RedisConnectionError("gone")) == unavailable
