@@ -143,6 +143,7 @@ _DISCORD_JUNK = re.compile(
 _MARKDOWN = re.compile(r"[`*~|\\]")
 # Derpibooru namespaces are one or two words (`artist`, `oc`, `art pack`).
 _NAMESPACED = re.compile(r"([^\W\d_][\w-]*(?: [\w-]+)?) ?[:=] ?(\S.*)")
+_SPACED_SEPARATOR = re.compile(r" ?([:=]) ?")
 _SCORE = re.compile(r"scr[0-9]+")
 _SPACE_STYLE_HINT = re.compile(r"(?:^|\s)(?:\S*_\S*|[^\W\d_][\w-]*=\S+|scr[0-9]+)(?=\s|$)")
 _NOT_ALNUM = re.compile(r"[\W_]+")
@@ -438,6 +439,11 @@ def write_tag(tag: str, profile: CaptionProfile) -> str:
         return keyword
     for old, new in profile.replacements:
         tag = tag.replace(old, new)
+    # A short form can shrink words before a separator into what reads as a namespace
+    # (`twilight sparkle twilight sparkle :3` -> `twilight twilight =3`); write it the way
+    # reading it back spells a namespace, so a caption read back is written the same again.
+    if split_namespace(tag) is not None:
+        tag = _SPACED_SEPARATOR.sub(r"\1", tag, count=1)
     return tag.replace(" ", "_") if profile.underscores else tag
 
 

@@ -518,3 +518,15 @@ def test_a_rendered_caption_reads_back_as_itself(text, negative, model, age_rest
     again = render(parse_tags(first.positive, first.negative, profile=model.caption,
                               caption=True), model, age_restricted=age_restricted)
     assert (again.positive, again.negative) == (first.positive, first.negative)
+
+
+def test_a_short_form_that_makes_a_namespace_of_a_plain_tag_writes_it_as_read_back():
+    # Found by the round-trip property above: V1's `twilight sparkle` -> `twilight` and
+    # `:` -> `=` turned a plain four-word tag into `twilight twilight =3`, which reads back
+    # as the namespace `twilight twilight` and was then written `twilight twilight=3`.
+    model = SHIPPED.model("v1")
+    first = render(parse_tags("", "twilight sparkle twilight sparkle :3", profile=model.caption),
+                   model, age_restricted=True)
+    again = render(parse_tags(first.positive, first.negative, profile=model.caption,
+                              caption=True), model, age_restricted=True)
+    assert first.negative == again.negative == "twilight twilight=3"
