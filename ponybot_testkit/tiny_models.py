@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -110,29 +111,47 @@ def _perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
             param.add_(noise * 0.02)
 
 
-def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """The tiny pipeline in memory (float32, CPU). Same seed -> bit-identical weights."""
+def _random_modules(seed: int, *makers: Callable[[], Any]) -> list[Any]:
+    """The modules `makers` build, in order, from `seed`'s default init, then perturbed in the
+    same order: same seed -> bit-identical weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET)
-        vae = AutoencoderKL(**TINY_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+        modules = [make() for make in makers]
     generator = torch.Generator().manual_seed(seed)
-    for module in (unet, vae, text_encoder):
+    for module in modules:
         _perturb(module, generator)
         module.eval()
+    return modules
+
+
+def _sd_pipeline(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+                 tokenizer: CLIPTokenizer, scheduler: Any) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(SD1_TOKENIZER, local_files_only=True),
+        tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler.from_config(SEED_DDIM_CONFIG),
+        scheduler=scheduler,
         # diffusers' documented way to go without them; its annotations leave None out.
         safety_checker=None,  # type: ignore[arg-type]  # None: no safety checker
         feature_extractor=None,  # type: ignore[arg-type]  # None: nothing for it to feed
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """The tiny pipeline in memory (float32, CPU). Same seed -> bit-identical weights."""
+    unet, vae, text_encoder = _random_modules(
+        seed,
+        lambda: UNet2DConditionModel(**TINY_UNET),
+        lambda: AutoencoderKL(**TINY_VAE),
+        lambda: CLIPTextModel(CLIPTextConfig(**TINY_TEXT)),
+    )
+    pipe = _sd_pipeline(unet, vae, text_encoder,
+                        CLIPTokenizer.from_pretrained(SD1_TOKENIZER, local_files_only=True),
+                        DDIMScheduler.from_config(SEED_DDIM_CONFIG))
     return pipe
 
 
@@ -460,41 +479,25 @@ def _open_clip_tokenizer() -> CLIPTokenizer:
 
 def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A tiny SD 2.x v-prediction pipeline (float32, CPU). Same seed -> same weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_SD2_UNET)
-        vae = AutoencoderKL(**TINY_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_SD2_TEXT))
-    generator = torch.Generator().manual_seed(seed)
-    for module in (unet, vae, text_encoder):
-        _perturb(module, generator)
-        module.eval()
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=_open_clip_tokenizer(),
-        unet=unet,
-        scheduler=DDIMScheduler.from_config(SD2_V_SCHEDULER),
-        safety_checker=None,  # type: ignore[arg-type]  # as in tiny_pipeline
-        feature_extractor=None,  # type: ignore[arg-type]
-        requires_safety_checker=False,
+    unet, vae, text_encoder = _random_modules(
+        seed,
+        lambda: UNet2DConditionModel(**TINY_SD2_UNET),
+        lambda: AutoencoderKL(**TINY_VAE),
+        lambda: CLIPTextModel(CLIPTextConfig(**TINY_SD2_TEXT)),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _sd_pipeline(unet, vae, text_encoder, _open_clip_tokenizer(),
+                        DDIMScheduler.from_config(SD2_V_SCHEDULER))
 
 
 def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """A tiny SDXL pipeline (float32, CPU). Same seed -> same weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_SDXL_UNET)
-        vae = AutoencoderKL(**TINY_SDXL_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_SDXL_TEXT))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT_2))
-    generator = torch.Generator().manual_seed(seed)
-    for module in (unet, vae, text_encoder, text_encoder_2):
-        _perturb(module, generator)
-        module.eval()
+    unet, vae, text_encoder, text_encoder_2 = _random_modules(
+        seed,
+        lambda: UNet2DConditionModel(**TINY_SDXL_UNET),
+        lambda: AutoencoderKL(**TINY_SDXL_VAE),
+        lambda: CLIPTextModel(CLIPTextConfig(**TINY_SDXL_TEXT)),
+        lambda: CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT_2)),
+    )
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
