@@ -66,6 +66,7 @@ from make_sd1_config import (  # noqa: E402  (needs the path above)
     CLIP_L_TEXT,
     DEFAULT_BPE,
     check_tokenizer,
+    save_component_configs,
     write_tokenizer,
 )
 
@@ -274,11 +275,7 @@ def write_sd2(out: Path, bpe: Path) -> None:
         feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
-    pipe.save_config(out)
-    unet.save_config(out / "unet")
-    vae.save_config(out / "vae")
-    scheduler.save_config(out / "scheduler")
-    text_config.save_pretrained(out / "text_encoder")
+    save_component_configs(out, pipe, text_encoder=text_config)
 
 
 def write_sdxl(out: Path, bpe: Path) -> None:
@@ -319,12 +316,7 @@ def write_sdxl(out: Path, bpe: Path) -> None:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    pipe.save_config(out)
-    unet.save_config(out / "unet")
-    vae.save_config(out / "vae")
-    scheduler.save_config(out / "scheduler")
-    text_config.save_pretrained(out / "text_encoder")
-    text_config_2.save_pretrained(out / "text_encoder_2")
+    save_component_configs(out, pipe, text_encoder=text_config, text_encoder_2=text_config_2)
 
 
 def check_sd2(folder: Path) -> None:

@@ -260,11 +260,18 @@ def write_model_configs(out: Path) -> None:
         requires_safety_checker=False,
     )
 
+    save_component_configs(out, pipe, text_encoder=text_config)
+
+
+def save_component_configs(out: Path, pipe: Any, **text_configs: Any) -> None:
+    """A pipeline's configs without weights: model_index.json, its unet, vae and scheduler,
+    and each text encoder's config under its component name (`text_encoder`, ...)."""
     pipe.save_config(out)  # model_index.json
-    unet.save_config(out / "unet")
-    vae.save_config(out / "vae")
-    scheduler.save_config(out / "scheduler")
-    text_config.save_pretrained(out / "text_encoder")
+    pipe.unet.save_config(out / "unet")
+    pipe.vae.save_config(out / "vae")
+    pipe.scheduler.save_config(out / "scheduler")
+    for name, config in text_configs.items():
+        config.save_pretrained(out / name)
 
 
 def check_model_configs(folder: Path) -> None:
